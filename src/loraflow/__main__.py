@@ -1,0 +1,3 @@
+from loraflow.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,53 @@
+"""The `loraflow` command: a thin shell. Each package registers its own sub-commands
+(`register(subparsers)` in its `cli.py`) and does its heavy imports only when a command runs,
+so `loraflow --help` never imports torch."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from loraflow import __version__
+from loraflow.errors import LoraflowError
+
+# Modules that add sub-commands, in the order they appear in `--help`.
+COMMAND_MODULES = (
+    "loraflow.data.cli",  # data ingest|filter|export|stats
+    "loraflow.generate.cli",  # generate, storyboard
+    "loraflow.train.cli",  # train
+    "loraflow.models.cli",  # models info|download
+    "loraflow.models.lora.cli",  # lora info|convert
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="loraflow",
+        description="Raw images -> filtered data -> LoRA -> pictures and stories (Kolors, SDXL, SD1.5).",
+    )
+    parser.add_argument("--version", action="version", version=f"loraflow {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        result = args.func(args)
+    except LoraflowError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

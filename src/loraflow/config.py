@@ -1,0 +1,204 @@
+"""Typed options shared by the CLI, config files and the HTTP API.
+
+Each command's options are one pydantic model (`Options` subclass). A field is described once,
+with `opt(...)`, and from that description we derive:
+
+* the CLI flag (`guidance_scale` -> `--guidance-scale`, plus any aliases such as `--cfg-scale`),
+* the YAML/JSON config-file key (plus aliases such as the tutorial's `cfg_scale`),
+* validation with one-line errors that name the key (`unknown key 'lora_rnk'`).
+
+Precedence when a command runs: field default < config file < flags given on the command line.
+This module must stay light: it is imported by `loraflow --help`, which never imports torch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from loraflow.errors import ConfigError
+
+
+def opt(default: Any = None, help: str = "", *, aliases: tuple[str, ...] = (), cli: bool = True, **kw: Any):
+    """A config field: default value, one-line help, and alternative names (config keys or flags).
+
+    `aliases` are given as config-key spellings (`cfg_scale`); each also becomes a CLI flag
+    (`--cfg-scale`). `cli=False` keeps a field out of the command line (file/API only).
+    """
+    extra = {"aliases": list(aliases), "cli": cli}
+    if isinstance(default, (list, dict)):
+        return Field(default_factory=lambda d=default: type(d)(d), description=help, json_schema_extra=extra, **kw)
+    return Field(default, description=help, json_schema_extra=extra, **kw)
+
+
+class Options(BaseModel):
+    """Base for every command's options: unknown keys are an error, values are type-checked."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _accept_aliases(cls, data: Any) -> Any:
+        # So Python callers may use the same alias names as files and flags: Config(steps=2).
+        return cls._canonical_keys(data, cls.__name__) if isinstance(data, dict) else data
+
+    # ---- construction -------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config"):
+        """Validate a mapping (a parsed file, an API body); aliases are mapped to canonical names."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping of option names to values, got {type(data).__name__}")
+        data = cls._canonical_keys(data, source)
+        try:
+            return cls(**data)
+        except ValidationError as e:
+            raise ConfigError(format_validation_error(e, source, cls)) from None
+
+    @classmethod
+    def from_file(cls, path: str | Path):
+        return cls.from_dict(read_mapping_file(path), source=str(path))
+
+    @classmethod
+    def _canonical_keys(cls, data: dict[str, Any], source: str) -> dict[str, Any]:
+        alias_map = cls.alias_map()
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            name = alias_map.get(str(key).replace("-", "_"), str(key))
+            if name in out:
+                raise ConfigError(f"{source}: key '{key}' given twice (also as '{name}')")
+            out[name] = value
+        unknown = [k for k in out if k not in cls.model_fields]
+        if unknown:
+            known = ", ".join(sorted(cls.model_fields))
+            raise ConfigError(f"{source}: unknown key '{unknown[0]}'; known keys: {known}")
+        return out
+
+    @classmethod
+    def alias_map(cls) -> dict[str, str]:
+        amap = {}
+        for name, field in cls.model_fields.items():
+            for alias in _extra(field).get("aliases", []):
+                amap[alias.replace("-", "_")] = name
+        return amap
+
+    def merged(self, overrides: dict[str, Any], source: str = "command line"):
+        """A copy with `overrides` (canonical or alias keys) applied and re-validated."""
+        data = self.model_dump()
+        data.update(self._canonical_keys(overrides, source))
+        return type(self).from_dict(data, source)
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(json.loads(self.model_dump_json()), sort_keys=False, allow_unicode=True)
+
+    # ---- command line ---------------------------------------------------------------------
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+        """Add one flag per field. Defaults are suppressed so only flags the user gave are seen."""
+        for name, field in cls.model_fields.items():
+            extra = _extra(field)
+            if name in skip or not extra.get("cli", True):
+                continue
+            flags = [f"--{name.replace('_', '-')}"] + [f"--{a.replace('_', '-')}" for a in extra.get("aliases", [])]
+            kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": _help(field)}
+            kind, inner = _cli_kind(field.annotation)
+            if kind == "bool":
+                kwargs["action"] = argparse.BooleanOptionalAction
+            elif kind == "list":
+                kwargs["action"] = "append"
+                kwargs["metavar"] = name.upper().rstrip("S")
+                if inner in (int, float):
+                    kwargs["type"] = inner
+            elif kind == "choice":
+                kwargs["choices"] = list(inner)
+            elif kind in (int, float):
+                kwargs["type"] = kind
+                kwargs["metavar"] = name.upper()
+            else:
+                kwargs["metavar"] = name.upper()
+            parser.add_argument(*flags, **kwargs)
+
+    @classmethod
+    def from_cli(cls, args: argparse.Namespace, config_path: str | Path | None = None, **fixed: Any):
+        """Defaults < config file < flags. `fixed` are values set by positional arguments."""
+        base: dict[str, Any] = read_mapping_file(config_path) if config_path else {}
+        source = str(config_path) if config_path else "command line"
+        base = cls._canonical_keys(base, source)
+        given = {k: v for k, v in vars(args).items() if k in cls.model_fields}
+        given.update({k: v for k, v in fixed.items() if v is not None})
+        base.update(given)
+        return cls.from_dict(base, source)
+
+
+def _extra(field) -> dict[str, Any]:
+    extra = field.json_schema_extra
+    return extra if isinstance(extra, dict) else {}
+
+
+def _help(field) -> str:
+    text = field.description or ""
+    default = field.get_default(call_default_factory=True)
+    if default not in (None, [], {}, ""):
+        text += f" (default: {default})"
+    return text.replace("%", "%%")
+
+
+def _cli_kind(annotation: Any) -> tuple[Any, Any]:
+    """Classify a field type for argparse: ('bool'|'list'|'choice'|int|float|str, detail)."""
+    origin = get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        return _cli_kind(args[0]) if len(args) == 1 else (str, None)
+    if annotation is bool:
+        return "bool", None
+    if origin in (list, tuple):
+        inner = get_args(annotation)[0] if get_args(annotation) else str
+        return "list", inner
+    if origin is Literal:
+        return "choice", get_args(annotation)
+    if annotation in (int, float):
+        return annotation, None
+    return str, None
+
+
+def format_validation_error(e: ValidationError, source: str, cls: type[BaseModel] | None = None) -> str:
+    """One line naming the first bad key, its value and what would be accepted."""
+    err = e.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+    value = err.get("input")
+    shown = repr(value) if not isinstance(value, (dict, list)) or len(repr(value)) < 60 else type(value).__name__
+    more = f" (+{len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+    return f"{source}: key '{loc}' = {shown}: {err['msg']}{more}"
+
+
+def read_mapping_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML/JSON/TOML file that must hold a mapping; one-line errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        elif path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as e:  # parse errors from yaml/json/toml all end up here
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"{path}: cannot parse: {first}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data

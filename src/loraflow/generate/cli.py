@@ -1,0 +1,62 @@
+"""`loraflow generate` and `loraflow storyboard`: parse flags, call the plain functions."""
+from __future__ import annotations
+
+import argparse
+
+from loraflow.generate.options import GenerateConfig
+from loraflow.generate.storyboard import StoryboardConfig
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("generate", help="text-to-image with optional LoRAs; PNGs carry A1111 infotext",
+                              description="Generate images. Flags override values from --config.")
+    p.add_argument("--config", help="YAML/JSON file with generate options")
+    GenerateConfig.add_arguments(p)
+    p.set_defaults(func=run_generate)
+
+    s = subparsers.add_parser("storyboard", help="a story file -> one image per scene + grid + story.json",
+                              description="Render a story. Flags override the story's defaults.")
+    s.add_argument("story", help="story file (.yaml or .json), e.g. examples/stories/cat-time-travel.zh.yaml")
+    StoryboardConfig.add_arguments(s)
+    s.set_defaults(func=run_storyboard_cmd)
+
+
+def _progress_bar(desc: str):
+    from tqdm import tqdm
+
+    bar = tqdm(total=None, desc=desc, unit="step")
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return bar, update
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from loraflow.generate.session import GenerationSession, save_results
+
+    config = GenerateConfig.from_cli(args, args.config)
+    if not config.prompt:
+        from loraflow.errors import ConfigError
+
+        raise ConfigError("no prompt: pass --prompt TEXT")
+    session = GenerationSession.from_options(config)
+    bar, update = _progress_bar("generate")
+    with bar:
+        results = session.generate(config, progress=update)
+    for path in save_results(results, config.out):
+        print(path)
+    return 0
+
+
+def run_storyboard_cmd(args: argparse.Namespace) -> int:
+    from loraflow.generate.storyboard import run_storyboard
+
+    config = StoryboardConfig.from_cli(args, None, story=args.story)
+    bar, update = _progress_bar("storyboard")
+    with bar:
+        index = run_storyboard(config, progress=update)
+    print(f"{len(index['scenes'])} scenes -> {config.out}/{index['grid']} ({index['grid_size'][0]}x{index['grid_size'][1]})")
+    return 0

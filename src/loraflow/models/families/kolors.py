@@ -1,0 +1,29 @@
+"""Kolors (Kwai): SDXL-architecture UNet conditioned on ChatGLM3-6B. Penultimate hidden state of a
+256-token window, pooled = final layer at the last position (diffusers `KolorsPipeline.encode_prompt`)."""
+from __future__ import annotations
+
+from loraflow.models.families.base import FamilyDefaults, ModelFamily, PromptEmbeds
+
+MAX_SEQUENCE_LENGTH = 256
+
+
+class Kolors(ModelFamily):
+    name = "kolors"
+    pipeline_class_name = "KolorsPipeline"
+    img2img_class_name = "KolorsImg2ImgPipeline"
+    inpaint_class_name = None  # diffusers has no Kolors inpainting pipeline
+    text_encoder_names = ("text_encoder",)
+    defaults = FamilyDefaults(guidance_scale=5.0, num_inference_steps=50, height=1024, width=1024)
+    # Kwai-Kolors/Kolors-diffusers scheduler/scheduler_config.json: 1100 train steps, betas to 0.014
+    schedule = dict(
+        num_train_timesteps=1100, beta_start=0.00085, beta_end=0.014, beta_schedule="scaled_linear",
+        prediction_type="epsilon", steps_offset=1, timestep_spacing="leading", interpolation_type="linear",
+    )
+    uses_time_ids = True
+    where_to_get = "the diffusers folder of Kwai-Kolors/Kolors-diffusers (`loraflow models download Kwai-Kolors/Kolors-diffusers`)"
+
+    @classmethod
+    def encode_prompts(cls, pipe, prompts):
+        from loraflow.models.prompt_encoding import encode_chatglm
+
+        return [PromptEmbeds(*encode_chatglm(pipe.tokenizer, pipe.text_encoder, p, MAX_SEQUENCE_LENGTH)) for p in prompts]

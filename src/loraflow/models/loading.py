@@ -1,0 +1,226 @@
+"""Load a base model as a diffusers pipeline, from whatever the user points at.
+
+`model` may be
+* `tiny:sdxl` | `tiny:sd15` | `tiny:kolors` — the in-process tiny model (tests, quick start),
+* a diffusers folder (`model_index.json` + component folders),
+* a single-file `.safetensors` checkpoint (SDXL / SD1.5, A1111/Civitai style),
+* a `.ckpt/.pt/.bin` file — refused unless `allow_pickle=True` (then `weights_only=True`).
+
+Nothing is ever downloaded here; `loraflow models download` is the explicit way to fetch.
+Every failure is a one-line `ModelLoadError` naming the file and where such weights come from.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loraflow.errors import ModelLoadError
+from loraflow.models.families import FAMILIES, ModelFamily, get_family
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+WEIGHT_NAMES = ("diffusion_pytorch_model", "model")  # diffusers / transformers weight file stems
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+@dataclass
+class LoadedModel:
+    pipe: Any  # a diffusers pipeline of `family`
+    family: type[ModelFamily]
+    name: str  # short name shown in infotext (`Model: ...`)
+    source: str  # what the user passed
+    path: Path | None = None  # file/folder on disk (None for tiny models)
+    extras: dict = field(default_factory=dict)
+
+
+def resolve_dtype(dtype: str, device: str):
+    import torch
+
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"unknown dtype '{dtype}'; choose one of: {', '.join(DTYPES)}")
+    if dtype == "auto":
+        return torch.float16 if str(device).startswith("cuda") else torch.float32
+    return getattr(torch, dtype)
+
+
+def resolve_device(device: str | None) -> str:
+    if device in (None, "", "auto"):
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def load_pipeline(
+    model: str | None,
+    *,
+    family: str | None = None,
+    vae: str | None = None,
+    dtype: str = "auto",
+    device: str | None = "auto",
+    allow_pickle: bool = False,
+) -> LoadedModel:
+    if not model:
+        raise ModelLoadError(
+            "no model given: pass --model PATH (a diffusers folder or a .safetensors checkpoint), "
+            "or --model tiny:sdxl|tiny:sd15|tiny:kolors for the built-in tiny test model"
+        )
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    loaded = _load(model, family, torch_dtype, allow_pickle)
+    if vae:
+        loaded.pipe.vae = load_vae(vae, torch_dtype, allow_pickle)
+        loaded.extras["vae"] = Path(vae).name
+    loaded.pipe.to(device)
+    loaded.pipe.set_progress_bar_config(disable=True)
+    return loaded
+
+
+def _load(model: str, family: str | None, torch_dtype, allow_pickle: bool) -> LoadedModel:
+    if model.startswith("tiny:"):
+        from loraflow.models.tiny import build_tiny_pipeline
+
+        fam = get_family(model.split(":", 1)[1])
+        if family and family != fam.name:
+            raise ModelLoadError(f"--family {family} contradicts --model {model}")
+        pipe = build_tiny_pipeline(fam.name)
+        if torch_dtype != pipe.unet.dtype:
+            pipe = pipe.to(dtype=torch_dtype)
+        return LoadedModel(pipe, fam, f"loraflow-tiny-{fam.name}", model)
+    path = Path(model).expanduser()
+    if not path.exists():
+        hint = (
+            f"; to fetch it from a hub run `loraflow models download {model}` and pass the folder"
+            if "/" in model and not model.startswith((".", "/")) else ""
+        )
+        raise ModelLoadError(f"model not found: {model}{hint}")
+    if path.is_dir():
+        return _load_folder(path, family, torch_dtype, allow_pickle)
+    if path.suffix.lower() in PICKLE_SUFFIXES and not allow_pickle:
+        raise ModelLoadError(
+            f"refusing to unpickle {path.name} (pickle files can run code); "
+            "convert it to .safetensors or pass --allow-pickle if you trust it"
+        )
+    if path.suffix.lower() not in (".safetensors",) + PICKLE_SUFFIXES:
+        raise ModelLoadError(f"{path}: not a model folder or a .safetensors checkpoint")
+    from loraflow.models.single_file import detect_checkpoint_family, load_single_file
+
+    fam = get_family(family or detect_checkpoint_family(path) or _unknown_family(path))
+    pipe = load_single_file(path, fam.name, dtype=torch_dtype, device="cpu", allow_pickle=allow_pickle)
+    return LoadedModel(pipe, fam, path.stem, model, path)
+
+
+def _unknown_family(path: Path) -> str:
+    raise ModelLoadError(f"cannot tell the model family of {path.name}; pass --family {'|'.join(FAMILIES)}")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"{path}: unreadable ({e.__class__.__name__}: {e})") from None
+
+
+def detect_folder_family(path: Path) -> str | None:
+    """Family of a diffusers folder, from model_index.json, then the text encoder / UNet configs."""
+    te_config = path / "text_encoder" / "config.json"
+    if te_config.is_file() and "chatglm" in json.dumps(_read_json(te_config)).lower():
+        return "kolors"  # also catches Kwai-Kolors/Kolors, whose model_index names the SDXL pipeline
+    index = path / "model_index.json"
+    if index.is_file():
+        data = _read_json(index)
+        for fam in FAMILIES.values():
+            if fam.matches_model_index(data):
+                return fam.name
+    unet_config = path / "unet" / "config.json"
+    if unet_config.is_file():
+        unet = _read_json(unet_config)
+        if unet.get("encoder_hid_dim_type") == "text_proj":
+            return "kolors"
+        if unet.get("addition_embed_type") == "text_time":
+            return "sdxl"
+        if unet.get("cross_attention_dim") in (768, None) or isinstance(unet.get("cross_attention_dim"), int):
+            return "sd15"
+    return None
+
+
+def check_folder(path: Path, fam: type[ModelFamily], allow_pickle: bool) -> None:
+    """Fail early, naming the missing file, instead of deep inside from_pretrained."""
+    if not (path / "model_index.json").is_file():
+        raise ModelLoadError(f"{path}: no model_index.json, so not a diffusers model folder; {fam.where_to_get}")
+    index = _read_json(path / "model_index.json")
+    for name, spec in index.items():
+        if name.startswith("_") or not isinstance(spec, list) or spec[0] is None:
+            continue
+        folder = path / name
+        if not folder.is_dir():
+            raise ModelLoadError(f"{folder}: missing component folder '{name}'; {fam.where_to_get}")
+        if name in ("unet", "vae") or name.startswith("text_encoder"):
+            _check_weights(folder, fam, allow_pickle)
+
+
+def _check_weights(folder: Path, fam: type[ModelFamily], allow_pickle: bool) -> None:
+    files = [p.name for p in folder.iterdir()]
+    if not any(f.endswith(".safetensors") or f.endswith(".safetensors.index.json") for f in files):
+        pickled = [f for f in files if f.endswith(PICKLE_SUFFIXES) or f.endswith(".bin.index.json")]
+        if pickled and not allow_pickle:
+            raise ModelLoadError(
+                f"{folder}: only pickle weights ({pickled[0]}); convert to safetensors or pass --allow-pickle"
+            )
+        if not pickled:
+            raise ModelLoadError(
+                f"{folder}: no weights file (expected diffusion_pytorch_model.safetensors or model.safetensors); "
+                f"{fam.where_to_get}"
+            )
+    index = next((folder / f for f in files if f.endswith(".index.json")), None)
+    if index is not None:  # sharded: every shard must be there
+        shards = set(_read_json(index).get("weight_map", {}).values())
+        missing = sorted(s for s in shards if not (folder / s).is_file())
+        if missing:
+            raise ModelLoadError(f"{folder}: missing weight shard {missing[0]} (of {len(shards)}); {fam.where_to_get}")
+
+
+def _load_folder(path: Path, family: str | None, torch_dtype, allow_pickle: bool) -> LoadedModel:
+    fam = get_family(family or detect_folder_family(path) or _unknown_family(path))
+    check_folder(path, fam, allow_pickle)
+    overrides: dict[str, Any] = {}
+    if fam.name == "kolors":  # the original Kolors repo names the SDXL pipeline and ships custom code
+        from diffusers.pipelines.kolors import ChatGLMTokenizer
+        from diffusers.pipelines.kolors.text_encoder import ChatGLMModel
+
+        tok_dir = path / "tokenizer" if (path / "tokenizer").is_dir() else path / "text_encoder"
+        overrides["tokenizer"] = ChatGLMTokenizer.from_pretrained(tok_dir)
+        overrides["text_encoder"] = ChatGLMModel.from_pretrained(
+            path / "text_encoder", torch_dtype=torch_dtype, use_safetensors=_safetensors_flag(allow_pickle)
+        )
+    try:
+        pipe = fam.pipeline_class().from_pretrained(
+            path, torch_dtype=torch_dtype, use_safetensors=_safetensors_flag(allow_pickle), local_files_only=True, **overrides
+        )
+    except (OSError, ValueError, EnvironmentError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"{path}: cannot load as {fam.name}: {first}") from None
+    return LoadedModel(pipe, fam, path.name, str(path), path)
+
+
+def load_vae(vae: str, torch_dtype, allow_pickle: bool = False):
+    """`--vae`: a diffusers VAE folder, or a .safetensors file (diffusers or original layout)."""
+    from diffusers import AutoencoderKL
+
+    path = Path(vae).expanduser()
+    if not path.exists():
+        raise ModelLoadError(f"VAE not found: {vae} (e.g. the folder of madebyollin/sdxl-vae-fp16-fix)")
+    if path.is_dir() or (path.parent / "config.json").is_file():
+        folder = path if path.is_dir() else path.parent
+        return AutoencoderKL.from_pretrained(folder, torch_dtype=torch_dtype, use_safetensors=_safetensors_flag(allow_pickle))
+    if path.suffix.lower() != ".safetensors" and not allow_pickle:
+        raise ModelLoadError(f"refusing to unpickle VAE {path.name}; use .safetensors or pass --allow-pickle")
+    from loraflow.models.single_file import load_single_file_vae
+
+    return load_single_file_vae(path, dtype=torch_dtype)
+
+
+def _safetensors_flag(allow_pickle: bool) -> bool | None:
+    """True: safetensors only. None: prefer safetensors, fall back to .bin (loaded weights_only)."""
+    return None if allow_pickle else True

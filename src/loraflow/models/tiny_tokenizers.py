@@ -1,0 +1,102 @@
+"""Tokenizers for the tiny models, built offline from generated vocabularies.
+
+* CLIP: byte-level BPE (the 256 byte symbols, with and without `</w>`) plus merges that make a
+  small word list single tokens, so prompts tokenize like they would with the real CLIP vocab.
+* ChatGLM (Kolors): a sentencepiece BPE model trained in-process on a small bilingual corpus,
+  wrapped in diffusers' `ChatGLMTokenizer` exactly as Kolors ships it (`tokenizer.model`).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# Words that become single tokens (English story/scene vocabulary and A1111 negative-prompt words).
+WORDS = (
+    "a an the of in on at with and or to is are cat dog girl boy woman man orange red green blue yellow "
+    "purple pink black white gray brown cute small big little old modern ancient style anime photo painting "
+    "ink sky room house palace emperor book light ball chasing sitting standing running full body background "
+    "sofa table door garden tree flower water sun moon night day happy sad curious lowres low quality worst "
+    "text deformed disfigured contrast cropped missing fingers ugly noisy blurry best masterpiece detailed "
+    "circle square triangle star left right top bottom center striped outlined"
+).split()
+
+CHATGLM_CORPUS = (
+    "二次元,一个紫色短发小女孩,在家中沙发上坐着,双手托着腮,很无聊,全身,粉色连衣裙\n"
+    "现代风格,一只橘色的小猫在温馨的客厅里,正在追逐一个红色的毛线球,地上散落着玩具\n"
+    "古风,水墨画,一只橘色的小猫站在金碧辉煌的古代皇宫大殿内,四周是雕梁画栋\n"
+    "丑陋,变形,嘈杂,模糊,低对比度\n"
+    "a cute orange cat chasing a red ball in a cozy living room, anime style, full body\n"
+    "lowres, low quality, worst quality, text, deformed, black and white, disfigured, low contrast\n"
+)
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP byte -> printable unicode table (from openai/CLIP `simple_tokenizer.py`)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def clip_vocab_and_merges(words: tuple[str, ...] = tuple(WORDS)) -> tuple[dict[str, int], list[str]]:
+    symbols = list(_bytes_to_unicode().values())
+    vocab_list = symbols + [s + "</w>" for s in symbols]
+    merges: list[str] = []
+    seen = set(vocab_list)
+    for word in dict.fromkeys(words):
+        parts = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(parts) > 1:  # merge left to right: c a t</w> -> ca t</w> -> cat</w>
+            merged = parts[0] + parts[1]
+            rule = f"{parts[0]} {parts[1]}"
+            if rule not in merges:
+                merges.append(rule)
+            if merged not in seen:
+                seen.add(merged)
+                vocab_list.append(merged)
+            parts = [merged] + parts[2:]
+    vocab_list += ["<|startoftext|>", "<|endoftext|>"]
+    return {tok: i for i, tok in enumerate(vocab_list)}, merges
+
+
+def build_clip_tokenizer(workdir: str | Path, max_length: int = 77):
+    """A `CLIPTokenizer` from generated `vocab.json` + `merges.txt` written into `workdir`."""
+    from transformers import CLIPTokenizer
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    vocab, merges = clip_vocab_and_merges()
+    (workdir / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (workdir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    tok = CLIPTokenizer(vocab=str(workdir / "vocab.json"), merges=str(workdir / "merges.txt"), model_max_length=max_length)
+    return tok
+
+
+def build_chatglm_tokenizer(workdir: str | Path, vocab_size: int = 400):
+    """Kolors' `ChatGLMTokenizer` over a sentencepiece BPE model trained in-process (< 1 s)."""
+    import io
+
+    import sentencepiece as spm
+    from diffusers.pipelines.kolors import ChatGLMTokenizer
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    corpus = (CHATGLM_CORPUS + " ".join(WORDS) + "\n") * 4
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus.splitlines()),
+        model_writer=model,
+        vocab_size=vocab_size,
+        model_type="bpe",
+        character_coverage=1.0,
+        byte_fallback=True,  # any character (even unseen CJK) still tokenizes
+        num_threads=1,
+        minloglevel=2,
+    )
+    path = workdir / "tokenizer.model"
+    path.write_bytes(model.getvalue())
+    return ChatGLMTokenizer(vocab_file=str(path))
