@@ -1,0 +1,152 @@
+"""What every op shares: parameter models, the per-sample image accessor, range checks."""
+from __future__ import annotations
+
+import math
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from PIL import Image
+
+from loraflow.config import Options, opt
+from loraflow.data.images import ImageError, ImageInfo, load_rgb, read_info
+
+# data-juicer stores per-sample stats under this key (data_juicer/utils/constant.py Fields.stats).
+STATS_KEY = "__dj__stats__"
+MAXSIZE = sys.maxsize
+
+
+class OpParams(Options):
+    """Keys data-juicer accepts on every op. We use `text_key`/`image_key`; the scheduling keys
+    (num_proc, batch_size, accelerator, ...) are accepted so recipes run unchanged, and ignored."""
+
+    text_key: str | None = opt(None, "sample field holding the text (default: the recipe's first text_keys)")
+    image_key: str | None = opt(None, "sample field holding the list of image paths (default: the recipe's)")
+    num_proc: Any = opt(None, "ignored (loraflow uses the recipe's `np`)")
+    batch_size: Any = opt(None, "ignored")
+    accelerator: Any = opt(None, "ignored (no model-backed ops)")
+    cpu_required: Any = opt(None, "ignored")
+    mem_required: Any = opt(None, "ignored")
+    turbo: Any = opt(None, "ignored")
+    skip_op_error: Any = opt(None, "ignored: loraflow always records per-item errors and goes on")
+    stats_export_path: Any = opt(None, "ignored")
+    work_dir: Any = opt(None, "ignored")
+
+
+class FilterParams(OpParams):
+    """data-juicer's Filter base: closed intervals by default, optionally reversed."""
+
+    min_closed_interval: bool = opt(True, "min bound is inclusive")
+    max_closed_interval: bool = opt(True, "max bound is inclusive")
+    reversed_range: bool = opt(False, "keep samples *outside* the range instead")
+
+
+class MultiImageParams(FilterParams):
+    any_or_all: Literal["any", "all"] = opt("any", "keep if any image passes, or only if all do")
+
+
+class SampleError(Exception):
+    """A sample (not an image) is malformed, e.g. its text field is missing; it becomes errored."""
+
+
+@dataclass
+class Rejection:
+    """Why a sample was rejected: the op, the stat key, its value and a one-line reason."""
+
+    op: str
+    stat: str
+    value: Any
+    reason: str
+
+
+def in_range(p: FilterParams, value: float, low: float | None, high: float | None) -> bool:
+    """data-juicer's `Filter.get_keep_boolean`."""
+    ok = True
+    if low is not None:
+        ok = ok and (value >= low if p.min_closed_interval else value > low)
+    if high is not None:
+        ok = ok and (value <= high if p.max_closed_interval else value < high)
+    return (not ok) if p.reversed_range else ok
+
+
+def keep_many(p: MultiImageParams, oks: list[bool]) -> bool:
+    """A sample with no images is kept (data-juicer: `if len(keep_bools) <= 0: return True`)."""
+    if not oks:
+        return True
+    return any(oks) if p.any_or_all == "any" else all(oks)
+
+
+def show_range(low: Any, high: Any, p: FilterParams) -> str:
+    def fmt(v: Any) -> str:
+        return "inf" if v is None or v == MAXSIZE or (isinstance(v, float) and math.isinf(v)) else f"{v:g}" if isinstance(v, float) else str(v)
+
+    left = "[" if p.min_closed_interval else "("
+    right = "]" if p.max_closed_interval else ")"
+    text = f"{left}{fmt(low)}, {fmt(high)}{right}"
+    return f"outside {text}" if p.reversed_range else text
+
+
+class SampleImages:
+    """The images of one sample, opened at most once each: header info or full RGB decode.
+
+    Raises `ImageError` (the sample becomes errored) for a missing or unreadable image.
+    """
+
+    def __init__(self, paths: list[str], check_tail: bool = True, verify: bool = False):
+        self.paths = paths
+        self.check_tail = check_tail
+        self.verify = verify  # decode pixels even when only sizes are needed
+        self._info: dict[int, ImageInfo] = {}
+        self._rgb: dict[int, Image.Image] = {}
+        self.notes: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def info(self, i: int) -> ImageInfo:
+        if i not in self._info:
+            if self.verify:
+                im = self.rgb(i)
+                self._info[i] = ImageInfo(im.width, im.height, None, "RGB")
+            else:
+                self._info[i] = read_info(self.paths[i], check_tail=self.check_tail)
+        return self._info[i]
+
+    def rgb(self, i: int) -> Image.Image:
+        if i not in self._rgb:
+            self._rgb[i] = load_rgb(self.paths[i], self.notes)
+        return self._rgb[i]
+
+    def file_size(self, i: int) -> int:
+        try:
+            return os.path.getsize(self.paths[i])
+        except OSError as e:
+            raise ImageError(f"{self.paths[i]}: {e.strerror or e}") from None
+
+
+class Op:
+    """Base for filters: subclasses set `name`, `Params`, `stat_keys` and implement
+    `compute` (fill stats) and `decide` (None = keep)."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type[OpParams]]
+    kind: ClassVar[str] = "filter"
+    stat_keys: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, params: OpParams, text_key: str, image_key: str):
+        self.p = params
+        self.text_key = params.text_key or text_key
+        self.image_key = params.image_key or image_key
+
+    def compute(self, images: SampleImages, sample: dict, stats: dict) -> None:
+        raise NotImplementedError
+
+    def decide(self, stats: dict) -> Rejection | None:
+        raise NotImplementedError
+
+    def text_of(self, sample: dict) -> str:
+        text = sample.get(self.text_key)
+        if not isinstance(text, str):
+            raise SampleError(f"field '{self.text_key}' is {'missing' if text is None else type(text).__name__}, expected text")
+        return text

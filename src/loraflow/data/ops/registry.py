@@ -1,0 +1,38 @@
+"""Op names -> classes, and the recipe's `process` list -> op objects (errors before any work)."""
+from __future__ import annotations
+
+from typing import Any
+
+from loraflow.data.ops.base import Op
+from loraflow.data.ops.dedup import ImageDeduplicator
+from loraflow.data.ops.image_filters import (ImageAspectRatioFilter, ImageShapeFilter, ImageSharpnessFilter,
+                                             ImageSizeFilter)
+from loraflow.data.ops.text_filters import TextLengthFilter, WordsNumFilter
+from loraflow.errors import ConfigError
+
+OPS: dict[str, type[Op]] = {cls.name: cls for cls in (
+    ImageShapeFilter, ImageAspectRatioFilter, ImageSizeFilter, ImageSharpnessFilter,
+    ImageDeduplicator, TextLengthFilter, WordsNumFilter,
+)}
+
+# data-juicer ops that need model weights (CLIP, BLIP, NSFW/watermark classifiers, tokenizers ...).
+MODEL_BACKED = frozenset({
+    "image_aesthetics_filter", "image_text_similarity_filter", "image_text_matching_filter",
+    "image_nsfw_filter", "image_watermark_filter", "image_face_count_filter", "image_face_ratio_filter",
+    "image_pair_similarity_filter", "image_subplot_filter", "image_captioning_mapper",
+    "image_diffusion_mapper", "image_tagging_mapper", "image_face_blur_mapper", "perplexity_filter",
+    "language_id_score_filter", "token_num_filter", "llm_quality_score_filter", "ray_image_deduplicator",
+})
+
+
+def build_op(name: str, params: dict[str, Any] | None, text_key: str, image_key: str, where: str) -> Op:
+    if name in MODEL_BACKED:
+        raise ConfigError(f"{where}: data-juicer op '{name}' is not available in loraflow yet; needs model weights")
+    if name not in OPS:
+        raise ConfigError(f"{where}: unknown op '{name}'; loraflow knows: {', '.join(sorted(OPS))}")
+    cls = OPS[name]
+    parsed = cls.Params.from_dict(params or {}, source=f"{where} ({name})")
+    if getattr(parsed, "tokenization", False):
+        raise ConfigError(f"{where} ({name}): tokenization: true is not available in loraflow yet; "
+                          "needs a sentencepiece model")
+    return cls(parsed, text_key=text_key, image_key=image_key)
