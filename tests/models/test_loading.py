@@ -107,3 +107,30 @@ def test_vae_override_from_folder(tiny_model_dir):
     assert loaded.extras["vae"] == "vae"
     with pytest.raises(ModelLoadError, match="VAE not found"):
         load_pipeline("tiny:sdxl", vae="/nonexistent/vae")
+
+
+
+def test_vae_override_from_single_files(tiny_model_dir, tmp_path, monkeypatch):
+    """sdxl-vae-fp16-fix ships a lone diffusers-layout file; A1111 VAEs are original (LDM) layout."""
+    import torch
+    from ldm_convert import vae_to_ldm
+    from safetensors.torch import save_file
+
+    from loraflow.models import single_file
+
+    vae = load_pipeline("tiny:sdxl", device="cpu").pipe.vae
+    tiny_dir = tiny_model_dir("sdxl")
+    monkeypatch.setattr(single_file, "shipped_config_dir", lambda family: tiny_dir)  # the tiny VAE's config
+    files = {"diffusers": tmp_path / "diffusion_pytorch_model.safetensors", "ldm": tmp_path / "vae.safetensors"}
+    save_file(vae.state_dict(), files["diffusers"])
+    save_file({f"first_stage_model.{k}": v.contiguous() for k, v in vae_to_ldm(vae).items()}, files["ldm"])
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    expected = vae.decode(vae.encode(x).latent_dist.mean).sample
+    for kind, path in files.items():
+        loaded = load_pipeline("tiny:sdxl", vae=str(path), device="cpu").pipe.vae
+        got = loaded.decode(loaded.encode(x).latent_dist.mean).sample
+        assert torch.allclose(got, expected, atol=1e-5), kind
+    bad = tmp_path / "vae.ckpt"
+    bad.write_bytes(b"x")
+    with pytest.raises(ModelLoadError, match="refusing to unpickle VAE vae.ckpt"):
+        load_pipeline("tiny:sdxl", vae=str(bad))

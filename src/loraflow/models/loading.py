@@ -70,7 +70,7 @@ def load_pipeline(
     torch_dtype = resolve_dtype(dtype, device)
     loaded = _load(model, family, torch_dtype, allow_pickle)
     if vae:
-        loaded.pipe.vae = load_vae(vae, torch_dtype, allow_pickle)
+        loaded.pipe.vae = load_vae(vae, torch_dtype, allow_pickle, family=loaded.family.name)
         loaded.extras["vae"] = Path(vae).name
     loaded.pipe.to(device)
     loaded.pipe.set_progress_bar_config(disable=True)
@@ -106,7 +106,7 @@ def _load(model: str, family: str | None, torch_dtype, allow_pickle: bool) -> Lo
         raise ModelLoadError(f"{path}: not a model folder or a .safetensors checkpoint")
     from loraflow.models.single_file import detect_checkpoint_family, load_single_file
 
-    fam = get_family(family or detect_checkpoint_family(path) or _unknown_family(path))
+    fam = get_family(family or detect_checkpoint_family(path, allow_pickle=allow_pickle) or _unknown_family(path))
     pipe = load_single_file(path, fam.name, dtype=torch_dtype, device="cpu", allow_pickle=allow_pickle)
     return LoadedModel(pipe, fam, path.stem, model, path)
 
@@ -204,7 +204,7 @@ def _load_folder(path: Path, family: str | None, torch_dtype, allow_pickle: bool
     return LoadedModel(pipe, fam, path.name, str(path), path)
 
 
-def load_vae(vae: str, torch_dtype, allow_pickle: bool = False):
+def load_vae(vae: str, torch_dtype, allow_pickle: bool = False, family: str = "sdxl"):
     """`--vae`: a diffusers VAE folder, or a .safetensors file (diffusers or original layout)."""
     from diffusers import AutoencoderKL
 
@@ -214,11 +214,9 @@ def load_vae(vae: str, torch_dtype, allow_pickle: bool = False):
     if path.is_dir() or (path.parent / "config.json").is_file():
         folder = path if path.is_dir() else path.parent
         return AutoencoderKL.from_pretrained(folder, torch_dtype=torch_dtype, use_safetensors=_safetensors_flag(allow_pickle))
-    if path.suffix.lower() != ".safetensors" and not allow_pickle:
-        raise ModelLoadError(f"refusing to unpickle VAE {path.name}; use .safetensors or pass --allow-pickle")
     from loraflow.models.single_file import load_single_file_vae
 
-    return load_single_file_vae(path, dtype=torch_dtype)
+    return load_single_file_vae(path, family=family, dtype=torch_dtype, allow_pickle=allow_pickle)
 
 
 def _safetensors_flag(allow_pickle: bool) -> bool | None:
