@@ -1,0 +1,218 @@
+"""Read LoRA files of any layout we know, check they fit a model family, convert between layouts.
+
+    lora = read_lora("style.safetensors")                  # kohya, diffusers or peft layout
+    sd, alphas = to_diffusers_state_dict(lora, "sdxl")     # diffusers keys + per-module alphas
+    convert_lora("in.safetensors", "out.safetensors", to="kohya", family="sdxl")
+
+Putting LoRAs into a pipeline is `loraflow.models.lora.apply` (`apply_loras`, `remove_loras`),
+re-exported here.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loraflow.errors import InputError, ModelLoadError
+from loraflow.models.lora import formats
+from loraflow.models.lora.formats import detect_lora_format  # noqa: F401  (part of this module's API)
+from loraflow.models.lora.kohya_keys import SGM_FAMILIES, is_sgm_name, underscores_to_dots
+from loraflow.models.lora.metadata import family_from_metadata
+
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+FAMILY_NAMES = {"sd15": "SD1.5", "sd2": "SD2", "sdxl": "SDXL", "kolors": "Kolors"}
+
+
+@dataclass
+class LoraFile:
+    """One LoRA file, as stored and in the neutral form (`formats` module docstring)."""
+
+    state_dict: dict[str, Any]  # tensors exactly as in the file
+    metadata: dict[str, str]  # safetensors metadata (`ss_*`, `modelspec.*`, `lora_adapter_metadata`, ...)
+    format: str  # "kohya" | "diffusers" | "peft"
+    rank: int  # most common rank over modules
+    alpha: float  # most common alpha (kohya meaning: scale = alpha / rank)
+    path: Path | None = None
+    neutral: dict[str, Any] = field(default_factory=dict, repr=False)  # diffusers-layout tensors
+    alphas: dict[str, float] = field(default_factory=dict, repr=False)  # `<component>.<module>` -> alpha
+
+    @property
+    def name(self) -> str:
+        return str(self.path) if self.path else "LoRA"
+
+    def modules(self) -> dict[str, tuple[int, float]]:
+        """`<component>.<module>` -> (rank, alpha)."""
+        return {t: (r, self.alphas[t]) for t, r in formats.module_ranks(self.neutral).items()}
+
+    def components(self) -> list[str]:
+        return sorted({t.split(".")[0] for t in self.alphas}, key=formats.COMPONENTS.index)
+
+
+def read_lora(path: str | os.PathLike, *, allow_pickle: bool = False) -> LoraFile:
+    """Read a `.safetensors` LoRA (pickled `.pt/.bin/.ckpt` only with `allow_pickle=True`, and
+    then with `torch.load(weights_only=True)`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"LoRA file not found: {path}")
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        if not allow_pickle:
+            raise ModelLoadError(f"{path}: refusing to unpickle a {path.suffix} file; convert it to .safetensors "
+                                 "or allow pickle explicitly (allow_pickle=True)")
+        state_dict, metadata = _read_pickle(path)
+    elif path.suffix.lower() == ".safetensors":
+        state_dict, metadata = _read_safetensors(path)
+    else:
+        raise ModelLoadError(f"{path}: not a LoRA file; expected .safetensors")
+    return lora_from_state_dict(state_dict, metadata, path)
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ModelLoadError(f"{path}: not a valid safetensors file: {str(e).splitlines()[0]}") from None
+
+
+def _read_pickle(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    import torch
+
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling errors come in many types
+        raise ModelLoadError(f"{path}: cannot read: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    data = data.get("state_dict", data) if isinstance(data, dict) else data
+    if not isinstance(data, dict) or not all(hasattr(v, "shape") for v in data.values()):
+        raise ModelLoadError(f"{path}: expected a dict of tensors")
+    return data, {}
+
+
+def lora_from_state_dict(state_dict: dict[str, Any], metadata: dict[str, str] | None = None,
+                         path: str | os.PathLike | None = None) -> LoraFile:
+    """A `LoraFile` from tensors already in memory (e.g. a file read elsewhere)."""
+    metadata = dict(metadata or {})
+    source = str(path) if path else "LoRA"
+    fmt = formats.detect_lora_format(state_dict)
+    adapter_meta = _adapter_metadata(metadata, source)
+    if fmt == "kohya":
+        neutral, alphas = formats.kohya_to_neutral(state_dict, source)
+    elif fmt == "diffusers":
+        neutral, alphas = formats.diffusers_to_neutral(state_dict, adapter_meta, source)
+    elif fmt == "peft":
+        neutral, alphas = formats.peft_to_neutral(state_dict, adapter_meta, "unet", source)
+    elif fmt == "lycoris":
+        raise InputError(f"{source}: LyCORIS (LoHa/LoKr/DoRA) files are not supported; only plain LoRA")
+    else:
+        raise InputError(f"{source}: not a LoRA state dict (keys such as {', '.join(list(state_dict)[:3])}); "
+                         "expected kohya (lora_unet_...), diffusers (unet....lora_A.weight) or peft keys")
+    if not alphas:
+        raise InputError(f"{source}: holds no LoRA modules")
+    ranks = formats.module_ranks(neutral)
+    return LoraFile(state_dict, metadata, fmt, formats.most_common(ranks.values()),
+                    formats.most_common(alphas.values()), Path(path) if path else None, neutral, alphas)
+
+
+def _adapter_metadata(metadata: dict[str, str], source: str) -> dict[str, Any] | None:
+    raw = metadata.get("lora_adapter_metadata")
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        raise InputError(f"{source}: metadata 'lora_adapter_metadata' is not valid JSON") from None
+
+
+# ---- family -----------------------------------------------------------------------------------
+def guess_family(lora: LoraFile) -> str | None:
+    """The family the file appears to be for: from its metadata, else from key names
+    ('sdxl' then means SDXL-class, which includes Kolors); None when nothing tells."""
+    stated = family_from_metadata(lora.metadata)
+    if stated:
+        return stated
+    components = lora.components()
+    if "text_encoder_2" in components:
+        return "sdxl"
+    if lora.format == "kohya" and any(
+        k.startswith("lora_unet_") and is_sgm_name(underscores_to_dots(k.split(".")[0][len("lora_unet_"):]))
+        for k in lora.state_dict
+    ):
+        return "sdxl"
+    modules = [t[len("unet."):] for t in lora.alphas if t.startswith("unet.")]
+    # SD1/2 have attention in the first down block and four levels; SDXL-class neither.
+    if any(m.startswith(("down_blocks.0.attentions", "down_blocks.3", "up_blocks.3.attentions")) for m in modules):
+        return "sd15"
+    # SDXL-class has 2+ transformer layers in its deepest blocks, SD1/2 never.
+    if any(".transformer_blocks.1." in m for m in modules):
+        return "sdxl"
+    return None
+
+
+def check_family(lora: LoraFile, family: str) -> None:
+    """One-line error when the file is for another family (or has weights the family cannot take)."""
+    apparent = guess_family(lora)
+    stated = family_from_metadata(lora.metadata)
+    same_class = apparent == family or (stated is None and apparent == "sdxl" and family in SGM_FAMILIES)
+    if apparent and not same_class:
+        raise InputError(f"{lora.name} appears to be a {FAMILY_NAMES.get(apparent, apparent)} LoRA; "
+                         f"it cannot be used with {FAMILY_NAMES.get(family, family)}")
+    te = [c for c in lora.components() if c != "unet"]
+    if family == "kolors" and te:
+        raise InputError(f"{lora.name} has CLIP text encoder LoRA weights ({te[0]}), but Kolors' text encoder "
+                         "is ChatGLM; a Kolors LoRA may only hold UNet weights")
+    if family == "sd15" and "text_encoder_2" in te:
+        raise InputError(f"{lora.name} has second text encoder weights (SDXL); SD1.5 has one text encoder")
+
+
+def to_diffusers_state_dict(lora: LoraFile, family: str) -> tuple[dict[str, Any], dict[str, float]]:
+    """(diffusers-layout state dict `unet.<module>.lora_A.weight` ..., alphas `unet.<module>` -> alpha).
+
+    The scale each module must get is alpha / rank (rank = its lora_A.shape[0]).
+    """
+    check_family(lora, family)
+    return dict(lora.neutral), dict(lora.alphas)
+
+
+# ---- conversion -------------------------------------------------------------------------------
+def convert_lora(src: str | os.PathLike, dst: str | os.PathLike, *, to: str, family: str | None = None,
+                 allow_pickle: bool = False) -> Path:
+    """Rewrite a LoRA in another layout, tensors and alphas unchanged; metadata is kept.
+
+    `family` is needed for kohya output (SGM names for SDXL/Kolors); by default it is guessed
+    from the file.
+    """
+    from loraflow.models.lora.save import write_safetensors_atomic
+
+    if to not in formats.FORMATS:
+        raise InputError(f"unknown LoRA format '{to}'; choose one of: {', '.join(formats.FORMATS)}")
+    lora = read_lora(src, allow_pickle=allow_pickle)
+    family = family or guess_family(lora)
+    if to == "kohya" and family not in ("sd15", "sdxl", "kolors"):
+        raise InputError(f"{lora.name}: cannot tell which model family it is for; pass --family sdxl|sd15|kolors")
+    if family:
+        check_family(lora, family)
+    metadata = {k: v for k, v in lora.metadata.items() if k not in ("lora_adapter_metadata", "format")}
+    if to == "kohya":
+        tensors = formats.neutral_to_kohya(lora.neutral, lora.alphas, family)
+    else:
+        convert = formats.neutral_to_diffusers if to == "diffusers" else formats.neutral_to_peft
+        tensors, adapter_meta = convert(lora.neutral, lora.alphas)
+        metadata["format"] = "pt"
+        metadata["lora_adapter_metadata"] = json.dumps(adapter_meta, indent=2, sort_keys=True)
+    if "sshs_model_hash" in metadata:  # the tensor bytes changed with the key names
+        from loraflow.models.lora.metadata import sshs_hashes
+
+        metadata["sshs_model_hash"], metadata["sshs_legacy_hash"] = sshs_hashes(tensors, metadata)
+    return write_safetensors_atomic(dst, tensors, metadata)
+
+
+def __getattr__(name: str):
+    # apply_loras / remove_loras live in apply.py (pipeline side); importable from here as well.
+    if name in ("apply_loras", "remove_loras"):
+        from loraflow.models.lora import apply
+
+        return getattr(apply, name)
+    raise AttributeError(name)
