@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "loraflow.train.cli",  # train
     "loraflow.models.cli",  # models info|download
     "loraflow.models.lora.cli",  # lora info|convert
+    "loraflow.score.cli",  # score
 )
 
 
