@@ -154,11 +154,12 @@ def test_process_pool_gives_the_same_answer_as_serial(tmp_path):
 
 
 @pytest.mark.parametrize("change, words", [
-    ({"process": [{"image_shap_filter": {}}]}, "unknown op 'image_shap_filter'; loraflow knows: image_aspect_ratio_filter"),
+    ({"process": [{"image_shap_filter": {}}]}, "unknown op 'image_shap_filter'; loraflow knows: image_aesthetics_filter, image_aspect_ratio_filter"),
     ({"process": [{"image_shape_filter": {"min_width": "big"}}]}, "key 'min_width' = 'big'"),
     ({"process": [{"image_shape_filter": {"min_wdith": 3}}]}, "unknown key 'min_wdith'"),
     ({"process": [{"image_size_filter": {"max_size": "1.5MB"}}]}, "'1536KB'"),
-    ({"process": [{"image_aesthetics_filter": {}}]}, "not available in loraflow yet; needs model weights"),
+    ({"process": [{"image_aesthetics_filter": {}}]}, "hf_scorer_model is required: the path of local model weights"),
+    ({"process": [{"image_nsfw_filter": {}}]}, "not available in loraflow yet; needs model weights"),
     ({"process": [{"words_num_filter": {"tokenization": True}}]}, "not available in loraflow yet"),
     ({"dataset_path": None}, "missing 'dataset_path'"),
     ({"np": 0}, "key 'np' = 0"),

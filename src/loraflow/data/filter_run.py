@@ -43,6 +43,8 @@ def sample_paths(sample: dict, key: str) -> list[str]:
 def evaluate(task: Task, batch: list[tuple[int, dict, dict]]) -> list[tuple[str, object, dict]]:
     """Per sample (verdict, payload, stats): ('kept', None) | ('rejected', Rejection) |
     ('errored', message) | ('key', dedup key). Stats travel back because workers are other processes."""
+    if task.ops[0].kind == "model":
+        return _evaluate_model(task, batch)
     out: list[tuple[str, object, dict]] = []
     for _, sample, stats in batch:
         images: dict[str, SampleImages] = {}
@@ -61,6 +63,34 @@ def evaluate(task: Task, batch: list[tuple[int, dict, dict]]) -> list[tuple[str,
                     break
         except (ImageError, SampleError) as e:
             verdict = ("errored", str(e))
+        out.append((*verdict, stats))
+    return out
+
+
+def _evaluate_model(task: Task, batch: list[tuple[int, dict, dict]]) -> list[tuple[str, object, dict]]:
+    """A model-backed op scores the whole chunk at once (one batched model call)."""
+    op = task.ops[0]
+    verdicts: list[tuple[str, object] | None] = []
+    ready = []
+    for _, sample, stats in batch:
+        try:
+            images = SampleImages(sample_paths(sample, op.image_key), task.check_tail, task.verify)
+        except SampleError as e:
+            verdicts.append(("errored", str(e)))
+            continue
+        verdicts.append(None)
+        ready.append((images, sample, stats))
+    errors = iter(op.compute_batch(ready) if ready else [])
+    ready_stats = iter(ready)
+    out = []
+    for (_, _, stats), verdict in zip(batch, verdicts):
+        if verdict is None:
+            next(ready_stats)
+            error = next(errors)
+            verdict = ("errored", error) if error else ("kept", None)
+            if error is None:
+                rejection = op.decide(stats)
+                verdict = ("rejected", rejection) if rejection else ("kept", None)
         out.append((*verdict, stats))
     return out
 
@@ -85,9 +115,9 @@ class FilterResult:
 def _segments(ops: list[Op]) -> list[list[Op]]:
     segs: list[list[Op]] = []
     for op in ops:
-        if op.kind == "dedup":
+        if op.kind in ("dedup", "model"):  # each alone: a barrier, or one batched model call
             segs.append([op])
-        elif segs and segs[-1][0].kind != "dedup":
+        elif segs and segs[-1][0].kind == "filter":
             segs[-1].append(op)
         else:
             segs.append([op])
@@ -120,7 +150,8 @@ def run_filter(recipe: Recipe, ops: list[Op], backend: str = "local", np: int | 
 
     for seg in _segments(ops):
         desc = seg[0].name if len(seg) == 1 else f"{len(seg)} filters"
-        verdicts = mapper(evaluate, Task(seg, verify=verify), alive, workers, desc, progress)
+        seg_workers = 1 if seg[0].kind == "model" else workers  # one model in memory, batched
+        verdicts = mapper(evaluate, Task(seg, verify=verify), alive, seg_workers, desc, progress)
         survivors = []
         first_seen: dict[object, int] = {}
         for (number, sample, _), (status, payload, stats) in zip(alive, verdicts):
@@ -157,7 +188,7 @@ def write_result(recipe: Recipe, ops: list[Op], result: FilterResult) -> None:
     kept = result.kept if recipe.keep_stats_in_res_ds else [
         {k: v for k, v in row.items() if k != STATS_KEY} for row in result.kept]
     write_jsonl(recipe.export_path, kept)
-    if any(op.kind == "filter" for op in ops):
+    if any(op.kind in ("filter", "model") for op in ops):
         write_jsonl(recipe.stats_path, ({STATS_KEY: row[STATS_KEY]} for row in result.kept))
     write_jsonl(recipe.rejected_path, result.rejected)
     write_jsonl(recipe.errored_path, result.errored)

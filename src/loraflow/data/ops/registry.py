@@ -5,6 +5,7 @@ from typing import Any
 
 from loraflow.data.ops.base import Op
 from loraflow.data.ops.dedup import ImageDeduplicator
+from loraflow.data.ops.model_filters import ImageAestheticsFilter, ImageTextSimilarityFilter
 from loraflow.data.ops.image_filters import (ImageAspectRatioFilter, ImageShapeFilter, ImageSharpnessFilter,
                                              ImageSizeFilter)
 from loraflow.data.ops.text_filters import TextLengthFilter, WordsNumFilter
@@ -12,12 +13,14 @@ from loraflow.errors import ConfigError
 
 OPS: dict[str, type[Op]] = {cls.name: cls for cls in (
     ImageShapeFilter, ImageAspectRatioFilter, ImageSizeFilter, ImageSharpnessFilter,
-    ImageDeduplicator, TextLengthFilter, WordsNumFilter,
+    ImageDeduplicator, TextLengthFilter, WordsNumFilter, ImageAestheticsFilter, ImageTextSimilarityFilter,
 )}
+# The model path each model-backed op needs (local weights; checked before any work starts).
+REQUIRED_MODEL = {"image_aesthetics_filter": "hf_scorer_model", "image_text_similarity_filter": "hf_clip"}
 
 # data-juicer ops that need model weights (CLIP, BLIP, NSFW/watermark classifiers, tokenizers ...).
 MODEL_BACKED = frozenset({
-    "image_aesthetics_filter", "image_text_similarity_filter", "image_text_matching_filter",
+    "image_text_matching_filter",
     "image_nsfw_filter", "image_watermark_filter", "image_face_count_filter", "image_face_ratio_filter",
     "image_pair_similarity_filter", "image_subplot_filter", "image_captioning_mapper",
     "image_diffusion_mapper", "image_tagging_mapper", "image_face_blur_mapper", "perplexity_filter",
@@ -35,4 +38,8 @@ def build_op(name: str, params: dict[str, Any] | None, text_key: str, image_key:
     if getattr(parsed, "tokenization", False):
         raise ConfigError(f"{where} ({name}): tokenization: true is not available in loraflow yet; "
                           "needs a sentencepiece model")
+    key = REQUIRED_MODEL.get(name)
+    if key and not getattr(parsed, key):
+        raise ConfigError(f"{where} ({name}): {key} is required: the path of local model weights "
+                          "(loraflow never downloads during a run)")
     return cls(parsed, text_key=text_key, image_key=image_key)
