@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 
 from loraflow.config import Options, opt
 from loraflow.errors import ConfigError
+from loraflow.generate.control.units import ControlUnit, parse_units
 
 
 class ModelOptions(Options):
@@ -56,7 +57,45 @@ class SamplingOptions(Options):
         return v
 
 
-class GenerateConfig(ModelOptions, SamplingOptions):
+class ReferenceOptions(Options):
+    """Reference images: ControlNet units, an img2img init image, an inpainting mask."""
+
+    control: list[ControlUnit] = opt([], "ControlNet unit TYPE:IMAGE[:SCALE[:START:END]], repeatable; TYPE: "
+                                         "canny, lineart, depth, pose, seg, tile, color, raw")
+    controlnet: list[str] = opt([], "ControlNet weights (diffusers folder or .safetensors) per --control, same order")
+    guess_mode: bool = opt(False, "ControlNet guess mode: the control map alone steers (A1111 'ControlNet is more important')")
+    canny_low_threshold: int = opt(100, "canny preprocessor: low threshold", ge=0, le=255)
+    canny_high_threshold: int = opt(200, "canny preprocessor: high threshold", ge=0, le=255)
+    annotator_dir: str | None = opt(None, "local controlnet_aux annotator weights: depth/pose images are then "
+                                          "photos to annotate (never downloaded); else they are ready-made maps")
+    init_image: str | None = opt(None, "img2img: the image to start from", aliases=("image",))
+    strength: float = opt(0.75, "img2img/inpaint: how much to change the init image (0 = keep it, 1 = redraw)",
+                          aliases=("denoising_strength",), ge=0.0, le=1.0)
+    mask: str | None = opt(None, "inpainting mask (white = repaint, black = keep); needs --init-image",
+                           aliases=("mask_image",))
+    mask_blur: int = opt(4, "inpainting: blur of the mask edge when the kept pixels are pasted back", ge=0, le=64)
+
+    @field_validator("control", mode="before")
+    @classmethod
+    def _parse_units(cls, v):
+        try:
+            return parse_units(v)  # copies: `controlnet` paths are filled into them below
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
+
+    @model_validator(mode="after")
+    def _references_fit(self):
+        if len(self.controlnet) > len(self.control):
+            raise ValueError(f"{len(self.controlnet)} --controlnet for {len(self.control)} --control; give one per control")
+        for unit, path in zip(self.control, self.controlnet):
+            if unit.model is None:
+                unit.model = path
+        if self.mask and not self.init_image:
+            raise ValueError("mask needs an init_image to repaint")
+        return self
+
+
+class GenerateConfig(ReferenceOptions, ModelOptions, SamplingOptions):  # flags: sampling, model, references
     prompt: str = opt("", "what to draw; A1111 syntax: (word:1.2), (word), [word], <lora:name:0.8>")
     num_images: int = opt(1, "images to make", aliases=("num_images_per_prompt", "n"), ge=1, le=64)
     batch_size: int = opt(1, "images per pipeline call", ge=1, le=64)

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,6 +27,7 @@ class ImageResult:
     infotext: str
     params: dict
     path: Path | None = None
+    control_images: list = field(default_factory=list)  # the control maps that steered it (PIL)
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,8 @@ class GenerationSession:
         self._prompt_cache: dict[tuple, PromptEmbeds] = {}
         self._model_hash: str | None = None
         self._lora_hashes: dict[Path, str] = {}
+        self._controlnets: dict[str, Any] = {}  # path -> loaded ControlNet, loaded once
+        self._controlnet_labels: dict[str, str] = {}  # path -> "name [hash]" for the infotext
         self.encoder_calls = 0  # how many prompts actually went through the text encoders
 
     @classmethod
@@ -176,10 +179,12 @@ class GenerationSession:
             height=config.height or d.height, width=config.width or d.width,
             steps=config.num_inference_steps or d.num_inference_steps,
             guidance=d.guidance_scale if config.guidance_scale is None else config.guidance_scale,
+            reference=reference_key(config),
         )
 
     def _render(self, group: list[dict], progress, done: int, total: int) -> list[ImageResult]:
-        import torch
+        from loraflow.generate.control.pipelines import task_pipeline
+        from loraflow.generate.control.references import paste_unmasked, prepare_references
 
         first = group[0]
         # 1. LoRAs (from --lora and <lora:...> tags) and the sampler
@@ -190,33 +195,78 @@ class GenerationSession:
         embeds = self.encode([j["prompt"] for j in group] + [j["config"].negative_prompt for j in group])
         dtype = self.pipe.unet.dtype
         kwargs = self.family.call_kwargs(_stack(embeds[:n], dtype), _stack(embeds[n:], dtype))
+        # 3. references (control maps, init image, mask) and the task's pipeline over the same modules
+        refs = prepare_references(first["config"], first["width"], first["height"])
+        pipe = task_pipeline(self.pipe, self.family, refs.task, self._controlnets_for(refs))
+        kwargs.update(refs.call_kwargs(pipe, n, first["height"], first["width"]))
+        # 4. denoise
+        images = self._denoise(pipe, kwargs, group, refs, progress, done, total)
+        if refs.mask is not None:
+            images = [paste_unmasked(im, refs.init_image, refs.mask, first["config"].mask_blur) for im in images]
+        # 5. infotext per image
+        results = []
+        for job, image in zip(group, images):
+            params = self._infotext_params(job, refs)
+            results.append(ImageResult(image, job["seed"], self._infotext(job["prompt"], job["config"], params), params,
+                                       control_images=[c.image for c in refs.controls]))
+        return results
+
+    def _denoise(self, pipe, kwargs: dict, group: list[dict], refs, progress, done: int, total: int) -> list:
+        import torch
+
+        from loraflow.generate.control.references import denoising_steps, vae_round_trip
+
+        first, n = group[0], len(group)
+        if denoising_steps(first["steps"], refs.strength) == 0:
+            # strength 0 (or too small for one step): no denoising, the VAE's reading of the image
+            image = vae_round_trip(pipe, refs.init_image, first["height"], first["width"])
+            return [image.copy() for _ in group]
 
         def on_step_end(pipe, i, t, callback_kwargs):
             if progress:
                 progress(done + (i + 1) * n, total)
             return callback_kwargs
 
-        # 3. denoise; one CPU generator per image, so a batch equals its items run one by one
+        # one CPU generator per image, so a batch equals its items run one by one
         with torch.no_grad():
-            images = self.pipe(
+            return pipe(
                 **kwargs,
-                height=first["height"],
-                width=first["width"],
                 num_inference_steps=first["steps"],
                 guidance_scale=first["guidance"],
                 generator=[torch.Generator("cpu").manual_seed(j["seed"]) for j in group],
                 callback_on_step_end=on_step_end,
                 output_type="pil",
             ).images
-        # 4. infotext per image
-        results = []
-        for job, image in zip(group, images):
-            params = self._infotext_params(job)
-            results.append(ImageResult(image, job["seed"], self._infotext(job["prompt"], job["config"], params), params))
-        return results
+
+    def _controlnets_for(self, refs) -> list:
+        """The loaded ControlNet of each control unit (each file loaded once per session)."""
+        from loraflow.generate.control.model import load_controlnet
+
+        models = []
+        for k, control in enumerate(refs.controls):
+            path = control.unit.model
+            if not path:
+                raise ConfigError(f"control {k} ({control.unit.type}) has no ControlNet weights: pass --controlnet PATH "
+                                  "(one per --control, same order)")
+            if path not in self._controlnets:
+                self._controlnets[path] = load_controlnet(path, self.pipe.unet, dtype=self.pipe.unet.dtype,
+                                                          device=self.pipe.device)
+            models.append(self._controlnets[path])
+        return models
+
+    def controlnet_label(self, path: str | None) -> str:
+        """`name [hash]` as A1111's ControlNet extension shows a model."""
+        if not path:
+            return "None"
+        if path not in self._controlnet_labels:
+            from loraflow.generate.control.model import controlnet_hash, controlnet_name
+
+            self._controlnet_labels[path] = f"{controlnet_name(path)} [{controlnet_hash(path)}]"
+        return self._controlnet_labels[path]
 
     # ---- infotext -----------------------------------------------------------------------------
-    def _infotext_params(self, job: dict) -> dict:
+    def _infotext_params(self, job: dict, refs=None) -> dict:
+        from loraflow.generate.control.infotext import reference_params
         from loraflow.generate.schedulers import infotext_fields
 
         params: dict[str, Any] = {
@@ -228,6 +278,8 @@ class GenerationSession:
         params["Model"] = self.loaded.name
         if "vae" in self.loaded.extras:
             params["VAE"] = self.loaded.extras["vae"]
+        if refs is not None:
+            params.update(reference_params(refs, job["config"], job["width"], job["height"], self.controlnet_label))
         if self._loras:
             params["Lora hashes"] = {l.name: self.lora_hash(l.path) for l in self._loras}
         params["Version"] = f"loraflow {__version__}"
@@ -257,7 +309,14 @@ class GenerationSession:
         return self._lora_hashes[path]
 
 
-_BATCH_KEYS = ("loras", "height", "width", "steps", "guidance")
+_BATCH_KEYS = ("loras", "height", "width", "steps", "guidance", "reference")
+
+
+def reference_key(config: GenerateConfig) -> tuple:
+    """What must match for two items to share a batch: the same references, drawn the same way."""
+    return (tuple(u.model_dump_json() for u in config.control), config.guess_mode, config.canny_low_threshold,
+            config.canny_high_threshold, config.annotator_dir, config.init_image, config.strength, config.mask,
+            config.mask_blur)
 
 
 def _same_settings(a: dict, b: dict) -> bool:
@@ -273,6 +332,7 @@ def _stack(embeds: list[PromptEmbeds], dtype) -> PromptEmbeds:
 
 def save_results(results: list[ImageResult], out_dir: str | Path, stem: str | None = None) -> list[Path]:
     """Write PNGs with the A1111 `parameters` chunk, numbered like A1111 (`00012-1234.png`)."""
+    from loraflow.atomic import atomic_save_image
     from loraflow.generate.infotext import save_png_with_infotext
 
     out = Path(out_dir)
@@ -283,6 +343,8 @@ def save_results(results: list[ImageResult], out_dir: str | Path, stem: str | No
         name = f"{stem}.png" if stem and len(results) == 1 else f"{index + k:05d}-{r.seed}.png"
         r.path = save_png_with_infotext(r.image, out / name, r.infotext)
         paths.append(r.path)
+        for j, control in enumerate(r.control_images):  # 00012-1234.control0.png: what steered it
+            atomic_save_image(control, r.path.with_name(f"{r.path.stem}.control{j}.png"))
     return paths
 
 

@@ -7,8 +7,12 @@ scene, a grid image and a `story.json` index. The tutorial's main job, as a comm
     defaults: {height: 1024, width: 1024, num_inference_steps: 50, guidance_scale: 4, seed: 0}
     loras: [models/anime.safetensors:0.8]
     grid: {columns: 2, width: 1024, height: 2048, captions: true}
+    controlnets: {canny: models/controlnet-canny}   # weights per control type (optional)
     scenes:
       - {title: 现代小猫玩耍, prompt: "现代风格,一只橘色的小猫..."}
+      - title: 小猫穿越
+        prompt: "..."
+        control: [{type: canny, image: "@previous", scale: 0.6}]  # keep the last panel's layout
 """
 from __future__ import annotations
 
@@ -16,10 +20,12 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from loraflow.atomic import atomic_save_image, atomic_write_text
 from loraflow.config import Options, opt
+from loraflow.errors import ConfigError
+from loraflow.generate.control.units import PREVIOUS, ControlUnit, parse_units
 from loraflow.generate.options import GenerateConfig, ModelOptions, SamplingOptions
 from loraflow.generate.session import GenerationSession, ProgressFn, save_results
 
@@ -30,6 +36,22 @@ class Scene(Options):
     prompt: str = opt(..., "scene prompt; the story's style is prepended")
     negative_prompt: str | None = opt(None, "overrides the story's negative prompt")
     seed: int | None = opt(None, "overrides the story's seed policy for this scene", ge=0)
+    control: list[ControlUnit] = opt([], f"ControlNet units {{type, image, scale, start, end, model}}; "
+                                         f"image {PREVIOUS} = the previous scene's picture")
+    init_image: str | None = opt(None, f"img2img start image; {PREVIOUS} = the previous scene's picture")
+    strength: float = opt(0.75, "img2img: how much to change init_image", aliases=("denoising_strength",),
+                          ge=0.0, le=1.0)
+
+    @field_validator("control", mode="before")
+    @classmethod
+    def _parse_units(cls, v):
+        try:
+            return parse_units(v)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
+
+    def uses_previous(self) -> bool:
+        return self.init_image == PREVIOUS or any(u.image == PREVIOUS for u in self.control)
 
 
 class StoryDefaults(Options):
@@ -58,6 +80,8 @@ class Story(Options):
     negative_prompt: str = opt("", "negative prompt shared by all scenes")
     model: str | None = opt(None, "model to use when the command line gives none")
     loras: list[str] = opt([], "LoRA file[:weight] applied to every scene", aliases=("lora",))
+    controlnets: dict[str, str] = opt({}, "ControlNet weights per control type (canny: path), for scene "
+                                          "units that name no model")
     defaults: StoryDefaults = Field(default_factory=StoryDefaults)
     grid: GridOptions = Field(default_factory=GridOptions)
     scenes: list[Scene] = Field(..., min_length=1)
@@ -106,8 +130,38 @@ def scene_configs(story: Story, cfg: StoryboardConfig) -> list[GenerateConfig]:
             scheduler=cfg.scheduler or d.scheduler,
             lora=loras,
             lora_dir=cfg.lora_dir,
+            control=[u if u.model else u.model_copy(update={"model": story.controlnets.get(u.type)})
+                     for u in scene.control],
+            init_image=scene.init_image,
+            strength=scene.strength,
         ))
+    if story.scenes[0].uses_previous():
+        raise ConfigError(f"scene 1 uses {PREVIOUS}, but there is no previous scene")
     return items
+
+
+def with_previous(item: GenerateConfig, previous: Path) -> GenerateConfig:
+    """`@previous` in a scene's references -> the file of the scene rendered before it."""
+    def sub(image: str | None) -> str | None:
+        return str(previous) if image == PREVIOUS else image
+
+    control = [u.model_copy(update={"image": sub(u.image)}) for u in item.control]
+    return item.model_copy(update={"control": control, "init_image": sub(item.init_image)})
+
+
+def render_in_order(session: GenerationSession, items: list[GenerateConfig], out: Path,
+                    progress: ProgressFn | None = None) -> list:
+    """Scene by scene, each saved before the next, so `@previous` can read it."""
+    results = []
+    total = len(items)
+    for k, item in enumerate(items):
+        if k:
+            item = with_previous(item, results[-1].path)
+        step = (lambda done, n, k=k: progress(k * n + done, total * n)) if progress else None
+        [result] = session.generate_many([item], progress=step)
+        save_results([result], out, stem=f"scene-{k + 1:02d}")
+        results.append(result)
+    return results
 
 
 def run_storyboard(cfg: StoryboardConfig, session: GenerationSession | None = None,
@@ -119,10 +173,13 @@ def run_storyboard(cfg: StoryboardConfig, session: GenerationSession | None = No
     items = scene_configs(story, cfg)
     if session is None:
         session = GenerationSession.from_options(cfg.model_copy(update={"model": cfg.model or story.model}))
-    results = session.generate_many(items, batch_size=cfg.batch_size, progress=progress)
     out = Path(cfg.out)
-    for k, (scene, result) in enumerate(zip(story.scenes, results), start=1):
-        save_results([result], out, stem=f"scene-{k:02d}")
+    if any(scene.uses_previous() for scene in story.scenes):
+        results = render_in_order(session, items, out, progress)
+    else:
+        results = session.generate_many(items, batch_size=cfg.batch_size, progress=progress)
+        for k, result in enumerate(results, start=1):
+            save_results([result], out, stem=f"scene-{k:02d}")
 
     grid_opts = story.grid
     captions = cfg.captions if cfg.captions is not None else grid_opts.captions

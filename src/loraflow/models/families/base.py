@@ -37,6 +37,11 @@ class ModelFamily:
     pipeline_class_name: ClassVar[str]
     img2img_class_name: ClassVar[str | None] = None
     inpaint_class_name: ClassVar[str | None] = None
+    # diffusers ControlNet pipelines by task ("text2img" | "img2img" | "inpaint"); none = unsupported
+    controlnet_class_names: ClassVar[dict[str, str]] = {}
+    # Pipeline classes of another family that this one runs with precomputed embeddings: they are
+    # built without text encoders/tokenizers (Kolors borrows SDXL's, same UNet layout).
+    borrowed_class_names: ClassVar[tuple[str, ...]] = ()
     text_encoder_names: ClassVar[tuple[str, ...]]  # pipeline attributes holding text encoders
     defaults: ClassVar[FamilyDefaults]
     # Noise schedule of the base model's training (diffusers scheduler config keys).

@@ -10,8 +10,17 @@ MAX_SEQUENCE_LENGTH = 256
 class Kolors(ModelFamily):
     name = "kolors"
     pipeline_class_name = "KolorsPipeline"
-    img2img_class_name = "KolorsImg2ImgPipeline"
-    inpaint_class_name = None  # diffusers has no Kolors inpainting pipeline
+    # SDXL's, not KolorsImg2ImgPipeline: diffusers 0.42's drops `pooled_prompt_embeds` before its
+    # encode_prompt, so it fails with precomputed (A1111-weighted) embeddings.
+    img2img_class_name = "StableDiffusionXLImg2ImgPipeline"
+    # diffusers has no Kolors inpainting or ControlNet pipeline (the ControlNet one is only a
+    # community example). Kolors is SDXL's UNet with ChatGLM text: SDXL's pipelines run it when
+    # given the ChatGLM embeddings; the ControlNet projects them itself (generate/control/model.py).
+    inpaint_class_name = "StableDiffusionXLInpaintPipeline"
+    controlnet_class_names = {"text2img": "StableDiffusionXLControlNetPipeline",
+                              "img2img": "StableDiffusionXLControlNetImg2ImgPipeline",
+                              "inpaint": "StableDiffusionXLControlNetInpaintPipeline"}
+    borrowed_class_names = (img2img_class_name, inpaint_class_name, *controlnet_class_names.values())
     text_encoder_names = ("text_encoder",)
     defaults = FamilyDefaults(guidance_scale=5.0, num_inference_steps=50, height=1024, width=1024)
     # Kwai-Kolors/Kolors-diffusers scheduler/scheduler_config.json: 1100 train steps, betas to 0.014

@@ -9,6 +9,9 @@ class SD15(ModelFamily):
     pipeline_class_name = "StableDiffusionPipeline"
     img2img_class_name = "StableDiffusionImg2ImgPipeline"
     inpaint_class_name = "StableDiffusionInpaintPipeline"
+    controlnet_class_names = {"text2img": "StableDiffusionControlNetPipeline",
+                              "img2img": "StableDiffusionControlNetImg2ImgPipeline",
+                              "inpaint": "StableDiffusionControlNetInpaintPipeline"}
     text_encoder_names = ("text_encoder",)
     defaults = FamilyDefaults(guidance_scale=7.5, num_inference_steps=30, height=512, width=512)
     # runwayml/stable-diffusion-v1-5 scheduler_config.json (betas of the original LDM training)

@@ -10,6 +10,9 @@ class SDXL(ModelFamily):
     pipeline_class_name = "StableDiffusionXLPipeline"
     img2img_class_name = "StableDiffusionXLImg2ImgPipeline"
     inpaint_class_name = "StableDiffusionXLInpaintPipeline"
+    controlnet_class_names = {"text2img": "StableDiffusionXLControlNetPipeline",
+                              "img2img": "StableDiffusionXLControlNetImg2ImgPipeline",
+                              "inpaint": "StableDiffusionXLControlNetInpaintPipeline"}
     text_encoder_names = ("text_encoder", "text_encoder_2")
     defaults = FamilyDefaults(guidance_scale=5.0, num_inference_steps=30, height=1024, width=1024)
     # stabilityai/stable-diffusion-xl-base-1.0 scheduler_config.json
