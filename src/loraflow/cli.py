@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "loraflow.models.cli",  # models info|download
     "loraflow.models.lora.cli",  # lora info|convert
     "loraflow.score.cli",  # score
+    "loraflow.serve.cli",  # serve, workflow export
 )
 
 

@@ -1,0 +1,147 @@
+"""Runs a checked ComfyUI prompt in the worker thread, node by node in dependency order.
+
+A node whose class, values and upstream nodes are unchanged since the last run is not executed
+again: its cached outputs are reused and it is reported in `execution_cached` (ComfyUI's behaviour).
+File inputs (checkpoint, LoRA, image names) join the cache key with their size and mtime, so a
+replaced file is picked up. Messages follow ComfyUI's websocket protocol: execution_start,
+execution_cached, executing, progress, executed, execution_success | execution_error |
+execution_interrupted.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import traceback
+
+from loraflow.errors import LoraflowError
+from loraflow.serve.comfy.graph import is_link, normalize
+from loraflow.serve.comfy.nodes import NODES
+
+
+class WorkflowFailed(LoraflowError):
+    def __init__(self, message: str, result: dict):
+        super().__init__(message)
+        self.result = result
+
+
+def run_prompt(ctx) -> dict:
+    from loraflow.serve.worker import JobCancelled
+
+    prompt = normalize(ctx.job.payload["prompt"])
+    prompt_id = ctx.job.id
+    order = execution_order(prompt, ctx.job.payload["outputs"])
+    keys = cache_keys(prompt, order, ctx.paths)
+    cache: dict = ctx.state.setdefault("comfy_cache", {})  # node id -> (key, outputs, ui)
+    cached = [nid for nid in order if nid in cache and cache[nid][0] == keys[nid]]
+    messages: list = []
+
+    def send(type_: str, **data):
+        data["prompt_id"] = prompt_id
+        messages.append([type_, {**data, "timestamp": int(time.time() * 1000)}] if type_.startswith("execution_") else [type_, data])
+        ctx.emit(type_, **data)
+
+    send("execution_start", timestamp=int(time.time() * 1000))
+    send("execution_cached", nodes=cached, timestamp=int(time.time() * 1000))
+    values: dict[str, tuple] = {}
+    ui_outputs: dict[str, dict] = {}
+    executed: list[str] = []
+    for nid in order:
+        if nid in cached:
+            _, values[nid], ui = cache[nid]
+            if ui:
+                ui_outputs[nid] = ui
+            continue
+        node = prompt[nid]
+        send("executing", node=nid, display_node=nid)
+        inputs = {k: values[v[0]][v[1]] if is_link(v) else v for k, v in node["inputs"].items()
+                  if k in NODES[node["class_type"]].INPUTS}
+        try:
+            ctx.check_cancel()
+            out = NODES[node["class_type"]]().run(ctx, nid, **inputs)
+        except JobCancelled:
+            send("execution_interrupted", node_id=nid, node_type=node["class_type"], executed=executed)
+            raise
+        except Exception as e:  # any failure is reported on its node, the server keeps running
+            result = _history_result(prompt_id, ui_outputs, messages, "error", executed, cached)
+            send("execution_error", node_id=nid, node_type=node["class_type"], executed=executed,
+                 exception_message=str(e), exception_type=type(e).__name__,
+                 traceback=[] if isinstance(e, LoraflowError) else traceback.format_exc().splitlines(),
+                 current_inputs={}, current_outputs=[])
+            result["status"]["messages"] = messages
+            result["error"] = {"node_id": nid, "node_type": node["class_type"], "message": str(e)}
+            raise WorkflowFailed(f"node {nid} ({node['class_type']}): {e}", result) from None
+        ui = None
+        if isinstance(out, dict):
+            out, ui = out["result"], out.get("ui")
+        values[nid] = tuple(out)
+        cache[nid] = (keys[nid], values[nid], ui)
+        executed.append(nid)
+        if ui:
+            ui_outputs[nid] = ui
+            send("executed", node=nid, display_node=nid, output=ui)
+    ctx.emit("executing", node=None, display_node=None, prompt_id=prompt_id)
+    send("execution_success", timestamp=int(time.time() * 1000))
+    return _history_result(prompt_id, ui_outputs, messages, "success", executed, cached)
+
+
+def _history_result(prompt_id, outputs, messages, status, executed, cached) -> dict:
+    return {"outputs": outputs, "status": {"status_str": status, "completed": status == "success", "messages": messages},
+            "meta": {nid: {"node_id": nid, "display_node": nid} for nid in outputs},
+            "executed": executed, "cached": cached}
+
+
+def execution_order(prompt: dict, outputs: list[str]) -> list[str]:
+    """Every node the outputs need, each after the nodes it links to (depth-first, outputs in order)."""
+    order: list[str] = []
+    seen: set[str] = set()
+
+    def visit(nid: str):
+        if nid in seen:
+            return
+        seen.add(nid)
+        for value in prompt[nid]["inputs"].values():
+            if is_link(value):
+                visit(value[0])
+        order.append(nid)
+
+    for out in outputs:
+        visit(out)
+    return order
+
+
+def cache_keys(prompt: dict, order: list[str], paths) -> dict[str, str]:
+    """A hash per node of its class, its values, its file stamps and its upstream keys."""
+    keys: dict[str, str] = {}
+    for nid in order:
+        node = prompt[nid]
+        cls = NODES[node["class_type"]]
+        parts = {"class": node["class_type"], "inputs": {}}
+        for name, value in sorted(node["inputs"].items()):
+            if name not in cls.INPUTS:
+                continue
+            parts["inputs"][name] = ["link", keys[value[0]], value[1]] if is_link(value) else value
+            if name in cls.FILE_INPUTS and not is_link(value):
+                parts.setdefault("files", {})[name] = _file_stamp(paths, cls.FILE_INPUTS[name], value)
+        keys[nid] = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+    return keys
+
+
+def _file_stamp(paths, kind: str, name: str):
+    try:
+        path = {"model": lambda: paths.model(name), "LoRA": lambda: paths.lora(name),
+                "ControlNet": lambda: paths.controlnet(name),
+                "input": lambda: paths.output_file(name, kind="input")}[kind]()
+    except (LoraflowError, KeyError):
+        return None
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.exists():
+        return str(path)
+    if p.is_dir():
+        files = [f for f in p.rglob("*") if f.is_file()]
+        return [str(p), len(files), max((f.stat().st_mtime_ns for f in files), default=0)]
+    stat = p.stat()
+    return [str(p), stat.st_size, stat.st_mtime_ns]
+

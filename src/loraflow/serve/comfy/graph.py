@@ -1,0 +1,164 @@
+"""Checks a ComfyUI API-format prompt before it is queued, with ComfyUI's error shapes
+(`execution.validate_prompt`): unknown node types, missing inputs, links to missing nodes or of the
+wrong type, values of the wrong type or out of range, file names not in the server's folders.
+
+    ok, error, outputs, node_errors = validate_prompt(prompt, paths)
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from loraflow.serve.comfy.nodes import NODES, Input
+
+Prompt = dict[str, dict[str, Any]]
+
+
+def is_link(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], (str, int)) and isinstance(value[1], int)
+
+
+def _error(type_: str, message: str, details: str = "", **extra) -> dict:
+    return {"type": type_, "message": message, "details": details, "extra_info": extra}
+
+
+def normalize(prompt: Any) -> Prompt:
+    """Node ids as strings, links as [str, int]; raises ValueError on a malformed prompt."""
+    if not isinstance(prompt, dict) or not prompt:
+        raise ValueError("'prompt' must be a non-empty object of node id -> {class_type, inputs}")
+    out: Prompt = {}
+    for node_id, node in prompt.items():
+        if not isinstance(node, dict) or not isinstance(node.get("class_type"), str):
+            raise ValueError(f"node {node_id}: expected {{\"class_type\": str, \"inputs\": {{...}}}}")
+        inputs = node.get("inputs", {})
+        if not isinstance(inputs, dict):
+            raise ValueError(f"node {node_id}: 'inputs' must be an object")
+        fixed = {k: [str(v[0]), v[1]] if is_link(v) else v for k, v in inputs.items()}
+        out[str(node_id)] = {**node, "inputs": fixed}
+    return out
+
+
+def validate_prompt(prompt: Any, paths) -> tuple[bool, dict | None, list[str], dict]:
+    try:
+        prompt = normalize(prompt)
+    except ValueError as e:
+        return False, _error("invalid_prompt", "Invalid prompt", str(e)), [], {}
+    unknown = {nid: n["class_type"] for nid, n in prompt.items() if n["class_type"] not in NODES}
+    if unknown:
+        nid, cls = next(iter(unknown.items()))
+        supported = ", ".join(NODES)
+        node_errors = {i: {"errors": [_error("invalid_prompt", f"Cannot execute because node {c} does not exist.",
+                                             f"Node ID '#{i}'; supported node types: {supported}")],
+                           "dependent_outputs": [], "class_type": c} for i, c in unknown.items()}
+        return False, _error("invalid_prompt", f"Cannot execute because node {cls} does not exist.",
+                             f"Node ID '#{nid}'; supported node types: {supported}"), [], node_errors
+    outputs = [nid for nid, n in prompt.items() if NODES[n["class_type"]].OUTPUT_NODE]
+    if not outputs:
+        return False, _error("prompt_no_outputs", "Prompt has no outputs", "add a SaveImage node"), [], {}
+    checked: dict[str, list[dict]] = {}
+    good, node_errors = [], {}
+    for out in outputs:
+        bad = _check_tree(prompt, out, paths, checked, set())
+        if bad:
+            for nid in bad:
+                entry = node_errors.setdefault(nid, {"errors": checked[nid], "dependent_outputs": [],
+                                                     "class_type": prompt[nid]["class_type"]})
+                entry["dependent_outputs"].append(out)
+        else:
+            good.append(out)
+    if not good:
+        return False, _error("prompt_outputs_failed_validation", "Prompt outputs failed validation"), [], node_errors
+    return True, None, good, node_errors
+
+
+def _check_tree(prompt: Prompt, nid: str, paths, checked: dict, visiting: set) -> list[str]:
+    """Node ids with errors in the tree of `nid` (its own check is cached in `checked`)."""
+    if nid in visiting:
+        checked[nid] = [_error("dependency_cycle", "Dependency cycle detected", f"node {nid} depends on itself")]
+        return [nid]
+    if nid in checked:
+        return [nid] if checked[nid] else _upstream_bad(prompt, nid, checked)
+    visiting.add(nid)
+    node = prompt[nid]
+    cls = NODES[node["class_type"]]
+    errors, bad = [], []
+    for name, spec in cls.INPUTS.items():
+        value = node["inputs"].get(name)
+        if value is None:
+            if not spec.optional:
+                errors.append(_error("required_input_missing", "Required input is missing", name, input_name=name))
+            continue
+        if is_link(value):
+            link_errors = _check_link(prompt, name, spec, value)
+            errors += link_errors
+            if not link_errors:
+                bad += _check_tree(prompt, value[0], paths, checked, visiting)
+        else:
+            errors += _check_value(name, spec, value, paths, node["inputs"])
+    visiting.discard(nid)
+    checked[nid] = errors
+    return ([nid] if errors else []) + bad
+
+
+def _upstream_bad(prompt: Prompt, nid: str, checked: dict) -> list[str]:
+    bad = []
+    for value in prompt[nid]["inputs"].values():
+        if is_link(value) and value[0] in checked:
+            bad += ([value[0]] if checked[value[0]] else []) + _upstream_bad(prompt, value[0], checked)
+    return bad
+
+
+def _check_link(prompt: Prompt, name: str, spec: Input, link: list) -> list[dict]:
+    src, index = link
+    if src not in prompt:
+        return [_error("bad_linked_input", "Bad linked input, node does not exist", f"{name}: node {src}", input_name=name)]
+    outputs = NODES[prompt[src]["class_type"]].OUTPUTS
+    if not 0 <= index < len(outputs):
+        return [_error("bad_linked_input", "Bad linked input, output index out of range",
+                       f"{name}: node {src} has {len(outputs)} outputs", input_name=name)]
+    if spec.type in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"):
+        return [_error("bad_linked_input", "Bad linked input, a value was expected",
+                       f"{name}: widget inputs take values, not links", input_name=name)]
+    if outputs[index] != spec.type:
+        return [_error("return_type_mismatch", "Return type mismatch between linked nodes",
+                       f"{name}, received_type({outputs[index]}) mismatch input_type({spec.type})",
+                       input_name=name, received_type=outputs[index], input_type=spec.type)]
+    return []
+
+
+def _check_value(name: str, spec: Input, value: Any, paths, inputs: dict) -> list[dict]:
+    kind = spec.type
+    if kind not in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"):
+        return [_error("required_input_missing", "Required input is missing",
+                       f"{name}: a link to a {kind} output is needed", input_name=name)]
+    try:
+        if kind == "INT":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            inputs[name] = value = int(value)
+        elif kind == "FLOAT":
+            if isinstance(value, bool):
+                raise ValueError
+            inputs[name] = value = float(value)
+        elif kind == "STRING":
+            if not isinstance(value, str):
+                raise ValueError
+        elif kind == "BOOLEAN" and not isinstance(value, bool):
+            raise ValueError
+    except (TypeError, ValueError):
+        return [_error("invalid_input_type", f"Failed to convert an input value to a {kind} value",
+                       f"{name}, {value!r}", input_name=name, received_value=repr(value)[:100])]
+    if kind in ("INT", "FLOAT"):
+        lo, hi = spec.options.get("min"), spec.options.get("max")
+        if lo is not None and value < lo:
+            return [_error("value_smaller_than_min", f"Value {value} smaller than min of {lo}", f"{name}",
+                           input_name=name, received_value=value)]
+        if hi is not None and value > hi:
+            return [_error("value_bigger_than_max", f"Value {value} bigger than max of {hi}", f"{name}",
+                           input_name=name, received_value=value)]
+    if kind == "COMBO":
+        choices = spec.choices(paths) if callable(spec.choices) else list(spec.choices)
+        if value not in choices:
+            shown = ", ".join(map(str, choices[:20])) + (" ..." if len(choices) > 20 else "")
+            return [_error("value_not_in_list", "Value not in list", f"{name}: '{str(value)[:200]}' not in [{shown}]",
+                           input_name=name, received_value=str(value)[:200])]
+    return []

@@ -1,0 +1,335 @@
+"""The core ComfyUI node set as thin shells over loraflow's functions.
+
+Each node declares its inputs (as ComfyUI's `INPUT_TYPES` shows them in /object_info), its output
+types and a `run(ctx, **inputs)` that calls plain functions (`models.families` prompt encoding, the
+diffusers pipeline with `latents=` / `output_type="latent"`, the VAE). Nothing in a workflow can
+name code: `class_type` is looked up in `NODES`, values are data.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+from loraflow.errors import ConfigError, LoraflowError
+from loraflow.serve.comfy.values import Conditioning, ModelRef, activate
+
+MAX_RESOLUTION = 16384
+LINK_TYPES = ("MODEL", "CLIP", "VAE", "CONDITIONING", "LATENT", "IMAGE", "MASK", "CONTROL_NET")
+# KSampler names (ComfyUI `comfy/samplers.py`) -> our sampler table (generate/schedulers.py)
+SAMPLER_NAMES = ("euler", "euler_ancestral", "heun", "lms", "dpmpp_2m", "dpmpp_2m_sde", "ddim", "uni_pc")
+SCHEDULER_NAMES = ("normal", "karras")
+_KARRAS_OK = ("dpmpp_2m", "dpmpp_2m_sde")
+
+
+class NodeError(LoraflowError):
+    """A node that could not run; reported for that node (ComfyUI `execution_error`)."""
+
+
+@dataclass
+class Input:
+    type: str  # INT FLOAT STRING BOOLEAN COMBO or a link type
+    options: dict = field(default_factory=dict)
+    choices: Callable[[Any], list[str]] | tuple[str, ...] | None = None  # COMBO: values or paths -> values
+    optional: bool = False
+
+    def spec(self, paths) -> list:
+        """As ComfyUI's /object_info shows it: `["INT", {...}]`, `[[choices...], {...}]`, `["MODEL"]`."""
+        if self.type == "COMBO":
+            values = self.choices(paths) if callable(self.choices) else list(self.choices)
+            return [values, self.options] if self.options else [values]
+        return [self.type, self.options] if self.options else [self.type]
+
+
+def INT(default: int, lo: int = 0, hi: int = 2**64 - 1, step: int = 1, **kw) -> Input:
+    return Input("INT", {"default": default, "min": lo, "max": hi, "step": step, **kw})
+
+
+def FLOAT(default: float, lo: float, hi: float, step: float = 0.01, **kw) -> Input:
+    return Input("FLOAT", {"default": default, "min": lo, "max": hi, "step": step, **kw})
+
+
+def STRING(default: str = "", multiline: bool = False, **kw) -> Input:
+    return Input("STRING", {"default": default, "multiline": multiline, **kw})
+
+
+def COMBO(choices, **kw) -> Input:
+    return Input("COMBO", dict(kw), choices)
+
+
+def LINK(type_: str, optional: bool = False) -> Input:
+    return Input(type_, optional=optional)
+
+
+class Node:
+    CATEGORY: ClassVar[str] = "loaders"
+    DESCRIPTION: ClassVar[str] = ""
+    INPUTS: ClassVar[dict[str, Input]] = {}
+    OUTPUTS: ClassVar[tuple[str, ...]] = ()
+    OUTPUT_NAMES: ClassVar[tuple[str, ...] | None] = None
+    OUTPUT_NODE: ClassVar[bool] = False
+    FILE_INPUTS: ClassVar[dict[str, str]] = {}  # input -> file kind; its mtime joins the cache key
+
+    def run(self, ctx, node_id: str, **inputs) -> tuple | dict:
+        """Returns the outputs tuple, or {"result": tuple, "ui": {...}} for output nodes."""
+        raise NotImplementedError
+
+    @classmethod
+    def info(cls, name: str, paths) -> dict:
+        required = {k: v.spec(paths) for k, v in cls.INPUTS.items() if not v.optional}
+        optional = {k: v.spec(paths) for k, v in cls.INPUTS.items() if v.optional}
+        inputs = {"required": required, **({"optional": optional} if optional else {})}
+        if cls.OUTPUT_NODE:
+            inputs["hidden"] = {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}
+        return {
+            "input": inputs, "input_order": {k: list(v) for k, v in inputs.items() if k != "hidden"},
+            "output": list(cls.OUTPUTS), "output_is_list": [False] * len(cls.OUTPUTS),
+            "output_name": list(cls.OUTPUT_NAMES or cls.OUTPUTS), "name": name, "display_name": name,
+            "description": cls.DESCRIPTION or (cls.__doc__ or "").strip().splitlines()[0],
+            "python_module": "loraflow", "category": cls.CATEGORY, "output_node": cls.OUTPUT_NODE,
+        }
+
+
+# ---- loaders --------------------------------------------------------------------------------------
+def _models(paths) -> list[str]:
+    return paths.list("model") + ["tiny:sdxl", "tiny:sd15", "tiny:kolors"]
+
+
+class CheckpointLoaderSimple(Node):
+    """Loads a base model (diffusers folder or .safetensors under models_dir, or tiny:*)."""
+
+    INPUTS = {"ckpt_name": COMBO(_models)}
+    OUTPUTS = ("MODEL", "CLIP", "VAE")
+    FILE_INPUTS = {"ckpt_name": "model"}
+
+    def run(self, ctx, node_id, ckpt_name):
+        ref = ModelRef(ctx.paths.model(ckpt_name))
+        ref.session(ctx)  # load now, so the time is spent (and reported) on this node
+        return ref, ref, ref
+
+
+class LoraLoader(Node):
+    """Adds a LoRA to MODEL (strength_model) and CLIP (strength_clip)."""
+
+    INPUTS = {"model": LINK("MODEL"), "clip": LINK("CLIP"), "lora_name": COMBO(lambda p: p.list("LoRA")),
+              "strength_model": FLOAT(1.0, -100.0, 100.0), "strength_clip": FLOAT(1.0, -100.0, 100.0)}
+    OUTPUTS = ("MODEL", "CLIP")
+    FILE_INPUTS = {"lora_name": "LoRA"}
+
+    def run(self, ctx, node_id, model, clip, lora_name, strength_model, strength_clip):
+        path = str(ctx.paths.lora(lora_name))
+        from loraflow.models.lora.load import check_family, read_lora
+
+        check_family(read_lora(path), model.session(ctx).family.name)  # wrong family: an error on this node
+        return model.with_lora(path, strength_model), clip.with_lora(path, strength_clip)
+
+
+class ControlNetLoader(Node):
+    """Loads a ControlNet from models_dir/controlnet."""
+
+    INPUTS = {"control_net_name": COMBO(lambda p: p.list("ControlNet"))}
+    OUTPUTS = ("CONTROL_NET",)
+    FILE_INPUTS = {"control_net_name": "ControlNet"}
+
+    def run(self, ctx, node_id, control_net_name):
+        from loraflow.serve.comfy.control import load_controlnet
+
+        return (load_controlnet(ctx, ctx.paths.controlnet(control_net_name)),)
+
+
+class LoadImage(Node):
+    """An uploaded image (POST /upload/image) -> IMAGE and MASK (from the alpha channel)."""
+
+    CATEGORY = "image"
+    INPUTS = {"image": COMBO(lambda p: sorted(x.relative_to(p.inputs).as_posix() for x in p.inputs.rglob("*")
+                                              if x.is_file()), image_upload=True)}
+    OUTPUTS = ("IMAGE", "MASK")
+    FILE_INPUTS = {"image": "input"}
+
+    def run(self, ctx, node_id, image):
+        import numpy as np
+        import torch
+        from PIL import Image, ImageOps
+
+        path = ctx.paths.output_file(image, kind="input")
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            rgb = torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0)[None]
+            if "A" in im.getbands():
+                alpha = torch.from_numpy(np.asarray(im.getchannel("A"), dtype=np.float32) / 255.0)
+                mask = (1.0 - alpha)[None]
+            else:
+                mask = torch.zeros((1, 64, 64))
+        return rgb, mask
+
+
+# ---- conditioning ---------------------------------------------------------------------------------
+class CLIPTextEncode(Node):
+    """Encodes a prompt with the model family's text encoder(s); A1111 weights like (word:1.2) work."""
+
+    CATEGORY = "conditioning"
+    INPUTS = {"text": STRING(multiline=True, dynamicPrompts=True), "clip": LINK("CLIP")}
+    OUTPUTS = ("CONDITIONING",)
+
+    def run(self, ctx, node_id, text, clip):
+        session = activate(ctx, clip)
+        return (Conditioning(session.encode([text])[0], clip.model),)
+
+
+class ControlNetApplyAdvanced(Node):
+    """Attaches a ControlNet and its hint image to positive and negative conditioning."""
+
+    CATEGORY = "conditioning/controlnet"
+    INPUTS = {"positive": LINK("CONDITIONING"), "negative": LINK("CONDITIONING"), "control_net": LINK("CONTROL_NET"),
+              "image": LINK("IMAGE"), "strength": FLOAT(1.0, 0.0, 10.0), "start_percent": FLOAT(0.0, 0.0, 1.0, 0.001),
+              "end_percent": FLOAT(1.0, 0.0, 1.0, 0.001), "vae": LINK("VAE", optional=True)}
+    OUTPUTS = ("CONDITIONING", "CONDITIONING")
+    OUTPUT_NAMES = ("positive", "negative")
+
+    def run(self, ctx, node_id, positive, negative, control_net, image, strength, start_percent, end_percent, vae=None):
+        from loraflow.serve.comfy.values import ControlHint
+
+        if start_percent > end_percent:
+            raise NodeError(f"start_percent {start_percent} is after end_percent {end_percent}")
+        hint = ControlHint(control_net, image, strength, start_percent, end_percent)
+        add = (lambda c: Conditioning(c.embeds, c.model, c.controls + (hint,))) if strength > 0 else (lambda c: c)
+        return add(positive), add(negative)
+
+
+# ---- latents and sampling -------------------------------------------------------------------------
+class EmptyLatentImage(Node):
+    """A batch of empty latents of the given size (the sampler adds the noise)."""
+
+    CATEGORY = "latent"
+    INPUTS = {"width": INT(512, 16, MAX_RESOLUTION, 8), "height": INT(512, 16, MAX_RESOLUTION, 8),
+              "batch_size": INT(1, 1, 4096)}
+    OUTPUTS = ("LATENT",)
+
+    def run(self, ctx, node_id, width, height, batch_size):
+        import torch
+
+        return ({"samples": torch.zeros((batch_size, 4, height // 8, width // 8))},)
+
+
+class KSampler(Node):
+    """Denoises a latent with the model, the positive/negative conditioning, a sampler and a seed."""
+
+    CATEGORY = "sampling"
+    INPUTS = {"model": LINK("MODEL"), "seed": INT(0, 0, 2**64 - 1, control_after_generate=True),
+              "steps": INT(20, 1, 10000), "cfg": FLOAT(8.0, 0.0, 100.0, 0.1, round=0.01),
+              "sampler_name": COMBO(SAMPLER_NAMES), "scheduler": COMBO(SCHEDULER_NAMES),
+              "positive": LINK("CONDITIONING"), "negative": LINK("CONDITIONING"), "latent_image": LINK("LATENT"),
+              "denoise": FLOAT(1.0, 0.0, 1.0)}
+    OUTPUTS = ("LATENT",)
+
+    def run(self, ctx, node_id, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
+            denoise):
+        from loraflow.serve.comfy.sampling import sample
+
+        return (sample(ctx, node_id, model, seed, steps, cfg, sampler_name, scheduler, positive, negative,
+                       latent_image, strength=denoise),)
+
+
+class KSamplerAdvanced(Node):
+    """KSampler with explicit noise on/off and a start/end step (start > 0 runs img2img from that step)."""
+
+    CATEGORY = "sampling"
+    INPUTS = {"model": LINK("MODEL"), "add_noise": COMBO(("enable", "disable")),
+              "noise_seed": INT(0, 0, 2**64 - 1, control_after_generate=True), "steps": INT(20, 1, 10000),
+              "cfg": FLOAT(8.0, 0.0, 100.0, 0.1, round=0.01), "sampler_name": COMBO(SAMPLER_NAMES),
+              "scheduler": COMBO(SCHEDULER_NAMES), "positive": LINK("CONDITIONING"),
+              "negative": LINK("CONDITIONING"), "latent_image": LINK("LATENT"), "start_at_step": INT(0, 0, 10000),
+              "end_at_step": INT(10000, 0, 10000), "return_with_leftover_noise": COMBO(("disable", "enable"))}
+    OUTPUTS = ("LATENT",)
+
+    def run(self, ctx, node_id, model, add_noise, noise_seed, steps, cfg, sampler_name, scheduler, positive,
+            negative, latent_image, start_at_step, end_at_step, return_with_leftover_noise):
+        from loraflow.serve.comfy.sampling import sample
+
+        if end_at_step < steps or return_with_leftover_noise == "enable":
+            raise NodeError("end_at_step < steps and return_with_leftover_noise are not supported yet "
+                            "(loraflow samples to the end); set end_at_step >= steps")
+        if start_at_step >= steps:
+            return (latent_image,)
+        if add_noise == "disable" and start_at_step == 0:
+            raise NodeError("add_noise=disable from step 0 is not supported (the input must be noise)")
+        return (sample(ctx, node_id, model, noise_seed, steps, cfg, sampler_name, scheduler, positive, negative,
+                       latent_image, strength=1.0 - start_at_step / steps),)
+
+
+class VAEDecode(Node):
+    """Latents -> images with the model's VAE."""
+
+    CATEGORY = "latent"
+    INPUTS = {"samples": LINK("LATENT"), "vae": LINK("VAE")}
+    OUTPUTS = ("IMAGE",)
+
+    def run(self, ctx, node_id, samples, vae):
+        from loraflow.serve.comfy.sampling import vae_decode
+
+        return (vae_decode(vae.session(ctx).pipe.vae, samples["samples"]),)
+
+
+class VAEEncode(Node):
+    """Images -> latents with the model's VAE (sides cropped to multiples of 8)."""
+
+    CATEGORY = "latent"
+    INPUTS = {"pixels": LINK("IMAGE"), "vae": LINK("VAE")}
+    OUTPUTS = ("LATENT",)
+
+    def run(self, ctx, node_id, pixels, vae):
+        from loraflow.serve.comfy.sampling import vae_encode
+
+        return ({"samples": vae_encode(vae.session(ctx).pipe.vae, pixels)},)
+
+
+# ---- images ---------------------------------------------------------------------------------------
+class ImageScale(Node):
+    """Resizes images to width x height (0 keeps the aspect ratio); crop=center crops before scaling."""
+
+    CATEGORY = "image/upscaling"
+    INPUTS = {"image": LINK("IMAGE"), "upscale_method": COMBO(("nearest-exact", "bilinear", "area", "bicubic", "lanczos")),
+              "width": INT(512, 0, MAX_RESOLUTION), "height": INT(512, 0, MAX_RESOLUTION),
+              "crop": COMBO(("disabled", "center"))}
+    OUTPUTS = ("IMAGE",)
+
+    def run(self, ctx, node_id, image, upscale_method, width, height, crop):
+        from loraflow.serve.comfy.sampling import scale_images
+
+        return (scale_images(image, upscale_method, width, height, crop),)
+
+
+class SaveImage(Node):
+    """Saves images as PNG under outputs_dir (the workflow is embedded, as ComfyUI does)."""
+
+    CATEGORY = "image"
+    INPUTS = {"images": LINK("IMAGE"), "filename_prefix": STRING("ComfyUI")}
+    OUTPUT_NODE = True
+
+    def run(self, ctx, node_id, images, filename_prefix):
+        from loraflow.serve.comfy.sampling import save_images
+
+        saved = save_images(ctx, images, filename_prefix, ctx.job.payload.get("prompt"),
+                            ctx.job.payload.get("extra_data", {}).get("extra_pnginfo"))
+        return {"result": (), "ui": {"images": saved}}
+
+
+NODES: dict[str, type[Node]] = {cls.__name__: cls for cls in (
+    CheckpointLoaderSimple, LoraLoader, CLIPTextEncode, EmptyLatentImage, KSampler, KSamplerAdvanced,
+    VAEDecode, VAEEncode, SaveImage, LoadImage, ControlNetLoader, ControlNetApplyAdvanced, ImageScale,
+)}
+
+
+def sampler_for(sampler_name: str, scheduler: str) -> str:
+    """ComfyUI's sampler + scheduler pair -> a name `generate/schedulers.py` knows."""
+    from loraflow.generate.schedulers import canonical_sampler
+
+    if scheduler == "karras" and sampler_name not in _KARRAS_OK:
+        raise ConfigError(f"scheduler 'karras' works with {', '.join(_KARRAS_OK)} here, not '{sampler_name}'")
+    return canonical_sampler(sampler_name + ("_karras" if scheduler == "karras" else ""))
+
+
+def object_info(paths, name: str | None = None) -> dict:
+    names = [name] if name else list(NODES)
+    return {n: NODES[n].info(n, paths) for n in names if n in NODES}
+
+

@@ -1,0 +1,313 @@
+"""Job kinds: each is `validate(body, paths) -> payload` (at the HTTP boundary: typed config, every
+file name resolved inside the server's folders) and `run(ctx) -> result` (in the worker thread).
+
+The bodies are the CLI's own configs: `GenerateConfig`, `StoryboardConfig` + a story,
+`TrainConfig`, a data-juicer recipe. What only the server may decide (output folders, pickle,
+extra search folders) is refused when a client sets it.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from loraflow.errors import ConfigError
+from loraflow.serve.paths import NotFound, ServerPaths, safe_join
+from loraflow.serve.validation import Invalid, parse_options
+
+
+@dataclass(frozen=True)
+class JobKind:
+    name: str
+    validate: Callable[[Any, ServerPaths], dict]
+    run: Callable[[Any], dict]
+    help: str
+
+
+# ---- shared checks --------------------------------------------------------------------------------
+def _server_only(cfg, fields: dict[str, Any], source: str) -> None:
+    for name, default in fields.items():
+        if getattr(cfg, name) != default:
+            raise Invalid(f"{source}: key '{name}' is decided by the server and cannot be set over HTTP", name)
+
+
+def _resolve_model(name: str | None, paths: ServerPaths, field: str = "model") -> str:
+    if not name:
+        raise Invalid(f"key '{field}' is required: one of {', '.join(paths.list('model') + ['tiny:sdxl', 'tiny:sd15', 'tiny:kolors'])}", field)
+    if name.startswith("tiny:") and name not in ("tiny:sdxl", "tiny:sd15", "tiny:kolors"):
+        raise Invalid(f"key '{field}' = {name!r}: unknown tiny model; use tiny:sdxl, tiny:sd15 or tiny:kolors", field)
+    return paths.model(name)
+
+
+def _resolve_loras(specs: list[str], paths: ServerPaths, field: str) -> list[str]:
+    """`name[:weight]` -> `/abs/name.safetensors:weight`, each inside models_dir."""
+    out = []
+    for spec in specs:
+        name, weight = spec, "1"
+        if ":" in spec:
+            head, tail = spec.rsplit(":", 1)
+            try:
+                float(tail)
+                name, weight = head, tail
+            except ValueError:
+                pass
+        out.append(f"{paths.lora(name)}:{weight}")
+    return out
+
+
+def _prompt_loras(prompt: str, paths: ServerPaths) -> tuple[str, list[str]]:
+    """A1111 `<lora:name:w>` tags -> resolved LoRA specs (the session would otherwise look names up
+    relative to the server's working directory)."""
+    from loraflow.models.prompt_syntax import extract_lora_tags
+
+    stripped, tags = extract_lora_tags(prompt)
+    return (stripped if tags else prompt), [f"{paths.lora(name)}:{w}" for name, w in tags]
+
+
+def _check_sampling(cfg, paths: ServerPaths, source: str) -> dict:
+    """Model, VAE, LoRAs and reference images of a GenerateConfig/StoryboardConfig, resolved;
+    pickle, lora_dir and annotator_dir refused."""
+    _server_only(cfg, {"allow_pickle": False, "lora_dir": []}, source)
+    update: dict[str, Any] = {"lora": _resolve_loras(cfg.lora, paths, "lora")}
+    if cfg.model:
+        update["model"] = _resolve_model(cfg.model, paths)
+    if cfg.vae:
+        update["vae"] = paths.model(cfg.vae)
+    update.update(_check_references(cfg, paths, source))
+    return update
+
+
+def _check_references(cfg, paths: ServerPaths, source: str) -> dict:
+    """ControlNet units, init image and mask (when the config has them): images are uploads
+    (POST /upload/image) or earlier outputs, ControlNets come from models_dir/controlnet."""
+    update: dict[str, Any] = {}
+    if getattr(cfg, "annotator_dir", None):
+        raise Invalid(f"{source}: key 'annotator_dir' is decided by the server and cannot be set over HTTP", "annotator_dir")
+    for key in ("init_image", "mask"):
+        if getattr(cfg, key, None):
+            update[key] = str(_reference_image(cfg, key, getattr(cfg, key), paths))
+    if getattr(cfg, "control", None):
+        units = []
+        for i, unit in enumerate(cfg.control):
+            changes = {"image": str(_reference_image(cfg, f"control.{i}.image", unit.image, paths))}
+            if unit.model:
+                changes["model"] = str(paths.controlnet(unit.model))
+            units.append(unit.model_copy(update=changes))
+        update["control"] = units
+        update["controlnet"] = [str(paths.controlnet(c)) for c in cfg.controlnet]
+    return update
+
+
+def _reference_image(cfg, field: str, name: str, paths: ServerPaths) -> Path:
+    for kind in ("input", "output"):
+        try:
+            return paths.output_file(name, kind=kind)
+        except NotFound:
+            continue
+    raise Invalid(f"key '{field}' = {name!r}: no such image in the uploads (POST /upload/image) or outputs", field)
+
+
+# ---- generate -------------------------------------------------------------------------------------
+def validate_generate(body: Any, paths: ServerPaths) -> dict:
+    from loraflow.generate.options import GenerateConfig
+
+    cfg = parse_options(GenerateConfig, body, "generate")
+    _server_only(cfg, {"out": "outputs"}, "generate")
+    if not cfg.prompt.strip():
+        raise Invalid("generate: key 'prompt' is empty: write what to draw", "prompt")
+    update = _check_sampling(cfg, paths, "generate")
+    if "model" not in update:
+        _resolve_model(None, paths)
+    prompt, tag_loras = _prompt_loras(cfg.prompt, paths)
+    update["prompt"], update["lora"] = prompt, update["lora"] + tag_loras
+    return json.loads(cfg.model_copy(update=update).model_dump_json())
+
+
+def run_generate(ctx) -> dict:
+    from loraflow.generate.options import GenerateConfig
+    from loraflow.generate.session import save_results
+    from loraflow.serve.preview import unet_previews
+
+    cfg = GenerateConfig(**ctx.job.payload)
+    session = ctx.models.session(cfg.model, vae=cfg.vae, dtype=cfg.dtype, device=cfg.device, family=cfg.family)
+    ctx.check_cancel()
+    with unet_previews(session.pipe, session.family.name, ctx.preview):
+        results = session.generate(cfg, progress=ctx.progress)
+    save_results(results, ctx.out_dir)
+    return {"images": [_image_entry(ctx, r.path, seed=r.seed, infotext=r.infotext, params=_jsonable(r.params))
+                       for r in results]}
+
+
+def _image_entry(ctx, path: Path, **extra) -> dict:
+    return {"filename": path.name, "subfolder": ctx.subfolder, "type": "output",
+            "url": f"/view?filename={path.name}&subfolder={ctx.subfolder}&type=output", **extra}
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value, default=str))
+
+
+# ---- storyboard -----------------------------------------------------------------------------------
+def validate_storyboard(body: Any, paths: ServerPaths) -> dict:
+    """`{"story": YAML text or mapping, ...StoryboardConfig options}`."""
+    import yaml
+
+    from loraflow.generate.storyboard import Story, StoryboardConfig
+
+    if not isinstance(body, dict) or "story" not in body:
+        raise Invalid("storyboard: key 'story' is required (the story as YAML text or a JSON object)", "story")
+    body = dict(body)
+    story_data = body.pop("story")
+    if isinstance(story_data, str):
+        try:
+            story_data = yaml.safe_load(story_data)
+        except yaml.YAMLError as e:
+            raise Invalid(f"storyboard: key 'story' is not valid YAML: {str(e).splitlines()[0]}", "story") from None
+    story = parse_options(Story, story_data, "story", prefix="story.")
+    cfg = parse_options(StoryboardConfig, body, "storyboard")
+    _server_only(cfg, {"out": "outputs/story", "story": ""}, "storyboard")
+    update = _check_sampling(cfg, paths, "storyboard")
+    story_update: dict[str, Any] = {"loras": _resolve_loras(story.loras, paths, "story.loras")}
+    if story.model:
+        story_update["model"] = _resolve_model(story.model, paths, "story.model")
+    if not cfg.model and not story.model:
+        _resolve_model(None, paths)
+    if story.grid.font:
+        story_update["grid"] = story.grid.model_copy(update={"font": str(safe_join(paths.models, story.grid.font, "font"))})
+    scenes = []
+    for i, scene in enumerate(story.scenes):
+        prompt, tags = _prompt_loras(scene.prompt, paths)
+        if tags:
+            raise Invalid(f"story.scenes.{i}.prompt: put LoRAs in the story's `loras` list, not in a scene prompt",
+                          f"story.scenes.{i}.prompt")
+        scenes.append(scene)
+    return {"config": json.loads(cfg.model_copy(update=update).model_dump_json()),
+            "story": json.loads(story.model_copy(update=story_update).model_dump_json())}
+
+
+def run_storyboard(ctx) -> dict:
+    import yaml
+
+    from loraflow.generate.storyboard import StoryboardConfig, run_storyboard as render
+    from loraflow.serve.preview import unet_previews
+
+    out = ctx.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    story_path = out / "story.yaml"
+    story_path.write_text(yaml.safe_dump(ctx.job.payload["story"], allow_unicode=True, sort_keys=False), encoding="utf-8")
+    cfg = StoryboardConfig(**{**ctx.job.payload["config"], "story": str(story_path), "out": str(out)})
+    model = cfg.model or ctx.job.payload["story"].get("model")
+    session = ctx.models.session(model, vae=cfg.vae, dtype=cfg.dtype, device=cfg.device, family=cfg.family)
+    with unet_previews(session.pipe, session.family.name, ctx.preview):
+        index = render(cfg, session=session, progress=ctx.progress)
+    scenes = [_image_entry(ctx, out / s["file"], seed=s["seed"], infotext=s["infotext"], title=s["title"])
+              for s in index["scenes"]]
+    return {"images": scenes, "grid": _image_entry(ctx, out / index["grid"]), "story": index}
+
+
+# ---- train ----------------------------------------------------------------------------------------
+def validate_train(body: Any, paths: ServerPaths) -> dict:
+    try:
+        from loraflow.train.config import TrainConfig
+    except ImportError:
+        raise Invalid("train jobs are not available in this build (loraflow.train is missing)", "kind") from None
+    cfg = parse_options(TrainConfig, body, "train")
+    _server_only(cfg, {"output": "output/lora", "cache_dir": None}, "train")
+    if cfg.resume not in (None, "latest"):
+        raise Invalid("train: key 'resume' may only be 'latest' over HTTP (checkpoints of this job)", "resume")
+    if not cfg.dataset:
+        raise Invalid("train: key 'dataset' is required (a dataset folder or file under the server's data folder)", "dataset")
+    dataset = paths.data_file(cfg.dataset)
+    if not dataset.exists():
+        raise Invalid(f"train: key 'dataset' = {cfg.dataset!r}: not found in the server's data folder", "dataset")
+    update: dict[str, Any] = {"dataset": str(dataset), "model": _resolve_model(cfg.model, paths)}
+    if cfg.vae:
+        update["vae"] = paths.model(cfg.vae)
+    return json.loads(cfg.model_copy(update=update).model_dump_json())
+
+
+def run_train(ctx) -> dict:
+    from loraflow.train.config import TrainConfig
+    from loraflow.train.trainer import train
+
+    cfg = TrainConfig(**{**ctx.job.payload, "output": str(ctx.out_dir),
+                         "cache_dir": str(ctx.paths.outputs / ".cache" / "train")})
+    ctx.check_cancel()
+    result = train(cfg)  # no progress hook in train() yet: progress is reported when it ends
+    ctx.progress(result.steps, result.steps)
+    files = {name: str(Path(p).relative_to(ctx.paths.outputs)) for name, p in
+             (("lora", result.lora_path), ("diffusers", result.diffusers_path), ("loss_curve", result.loss_curve)) if p}
+    return {"steps": result.steps, "files": files, "final_loss": result.losses[-1][1] if result.losses else None}
+
+
+# ---- data filter ----------------------------------------------------------------------------------
+def validate_data_filter(body: Any, paths: ServerPaths) -> dict:
+    """`{"recipe": YAML text or mapping}`: dataset_path / export_path are names in the data folder."""
+    import yaml
+
+    try:
+        from loraflow.data.recipe import Recipe
+    except ImportError:
+        raise Invalid("data-filter jobs are not available in this build (loraflow.data is missing)", "kind") from None
+    if not isinstance(body, dict) or set(body) - {"recipe", "np"} or "recipe" not in body:
+        raise Invalid("data-filter: expected {\"recipe\": YAML text or object, \"np\": optional int}", "recipe")
+    data = body["recipe"]
+    if isinstance(data, str):
+        try:
+            data = yaml.safe_load(data)
+        except yaml.YAMLError as e:
+            raise Invalid(f"data-filter: key 'recipe' is not valid YAML: {str(e).splitlines()[0]}", "recipe") from None
+    recipe = parse_options(Recipe, data, "recipe", prefix="recipe.")
+    update = {}
+    for key in ("dataset_path", "export_path"):
+        value = getattr(recipe, key)
+        if not value:
+            raise Invalid(f"recipe: key '{key}' is required (a path in the server's data folder)", f"recipe.{key}")
+        update[key] = str(paths.data_file(value))
+    if not Path(update["dataset_path"]).is_file():
+        raise Invalid(f"recipe: key 'dataset_path' = {recipe.dataset_path!r}: not found in the data folder", "recipe.dataset_path")
+    try:  # build the ops now so a bad op name is a 422, not a failed job
+        from loraflow.data.recipe import build_ops
+
+        build_ops(recipe, "recipe")
+    except ConfigError as e:
+        raise Invalid(str(e), "recipe.process") from None
+    np = body.get("np", 1)
+    if not isinstance(np, int) or np < 1:
+        raise Invalid("data-filter: key 'np' must be a positive integer", "np")
+    return {"recipe": json.loads(recipe.model_copy(update=update).model_dump_json()), "np": np}
+
+
+def run_data_filter(ctx) -> dict:
+    import yaml
+
+    from loraflow.data.filter_run import filter_dataset
+
+    ctx.out_dir.mkdir(parents=True, exist_ok=True)
+    recipe_path = ctx.out_dir / "recipe.yaml"
+    recipe_path.write_text(yaml.safe_dump(ctx.job.payload["recipe"], allow_unicode=True), encoding="utf-8")
+    result = filter_dataset(recipe_path, backend="local", np=ctx.job.payload["np"], progress=False)
+    return {"kept": len(result.kept), "rejected": len(result.rejected), "errored": len(result.errored),
+            "rejected_by": result.rejected_by, "summary": result.summary(),
+            "outputs": {k: str(Path(v).relative_to(ctx.paths.data.resolve())) for k, v in result.outputs.items()}}
+
+
+# ---- ComfyUI workflow -----------------------------------------------------------------------------
+def validate_workflow(body: Any, paths: ServerPaths) -> dict:
+    raise Invalid("submit ComfyUI workflows to POST /prompt", "kind")
+
+
+def run_workflow(ctx) -> dict:
+    from loraflow.serve.comfy.executor import run_prompt
+
+    return run_prompt(ctx)
+
+
+JOB_KINDS: dict[str, JobKind] = {k.name: k for k in (
+    JobKind("generate", validate_generate, run_generate, "text-to-image (GenerateConfig)"),
+    JobKind("storyboard", validate_storyboard, run_storyboard, "a story -> one image per scene + grid"),
+    JobKind("train", validate_train, run_train, "train a LoRA (TrainConfig)"),
+    JobKind("data-filter", validate_data_filter, run_data_filter, "run a data-juicer recipe"),
+    JobKind("workflow", validate_workflow, run_workflow, "a ComfyUI API-format prompt (POST /prompt)"),
+)}

@@ -1,0 +1,163 @@
+"""Every file name a client sends is resolved here, and only inside the server's folders.
+
+Names are relative paths (`loras/style.safetensors`, `sub/00001-42.png`). Absolute paths, `..`,
+NUL bytes, backslashes and symlinks that lead out of the folder are refused, so no route can read
+or write outside `models_dir` / `outputs_dir` / `data_dir`.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from loraflow.errors import InputError
+
+MODEL_SUFFIXES = (".safetensors",)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+class PathRefused(InputError):
+    """A name that points outside the allowed folder (HTTP 403)."""
+
+
+class NotFound(InputError):
+    """A well-formed name with no file behind it (HTTP 404)."""
+
+
+def safe_join(root: str | os.PathLike, name: str, what: str = "file") -> Path:
+    """`root / name`, guaranteed (after resolving symlinks) to lie inside `root`."""
+    if not isinstance(name, str) or not name or "\x00" in name or "\\" in name:
+        raise PathRefused(f"{what} name {name!r} is not allowed")
+    parts = Path(name).parts
+    if Path(name).is_absolute() or name.startswith("~") or ".." in parts:
+        raise PathRefused(f"{what} name {name!r} is not allowed: names are relative to the server's {what} folder")
+    base = Path(root).resolve()
+    path = (base / name).resolve()
+    if path != base and base not in path.parents:
+        raise PathRefused(f"{what} name {name!r} leads outside the server's {what} folder")
+    return path
+
+
+@dataclass
+class ServerPaths:
+    models: Path
+    outputs: Path
+    data: Path
+
+    @property
+    def loras(self) -> Path:
+        return self.models / "loras"
+
+    @property
+    def controlnets(self) -> Path:
+        return self.models / "controlnet"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.models / "checkpoints"
+
+    @property
+    def inputs(self) -> Path:
+        return self.outputs / "input"  # uploads (ComfyUI's `input` type)
+
+    def make(self) -> None:
+        for folder in (self.models, self.outputs, self.data, self.inputs):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    # ---- models ----------------------------------------------------------------------------
+    def model(self, name: str) -> str:
+        """A base model by name: `tiny:sdxl`, a diffusers folder or a .safetensors file under
+        models_dir (or models_dir/checkpoints, ComfyUI's layout)."""
+        if isinstance(name, str) and name.startswith("tiny:"):
+            return name
+        return str(self._find(name, (self.checkpoints, self.models), "model", dirs=True))
+
+    def lora(self, name: str) -> Path:
+        """A LoRA by name (`style`, `style.safetensors`, `sub/style.safetensors`) under models_dir/loras
+        (or models_dir)."""
+        return self._find(name, (self.loras, self.models), "LoRA", add_suffix=True)
+
+    def controlnet(self, name: str) -> Path:
+        return self._find(name, (self.controlnets, self.models), "ControlNet", dirs=True)
+
+    def _find(self, name: str, roots: tuple[Path, ...], what: str, dirs: bool = False, add_suffix: bool = False) -> Path:
+        candidates = [name] + ([f"{name}.safetensors"] if add_suffix and not name.endswith(".safetensors") else [])
+        for root in roots:
+            for cand in candidates:
+                path = safe_join(root, cand, what)
+                if path.is_file() and path.suffix.lower() in MODEL_SUFFIXES:
+                    return path
+                if dirs and path.is_dir() and any((path / f).is_file() for f in ("model_index.json", "config.json")):
+                    return path
+        raise NotFound(f"{what} '{name}' not found in {roots[0]} (available: {', '.join(self.list(what)) or 'none'})")
+
+    def list(self, what: str) -> list[str]:
+        """Names a client may pass for `what` ("model", "LoRA", "ControlNet")."""
+        if what == "LoRA":
+            roots = [self.loras, self.models]
+        elif what == "ControlNet":
+            roots = [self.controlnets]
+        else:
+            roots = [self.checkpoints, self.models]
+        names: list[str] = []
+        for root in roots:
+            if not root.is_dir():
+                continue
+            nested = () if root != self.models else (self.loras, self.checkpoints, self.controlnets)
+            for p in _walk(root, nested):
+                rel = p.relative_to(root).as_posix()
+                if what == "model" and p.is_dir() and (p / "model_index.json").is_file():
+                    names.append(rel)
+                elif what == "ControlNet" and p.is_dir() and (p / "config.json").is_file():
+                    names.append(rel)
+                elif p.is_file() and p.suffix.lower() in MODEL_SUFFIXES and _kind_of_file(p) == what:
+                    names.append(rel)
+        return list(dict.fromkeys(names))
+
+    # ---- outputs ---------------------------------------------------------------------------
+    def output_file(self, name: str, subfolder: str = "", kind: str = "output") -> Path:
+        """An existing image under outputs_dir (`kind` output / temp) or the uploads folder (input)."""
+        root = {"output": self.outputs, "temp": self.outputs / "temp", "input": self.inputs}.get(kind)
+        if root is None:
+            raise PathRefused(f"type {kind!r} is not one of: output, input, temp")
+        folder = safe_join(root, subfolder, "output") if subfolder else root.resolve()
+        path = safe_join(folder, name, "output")
+        if path.suffix.lower() not in IMAGE_SUFFIXES + (".json", ".yaml", ".txt") or not path.is_file():
+            raise NotFound(f"no file '{name}' in {kind}/{subfolder}")
+        return path
+
+    def data_file(self, name: str) -> Path:
+        return safe_join(self.data, name, "data")
+
+
+def _walk(root: Path, skip: tuple[Path, ...] = ()):
+    """Files and folders under `root`, sorted; hidden entries, `skip` folders (listed from their
+    own root) and the inside of model folders left out."""
+    for p in sorted(root.iterdir()):
+        if p.name.startswith(".") or p in skip:
+            continue
+        yield p
+        if p.is_dir() and not (p / "model_index.json").is_file() and not (p / "config.json").is_file():
+            yield from _walk(p)
+
+
+def _kind_of_file(path: Path) -> str:
+    """Base models and LoRAs can share models_dir; a LoRA file is small and has lora keys. We only look
+    at the safetensors header (no tensors are read)."""
+    import json
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > 100_000_000:
+                return "model"
+            header = json.loads(f.read(n))
+    except (OSError, ValueError, struct.error):
+        return "unknown"
+    keys = [k for k in header if k != "__metadata__"]
+    if any("lora" in k for k in keys[:200]):
+        return "LoRA"
+    if path.parent.name == "controlnet":
+        return "ControlNet"
+    return "model"

@@ -1,0 +1,146 @@
+"""The one worker thread: it owns the accelerator, takes jobs from the store in FIFO order and runs
+them one at a time. Cancel is cooperative: the next progress step raises `JobCancelled`."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loraflow.errors import LoraflowError
+from loraflow.serve import store as st
+from loraflow.serve.events import EventBus
+from loraflow.serve.model_cache import ModelCache
+from loraflow.serve.paths import ServerPaths
+
+log = logging.getLogger("loraflow.serve")
+PROGRESS_WRITE_INTERVAL = 0.5  # seconds between progress rows written to SQLite
+
+
+class JobCancelled(Exception):
+    pass
+
+
+@dataclass
+class JobContext:
+    """What a running job may use: folders, the model cache, progress/preview/event reporting."""
+
+    job: st.Job
+    paths: ServerPaths
+    models: ModelCache
+    bus: EventBus
+    store: st.JobStore
+    state: dict  # shared across jobs of the worker (the ComfyUI node cache lives here)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    _last_write: float = 0.0
+
+    @property
+    def out_dir(self) -> Path:
+        return self.paths.outputs / "jobs" / self.job.id
+
+    @property
+    def subfolder(self) -> str:
+        return f"jobs/{self.job.id}"
+
+    def check_cancel(self) -> None:
+        if self.cancel.is_set():
+            raise JobCancelled(f"job {self.job.id} was cancelled")
+
+    def emit(self, type_: str, **data: Any) -> None:
+        self.bus.publish({"type": type_, "job": self.job.id, "client_id": self.job.client_id, "data": data})
+
+    def progress(self, value: int, maximum: int, node: str | None = None) -> None:
+        self.check_cancel()
+        now = time.monotonic()
+        if now - self._last_write > PROGRESS_WRITE_INTERVAL or value >= maximum:
+            self.store.set_progress(self.job.id, value, maximum)
+            self._last_write = now
+        self.emit("progress", value=value, max=maximum, node=node)
+
+    def preview(self, jpeg: bytes) -> None:
+        self.bus.publish({"type": "preview", "job": self.job.id, "client_id": self.job.client_id, "jpeg": jpeg})
+
+
+class Worker:
+    def __init__(self, store: st.JobStore, paths: ServerPaths, models: ModelCache, bus: EventBus):
+        self.store, self.paths, self.models, self.bus = store, paths, models, bus
+        self.state: dict = {}
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._current: JobContext | None = None
+        self._thread = threading.Thread(target=self._loop, name="loraflow-worker", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop taking jobs; a running job is cancelled and recorded as interrupted (re-queueable)."""
+        self._stop.set()
+        current = self._current
+        if current:
+            current.cancel.set()
+        self._wake.set()
+        self._thread.join(timeout)
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    @property
+    def current(self) -> st.Job | None:
+        ctx = self._current
+        return ctx.job if ctx else None
+
+    def cancel(self, job_id: str) -> str | None:
+        """Cancel a queued or running job; returns the status it will end in, None if it already ended."""
+        if self.store.cancel_queued(job_id):
+            self.bus.publish({"type": "status", "job": job_id, "data": {"status": st.CANCELLED}})
+            return st.CANCELLED
+        ctx = self._current
+        if ctx and ctx.job.id == job_id:
+            ctx.cancel.set()
+            return st.CANCELLED
+        return None
+
+    def interrupt(self) -> None:
+        ctx = self._current
+        if ctx:
+            ctx.cancel.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            job = self.store.claim_next()
+            if job is None:
+                self._wake.wait(1.0)
+                self._wake.clear()
+                continue
+            self._run(job)
+
+    def _run(self, job: st.Job) -> None:
+        from loraflow.serve.jobs import JOB_KINDS
+
+        ctx = JobContext(job, self.paths, self.models, self.bus, self.store, self.state)
+        self._current = ctx
+        self.bus.publish({"type": "status", "job": job.id, "client_id": job.client_id, "data": {"status": st.RUNNING}})
+        status, result, error = st.DONE, {}, None
+        try:
+            result = JOB_KINDS[job.kind].run(ctx)
+        except JobCancelled as e:
+            status, error = (st.INTERRUPTED if self._stop.is_set() else st.CANCELLED), str(e)
+            result = getattr(e, "result", {}) or {}
+        except LoraflowError as e:
+            status, error = st.FAILED, str(e)
+            result = getattr(e, "result", {}) or {}
+        except Exception as e:  # a bug: keep the traceback in the log, the job records the one-line cause
+            log.error("job %s failed:\n%s", job.id, traceback.format_exc())
+            status, error = st.FAILED, f"{type(e).__name__}: {e}"
+            result = getattr(e, "result", {}) or {}
+        finally:
+            self._current = None
+        if status == st.INTERRUPTED:
+            error = "the server stopped while this job was running; re-queue it to run it again"
+        self.store.finish(job.id, status, result, error)
+        self.bus.publish({"type": "status", "job": job.id, "client_id": job.client_id,
+                          "data": {"status": status, "error": error, "result": result}})

@@ -1,0 +1,92 @@
+"""Fixtures for the server tests: a models folder with a tiny SDXL model and a tiny LoRA, and real
+uvicorn servers on free loopback ports (in a thread; `test_restart` also runs one as a process)."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
+
+
+def make_tiny_lora(pipe, path: Path, seed: int = 0, rank: int = 4) -> Path:
+    """A peft LoRA on a copy of the tiny UNet (random non-zero lora_B), saved in diffusers key format."""
+    import copy
+
+    import torch
+    from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+
+    from loraflow.models.lora.save import save_lora
+
+    gen = torch.Generator().manual_seed(seed)
+    unet = inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, target_modules=["to_q", "to_k", "to_v", "to_out.0"]),
+                                   copy.deepcopy(pipe.unet))
+    with torch.no_grad():
+        for name, p in unet.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+    save_lora(path, get_peft_model_state_dict(unet), None, family="sdxl", rank=rank, alpha=float(rank),
+              fmt="diffusers", dtype=torch.float32)
+    return path
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory) -> Path:
+    """models/tiny-sdxl (diffusers folder) and models/loras/style.safetensors."""
+    from loraflow.models.tiny import build_tiny_pipeline, save_tiny_model
+
+    root = tmp_path_factory.mktemp("models")
+    save_tiny_model("sdxl", root / "tiny-sdxl")
+    (root / "loras").mkdir()
+    make_tiny_lora(build_tiny_pipeline("sdxl"), root / "loras" / "style.safetensors")
+    try:
+        from loraflow.generate.control.tiny import save_tiny_controlnet
+
+        save_tiny_controlnet("sdxl", root / "controlnet" / "tiny-cn")
+    except ImportError:  # ControlNet support not in this build
+        pass
+    return root
+
+
+@pytest.fixture
+def start_server(models_dir, tmp_path):
+    """`start_server(**options)` -> (url, ServerThread); servers are stopped after the test."""
+    from loraflow.serve.options import ServeOptions
+    from loraflow.serve.server import ServerThread
+
+    started = []
+
+    def start(**options):
+        opts = ServeOptions(**{"port": 0, "models_dir": str(models_dir), "outputs_dir": str(tmp_path / "outputs"),
+                               "device": "cpu", **options})
+        server = ServerThread(opts)
+        started.append(server)
+        return server.start(), server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def server(start_server):
+    url, thread = start_server()
+    with httpx.Client(base_url=url, timeout=60) as client:
+        client.thread = thread
+        yield client
+
+
+def wait_job(client, job_id: str, timeout: float = 60, until=("done", "failed", "cancelled", "interrupted")) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/api/jobs/{job_id}").json()
+        if job["status"] in until:
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} still {job['status']} after {timeout}s")
+
+
+TINY = {"model": "tiny-sdxl", "prompt": "an orange cat", "num_inference_steps": 2, "width": 64, "height": 64, "seed": 1}
