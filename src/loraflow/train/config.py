@@ -1,0 +1,128 @@
+"""`TrainConfig`: every option of `loraflow train`, described once.
+
+The YAML file, the CLI flags (`--lora-rank`) and the Python API all fill this one model.
+DiffSynth-Studio's `train_kolors_lora.py` names used by the tutorial (`dataset_path`,
+`output_path`, `max_epochs`, `precision: 16-mixed`, `use_gradient_checkpointing`, ...) are
+accepted as aliases and converted here, at the edge.
+This module stays light (no torch): `loraflow --help` imports it.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import field_validator, model_validator
+
+from loraflow.config import Options, opt
+
+# Named sets of UNet modules LoRA is put on (diffusers module-name suffixes), so nobody has to list
+# hundreds of module names; the names are the `lora_targets` choices. `attn` is what the tutorial
+# (DiffSynth) and diffusers train.
+TARGET_PRESETS: dict[str, tuple[str, ...]] = {
+    "attn": ("to_q", "to_k", "to_v", "to_out.0"),
+    "attn+ff": ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"),
+    # every Linear inside the transformer blocks plus their proj_in/proj_out (kohya's default `networks.lora`)
+    "all-linear": ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out"),
+    # all-linear plus the 3x3/1x1 convs of the ResNet blocks (kohya's LoCon `conv_dim`)
+    "conv": ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out",
+             "conv1", "conv2", "conv_shortcut"),
+}
+# Text-encoder (CLIP) modules trained when `train_text_encoder` is on (kohya / diffusers choice).
+TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+
+_PRECISION_ALIASES = {"16-mixed": "fp16", "bf16-mixed": "bf16", "32": "no", "32-true": "no", "fp32": "no",
+                      "16": "fp16", "bf16-true": "bf16"}
+
+
+class TrainConfig(Options):
+    # ---- what to train ------------------------------------------------------------------
+    model: str = opt(None, "base model: diffusers folder, .safetensors checkpoint, or tiny:sdxl|tiny:sd15|tiny:kolors",
+                     aliases=("pretrained_model_name_or_path", "pretrained_path"))
+    family: Literal["kolors", "sdxl", "sd15"] | None = opt(None, "model family (detected from the model when not given)")
+    vae: str | None = opt(None, "replacement VAE, e.g. sdxl-vae-fp16-fix (folder or .safetensors)",
+                          aliases=("pretrained_fp16_vae_path", "pretrained_vae_model_name_or_path"))
+    dataset: str = opt(None, "dataset: folder with train/metadata.csv, metadata.jsonl, kohya N_name/ folders, or the file itself",
+                       aliases=("dataset_path", "train_data_dir"))
+    output: str = opt("output/lora", "output folder (LoRA file, checkpoints, samples, config.yaml)",
+                      aliases=("output_path", "output_dir"))
+    name: str = opt("lora", "file name stem of the LoRA: OUTPUT/NAME.safetensors", aliases=("output_name",))
+    # ---- LoRA ---------------------------------------------------------------------------
+    lora_rank: int = opt(16, "LoRA rank (dimension of the low-rank update)", aliases=("rank", "network_dim"), ge=1)
+    lora_alpha: float = opt(4.0, "LoRA alpha; the update is scaled by alpha/rank (stored in the file)",
+                            aliases=("network_alpha",), gt=0)
+    lora_targets: Literal["attn", "attn+ff", "all-linear", "conv"] = opt(
+        "attn", "UNet modules LoRA trains: attn (to_q/k/v/out, as the tutorial) | attn+ff | all-linear | conv (+ResNet convs)")
+    train_text_encoder: bool = opt(False, "also put LoRA on the CLIP text encoder(s) (SDXL, SD1.5 only)")
+    # ---- data ---------------------------------------------------------------------------
+    resolution: int = opt(1024, "training resolution; buckets keep area <= resolution^2", ge=64)
+    center_crop: bool = opt(True, "center crop to the bucket (--no-center-crop / --random-crop: random crop)")
+    random_crop: bool = opt(False, "random crop to the bucket (disables latent caching)")
+    random_flip: bool = opt(False, "flip half of the images horizontally (latents cached per flip variant)")
+    bucketing: bool = opt(True, "aspect-ratio bucketing (kohya style); off: every image goes to the square bucket")
+    bucket_step: int = opt(64, "bucket sides are multiples of this", ge=8)
+    max_upscale: float = opt(2.0, "an image is never upscaled more than this to fill a bucket (smaller bucket instead)", gt=0)
+    caption_prefix: str = opt("", "text put before every caption, e.g. the trigger word 'sks style, '",
+                              aliases=("trigger_word",))
+    caption_dropout: float = opt(0.0, "probability of training on an empty caption", ge=0.0, le=1.0)
+    cache_latents: bool = opt(True, "cache VAE latents on disk, keyed by image hash + settings")
+    cache_text_embeds: bool = opt(True, "cache text embeddings on disk (off when the text encoder trains)")
+    cache_dir: str | None = opt(None, "cache folder (default: ~/.cache/loraflow/train)")
+    # ---- optimisation -------------------------------------------------------------------
+    batch_size: int = opt(1, "images per step per process", aliases=("train_batch_size",), ge=1)
+    gradient_accumulation: int = opt(1, "micro-batches per optimizer step", aliases=("gradient_accumulation_steps", "accumulate_grad_batches"), ge=1)
+    learning_rate: float = opt(1e-4, "peak learning rate", aliases=("lr",), gt=0)
+    lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
+                          "polynomial"] = opt("constant", "learning-rate schedule (diffusers.optimization)")
+    lr_warmup_steps: int = opt(0, "linear warm-up steps", ge=0)
+    optimizer: Literal["adamw", "adamw8bit", "prodigy"] = opt("adamw", "adamw (fused where available) | adamw8bit (bitsandbytes) | prodigy (prodigyopt)")
+    weight_decay: float = opt(1e-2, "AdamW weight decay", ge=0.0)
+    max_grad_norm: float = opt(1.0, "gradient clipping norm (0: off)", ge=0.0)
+    max_steps: int | None = opt(None, "optimizer steps (overrides epochs)", aliases=("max_train_steps", "steps"), ge=1)
+    epochs: int = opt(1, "passes over the dataset (repeats included)", aliases=("max_epochs", "num_train_epochs"), ge=1)
+    mixed_precision: str = opt("no", "no | fp16 | bf16 (DiffSynth's 16-mixed = fp16): frozen weights are stored in it, LoRA weights stay fp32",
+                               aliases=("precision",))
+    gradient_checkpointing: bool = opt(False, "recompute activations in backward to save memory",
+                                       aliases=("use_gradient_checkpointing",))
+    seed: int = opt(0, "random seed: data order, crops, flips, noise, timesteps")
+    # ---- objective ----------------------------------------------------------------------
+    prediction_type: Literal["epsilon", "v_prediction"] | None = opt(None, "override the scheduler's prediction type")
+    min_snr_gamma: float | None = opt(None, "min-SNR-gamma loss weighting (Hang et al. 2023); 5 is typical", gt=0)
+    noise_offset: float = opt(0.0, "noise offset (Guttenberg 2023); 0.05-0.1 helps very dark/bright images", ge=0.0)
+    # ---- checkpoints, feedback, output --------------------------------------------------
+    save_every: int | None = opt(None, "save a checkpoint every N steps (one is always saved at the end)",
+                                 aliases=("checkpointing_steps",), ge=1)
+    keep_checkpoints: int = opt(2, "keep only the last K checkpoints", aliases=("checkpoints_total_limit",), ge=1)
+    resume: str | None = opt(None, "resume from 'latest' or a checkpoint folder", aliases=("resume_from_checkpoint",))
+    validation_prompt: list[str] = opt([], "prompt for sample images (repeatable)", aliases=("validation_prompts",))
+    validation_every: int | None = opt(None, "sample images every N steps (and at the end)", ge=1)
+    validation_steps: int = opt(20, "inference steps for sample images", ge=1)
+    log_every: int = opt(1, "log loss/lr every N steps", ge=1)
+    save_format: Literal["kohya", "kohya+diffusers"] = opt("kohya", "kohya file (ComfyUI/A1111), optionally also the diffusers/peft file")
+    save_dtype: Literal["float16", "bfloat16", "float32"] = opt("float16", "dtype of the saved LoRA weights")
+    device: str = opt("auto", "auto | cpu | cuda (multi-GPU: `accelerate launch -m loraflow train ...`)", cli=True)
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _precision_alias(cls, value):
+        """DiffSynth/Lightning spell precision `16-mixed`; we say `fp16`."""
+        value = _PRECISION_ALIASES.get(str(value), str(value))
+        if value not in ("no", "fp16", "bf16"):
+            raise ValueError("choose one of: no, fp16, bf16 (or 16-mixed, bf16-mixed, 32)")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.random_crop and self.center_crop:
+            # --random-crop wins over the default center crop
+            object.__setattr__(self, "center_crop", False)
+        if self.train_text_encoder and self.family == "kolors":
+            raise ValueError("train_text_encoder: Kolors' ChatGLM-6B encoder is not trained; only SDXL/SD1.5 CLIP")
+        return self
+
+    def check_required(self) -> None:
+        """Keys that have no sensible default, checked when a run starts (not on construction,
+        so a partial config can be merged with flags)."""
+        from loraflow.errors import ConfigError
+
+        for key in ("model", "dataset"):
+            if not getattr(self, key):
+                raise ConfigError(f"missing required key '{key}' (config file or --{key})")

@@ -1,0 +1,126 @@
+"""What a person watches during training: a progress bar, TensorBoard scalars (when installed),
+sample-image grids and a loss-curve PNG (drawn with Pillow; matplotlib is not a dependency)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+
+class Logger:
+    """Progress bar + optional TensorBoard. Only the main process shows/writes anything."""
+
+    def __init__(self, output: Path, total_steps: int, start_step: int, enabled: bool):
+        self.enabled = enabled
+        self.losses: list[tuple[int, float]] = []
+        self.bar = self.tb = None
+        if not enabled:
+            return
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(output / "logs"))
+        except ImportError:
+            print("tensorboard is not installed: no TensorBoard logs (pip install tensorboard); loss curve PNG only")
+
+    def step(self, step: int, loss: float, lr: float, log: bool) -> None:
+        self.losses.append((step, loss))
+        if not self.enabled:
+            return
+        self.bar.update(1)
+        if log:
+            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+            if self.tb is not None:
+                self.tb.add_scalar("train/loss", loss, step)
+                self.tb.add_scalar("train/lr", lr, step)
+
+    def image(self, tag: str, path: Path, step: int) -> None:
+        if self.tb is not None:
+            import numpy as np
+            from PIL import Image
+
+            self.tb.add_image(tag, np.asarray(Image.open(path).convert("RGB")), step, dataformats="HWC")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def image_grid(images: list, columns: int | None = None):
+    """PIL images of one size -> one grid image."""
+    from PIL import Image
+
+    columns = columns or math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / columns)
+    w, h = images[0].size
+    grid = Image.new("RGB", (columns * w, rows * h), "white")
+    for i, image in enumerate(images):
+        grid.paste(image, ((i % columns) * w, (i // columns) * h))
+    return grid
+
+
+def draw_loss_curve(losses: list[tuple[int, float]], path: Path, size=(800, 400)) -> Path | None:
+    """Raw loss (light) and its moving average (dark) against the step, as a PNG."""
+    from PIL import Image, ImageDraw
+
+    points = [(s, v) for s, v in losses if math.isfinite(v)]
+    if len(points) < 2:
+        return None
+    width, height = size
+    margin = 50
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    steps = [s for s, _ in points]
+    values = [v for _, v in points]
+    lo, hi = min(values), max(values)
+    hi = hi if hi > lo else lo + 1e-8
+
+    def xy(step: float, value: float) -> tuple[float, float]:
+        x = margin + (step - steps[0]) / max(1, steps[-1] - steps[0]) * (width - 2 * margin)
+        y = height - margin - (value - lo) / (hi - lo) * (height - 2 * margin)
+        return x, y
+
+    draw.rectangle([margin, margin, width - margin, height - margin], outline="black")
+    draw.line([xy(s, v) for s, v in points], fill=(170, 190, 230), width=1)
+    window = max(1, len(values) // 20)
+    smooth = [sum(values[max(0, i - window + 1):i + 1]) / len(values[max(0, i - window + 1):i + 1])
+              for i in range(len(values))]
+    draw.line([xy(s, v) for s, v in zip(steps, smooth)], fill=(20, 60, 160), width=2)
+    draw.text((margin, 10), f"loss (moving average over {window} steps)", fill="black")
+    draw.text((5, margin - 5), f"{hi:.4g}", fill="black")
+    draw.text((5, height - margin - 5), f"{lo:.4g}", fill="black")
+    draw.text((margin, height - margin + 10), f"step {steps[0]}", fill="black")
+    draw.text((width - margin - 60, height - margin + 10), f"step {steps[-1]}", fill="black")
+    return save_png(image, path)
+
+
+def save_png(image, path: Path) -> Path:
+    import io
+
+    from loraflow.train.files import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def validation_images(model, prompts: list[str], *, step: int, seed: int, steps: int, resolution: int, out_dir: Path):
+    """One image per prompt with the adapters as trained so far, saved as a grid PNG."""
+    import torch
+
+    pipe = model.pipe
+    images = []
+    unet_was_training = pipe.unet.training
+    pipe.unet.eval()
+    with torch.no_grad():
+        for i, prompt in enumerate(prompts):
+            generator = torch.Generator("cpu").manual_seed(seed + i)
+            images.append(pipe(prompt, num_inference_steps=steps, height=resolution, width=resolution,
+                               generator=generator).images[0])
+    pipe.unet.train(unet_was_training)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return save_png(image_grid(images), out_dir / f"step-{step:06d}.png")
