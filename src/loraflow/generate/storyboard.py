@@ -102,6 +102,11 @@ class StoryboardConfig(ModelOptions, SamplingOptions):
     captions: bool | None = opt(None, "captions under each panel (overrides the story)")
     grid_width: int | None = opt(None, "final grid width (overrides the story)")
     grid_height: int | None = opt(None, "final grid height (overrides the story)")
+    score: bool = opt(False, "score every panel (aesthetic and/or CLIP score) into story.json")
+    best_of: int = opt(1, "render N seeds per scene (seed, seed+1, ...) and keep the best-scoring one", ge=1, le=64)
+    best_of_metric: Literal["aesthetic", "clip"] = opt("aesthetic", "which score --best-of maximises")
+    clip: str | None = opt(None, "local CLIP folder for CLIP scores (and for a bare aesthetic head)")
+    aesthetic: str | None = opt(None, "local aesthetic predictor (folder or head file) for aesthetic scores")
 
 
 def load_story(path: str | Path) -> Story:
@@ -165,21 +170,30 @@ def render_in_order(session: GenerationSession, items: list[GenerateConfig], out
 
 
 def run_storyboard(cfg: StoryboardConfig, session: GenerationSession | None = None,
-                   progress: ProgressFn | None = None) -> dict:
+                   progress: ProgressFn | None = None, scorer=None) -> dict:
     """Render every scene, the grid and story.json into `cfg.out`; returns the story.json dict."""
     from loraflow.generate.grid import make_grid
+    from loraflow.generate.story_scoring import load_scorer, pick_best_of, score_results
 
     story = load_story(cfg.story)
     items = scene_configs(story, cfg)
+    scorer = scorer or load_scorer(cfg)
     if session is None:
         session = GenerationSession.from_options(cfg.model_copy(update={"model": cfg.model or story.model}))
     out = Path(cfg.out)
-    if any(scene.uses_previous() for scene in story.scenes):
+    candidates: list[list[dict]] = [[] for _ in items]
+    scores: list[dict | None] = [None] * len(items)
+    if cfg.best_of > 1:
+        results, scores, candidates = pick_best_of(session, items, out, cfg, scorer, progress)
+    elif any(scene.uses_previous() for scene in story.scenes):
         results = render_in_order(session, items, out, progress)
     else:
         results = session.generate_many(items, batch_size=cfg.batch_size, progress=progress)
         for k, result in enumerate(results, start=1):
             save_results([result], out, stem=f"scene-{k:02d}")
+
+    if scorer is not None and cfg.best_of == 1:
+        scores = score_results(scorer, results, items)
 
     grid_opts = story.grid
     captions = cfg.captions if cfg.captions is not None else grid_opts.captions
@@ -198,10 +212,16 @@ def run_storyboard(cfg: StoryboardConfig, session: GenerationSession | None = No
         "grid_size": list(grid.size),
         "scenes": [
             {"index": k, "title": s.title, "description": s.description, "prompt": items[k - 1].prompt,
-             "negative_prompt": items[k - 1].negative_prompt, "seed": r.seed, "file": r.path.name, "infotext": r.infotext}
-            for k, (s, r) in enumerate(zip(story.scenes, results), start=1)
+             "negative_prompt": items[k - 1].negative_prompt, "seed": r.seed, "file": r.path.name, "infotext": r.infotext,
+             **({"scores": sc} if sc is not None else {}),
+             **({"candidates": candidates[k - 1]} if candidates[k - 1] else {})}
+            for k, (s, r, sc) in enumerate(zip(story.scenes, results, scores), start=1)
         ],
     }
+    if scorer is not None:
+        from loraflow.generate.story_scoring import summarize
+
+        index["scores"] = summarize(scores)
     atomic_write_text(out / "story.json", json.dumps(index, ensure_ascii=False, indent=2))
     return index
 
