@@ -95,6 +95,8 @@ class TrainConfig(Options):
     validation_prompt: list[str] = opt([], "prompt for sample images (repeatable)", aliases=("validation_prompts",))
     validation_every: int | None = opt(None, "sample images every N steps (and at the end)", ge=1)
     validation_steps: int = opt(20, "inference steps for sample images", ge=1)
+    validation_clip: str | None = opt(None, "local CLIP folder: log the sample images' mean CLIP score")
+    validation_aesthetic: str | None = opt(None, "local aesthetic predictor: log the sample images' mean aesthetic score")
     log_every: int = opt(1, "log loss/lr every N steps", ge=1)
     save_format: Literal["kohya", "kohya+diffusers"] = opt("kohya", "kohya file (ComfyUI/A1111), optionally also the diffusers/peft file")
     save_dtype: Literal["float16", "bfloat16", "float32"] = opt("float16", "dtype of the saved LoRA weights")

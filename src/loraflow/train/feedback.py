@@ -36,6 +36,11 @@ class Logger:
                 self.tb.add_scalar("train/loss", loss, step)
                 self.tb.add_scalar("train/lr", lr, step)
 
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        if self.tb is not None:
+            for tag, value in values.items():
+                self.tb.add_scalar(tag, value, step)
+
     def image(self, tag: str, path: Path, step: int) -> None:
         if self.tb is not None:
             import numpy as np
@@ -109,7 +114,8 @@ def save_png(image, path: Path) -> Path:
 
 
 def validation_images(model, prompts: list[str], *, step: int, seed: int, steps: int, resolution: int, out_dir: Path):
-    """One image per prompt with the adapters as trained so far, saved as a grid PNG."""
+    """One image per prompt with the adapters as trained so far, saved as a grid PNG.
+    Returns (grid path, the images)."""
     import torch
 
     pipe = model.pipe
@@ -123,4 +129,22 @@ def validation_images(model, prompts: list[str], *, step: int, seed: int, steps:
                                generator=generator).images[0])
     pipe.unet.train(unet_was_training)
     out_dir.mkdir(parents=True, exist_ok=True)
-    return save_png(image_grid(images), out_dir / f"step-{step:06d}.png")
+    return save_png(image_grid(images), out_dir / f"step-{step:06d}.png"), images
+
+
+def score_validation(scorer, images: list, prompts: list[str], step: int, out_dir: Path) -> dict[str, float]:
+    """Mean aesthetic / CLIP score of the sample images, appended to samples/scores.jsonl."""
+    import json
+    import statistics
+
+    from loraflow.generate.story_scoring import plain_prompt
+
+    scores = scorer.score(images, [plain_prompt(p) for p in prompts])
+    means = {}
+    for key in ("aesthetic", "clip"):
+        values = [getattr(s, key) for s in scores if getattr(s, key) is not None]
+        if values:
+            means[f"validation/{key}"] = statistics.fmean(values)
+    with open(out_dir / "scores.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps({"step": step, **means, "images": [s.to_dict() for s in scores]}) + "\n")
+    return means

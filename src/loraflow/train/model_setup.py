@@ -20,6 +20,7 @@ class TrainModel:
     noise_scheduler: Any  # DDPMScheduler over the family's betas
     prediction_type: str
     text_encoders: list = field(default_factory=list)  # those carrying LoRA (train_text_encoder)
+    scorer: Any = None  # loraflow.score.Scorer for validation scores, loaded on first use
 
     @property
     def unet(self):

@@ -226,10 +226,22 @@ def _validate(config, model, accelerator, step, logger) -> None:
     if accelerator.is_main_process and config.validation_prompt:
         from loraflow.train.feedback import validation_images
 
-        path = validation_images(model, config.validation_prompt, step=step, seed=config.seed,
-                                 steps=config.validation_steps, resolution=config.resolution,
-                                 out_dir=Path(config.output) / "samples")
+        out_dir = Path(config.output) / "samples"
+        path, images = validation_images(model, config.validation_prompt, step=step, seed=config.seed,
+                                         steps=config.validation_steps, resolution=config.resolution,
+                                         out_dir=out_dir)
         logger.image("samples", path, step)
+        if config.validation_clip or config.validation_aesthetic:
+            from loraflow.train.feedback import score_validation
+
+            if model.scorer is None:
+                from loraflow.score import Scorer
+
+                model.scorer = Scorer.load(clip=config.validation_clip, aesthetic=config.validation_aesthetic,
+                                           device=str(accelerator.device))
+            means = score_validation(model.scorer, images, config.validation_prompt, step, out_dir)
+            logger.scalars(means, step)
+            _say(accelerator, "step %d validation: %s" % (step, ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in means.items())))
     accelerator.wait_for_everyone()
 
 

@@ -1,0 +1,31 @@
+"""Training validation reports the sample images' mean aesthetic / CLIP score when weights are set."""
+from __future__ import annotations
+
+import csv
+import json
+
+from PIL import Image
+
+from loraflow.train.trainer import train
+
+
+def test_validation_scores_logged(tmp_path, tiny_clip_dir, head_files):
+    train_dir = tmp_path / "data" / "train"
+    train_dir.mkdir(parents=True)
+    with open(train_dir / "metadata.csv", "w", encoding="utf-8-sig", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file_name", "text"])
+        for i, colour in enumerate(["red", "blue", "green", "yellow"]):
+            Image.new("RGB", (64, 64), colour).save(train_dir / f"{i}.png")
+            writer.writerow([f"{i}.png", f"a {colour} square"])
+    result = train(dict(model="tiny:sdxl", dataset=str(tmp_path / "data"), output=str(tmp_path / "out"),
+                        resolution=64, lora_rank=4, batch_size=2, max_steps=2, seed=0, device="cpu",
+                        cache_dir=str(tmp_path / "cache"), validation_every=1, validation_steps=1,
+                        validation_prompt=["a red square", "a (blue:1.2) square"],
+                        validation_clip=str(tiny_clip_dir), validation_aesthetic=str(head_files["mlp"])))
+    lines = [json.loads(line) for line in (result.output / "samples" / "scores.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2]
+    for line in lines:
+        assert len(line["images"]) == 2
+        assert 0 <= line["validation/clip"] <= 100
+        assert line["validation/aesthetic"] == sum(i["aesthetic"] for i in line["images"]) / 2
