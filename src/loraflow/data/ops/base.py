@@ -145,6 +145,16 @@ class Op:
     def decide(self, stats: dict) -> Rejection | None:
         raise NotImplementedError
 
+    def range_verdict(self, stat: str, stats: dict, low: Any, high: Any, label: str,
+                      fmt: str = "{:.3f}") -> Rejection | None:
+        """data-juicer's check of per-image values against [low, high] with `any_or_all`;
+        None keeps the sample, else a Rejection with a one-line reason."""
+        p, values = self.p, stats[stat]
+        if keep_many(p, [in_range(p, v, low, high) for v in values]):
+            return None
+        shown = ", ".join(fmt.format(v) for v in values)
+        return Rejection(self.name, stat, values, f"{label} {shown} not in {show_range(low, high, p)} ({p.any_or_all})")
+
     def text_of(self, sample: dict) -> str:
         text = sample.get(self.text_key)
         if not isinstance(text, str):

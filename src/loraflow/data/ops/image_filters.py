@@ -62,12 +62,7 @@ class ImageAspectRatioFilter(Op):
         stats["aspect_ratios"] = [x.width / x.height for x in infos]
 
     def decide(self, stats: dict) -> Rejection | None:
-        p, values = self.p, stats["aspect_ratios"]
-        if keep_many(p, [in_range(p, r, p.min_ratio, p.max_ratio) for r in values]):
-            return None
-        shown = ", ".join(f"{r:.3f}" for r in values)
-        return Rejection(self.name, "aspect_ratios", values,
-                         f"aspect ratio {shown} not in {show_range(p.min_ratio, p.max_ratio, p)} ({p.any_or_all})")
+        return self.range_verdict("aspect_ratios", stats, self.p.min_ratio, self.p.max_ratio, "aspect ratio")
 
 
 class ImageSizeParams(MultiImageParams):
@@ -94,11 +89,7 @@ class ImageSizeFilter(Op):
         stats["image_sizes"] = [images.file_size(i) for i in range(len(images))]
 
     def decide(self, stats: dict) -> Rejection | None:
-        p, values = self.p, stats["image_sizes"]
-        if keep_many(p, [in_range(p, s, self.low, self.high) for s in values]):
-            return None
-        return Rejection(self.name, "image_sizes", values,
-                         f"file size {values} bytes not in {show_range(self.low, self.high, p)} ({p.any_or_all})")
+        return self.range_verdict("image_sizes", stats, self.low, self.high, "file size (bytes)", "{}")
 
 
 class ImageSharpnessParams(MultiImageParams):
@@ -119,12 +110,8 @@ class ImageSharpnessFilter(Op):
         stats["image_sharpness"] = [laplacian_variance(images.rgb(i), self.p.max_side) for i in range(len(images))]
 
     def decide(self, stats: dict) -> Rejection | None:
-        p, values = self.p, stats["image_sharpness"]
-        if keep_many(p, [in_range(p, v, p.min_sharpness, p.max_sharpness) for v in values]):
-            return None
-        shown = ", ".join(f"{v:.1f}" for v in values)
-        return Rejection(self.name, "image_sharpness", values,
-                         f"sharpness {shown} not in {show_range(p.min_sharpness, p.max_sharpness, p)} ({p.any_or_all})")
+        return self.range_verdict("image_sharpness", stats, self.p.min_sharpness, self.p.max_sharpness,
+                                  "sharpness", "{:.1f}")
 
 
 def laplacian_variance(im, max_side: int = 1024) -> float:

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal
 
 from loraflow.config import opt
 from loraflow.data.images import ImageError
-from loraflow.data.ops.base import MultiImageParams, Op, Rejection, SampleError, SampleImages, in_range, keep_many, show_range
+from loraflow.data.ops.base import MultiImageParams, Op, SampleError, SampleImages
 
 DJ_SPECIAL_TOKENS = ("<__dj__image>", "<|__dj__eoc|>")  # data-juicer's image / end-of-chunk tokens
 
@@ -94,12 +94,8 @@ class ImageAestheticsFilter(ModelOp):
         return errors
 
     def decide(self, stats):
-        p, values = self.p, stats["image_aesthetics_scores"]
-        if keep_many(p, [in_range(p, v, p.min_score, p.max_score) for v in values]):
-            return None
-        shown = ", ".join(f"{v:.3f}" for v in values)
-        return Rejection(self.name, "image_aesthetics_scores", values,
-                         f"aesthetic score/10 {shown} not in {show_range(p.min_score, p.max_score, p)} ({p.any_or_all})")
+        return self.range_verdict("image_aesthetics_scores", stats, self.p.min_score, self.p.max_score,
+                                  "aesthetic score/10")
 
 
 class TextSimilarityParams(MultiImageParams):
@@ -152,9 +148,5 @@ class ImageTextSimilarityFilter(ModelOp):
         return errors
 
     def decide(self, stats):
-        p, values = self.p, stats["image_text_similarity"]
-        if keep_many(p, [in_range(p, v, p.min_score, p.max_score) for v in values]):
-            return None
-        shown = ", ".join(f"{v:.3f}" for v in values)
-        return Rejection(self.name, "image_text_similarity", values,
-                         f"image-text similarity {shown} not in {show_range(p.min_score, p.max_score, p)} ({p.any_or_all})")
+        return self.range_verdict("image_text_similarity", stats, self.p.min_score, self.p.max_score,
+                                  "image-text similarity")

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from loraflow.serve.comfy.nodes import NodeError
-
 
 @dataclass(frozen=True)
 class ControlNetRef:
@@ -14,11 +12,7 @@ class ControlNetRef:
 
 
 def load_controlnet(ctx, path) -> ControlNetRef:
-    try:
-        from loraflow.generate.control import model  # noqa: F401
-    except ImportError:
-        raise NodeError("ControlNet is not available in this build (loraflow.generate.control is missing)") from None
-    return ControlNetRef(str(path))
+    return ControlNetRef(str(path))  # weights load lazily, when a sampler uses the unit
 
 
 def control_pipeline(ctx, session, hints, height: int, width: int):
