@@ -41,7 +41,7 @@ def tokenize_weighted(tokenizer, prompt: str, chunk_size: int | None) -> Weighte
             continue
         if not text:
             continue
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]  # we chunk, no warning
         for token in ids:
             if chunk_size is not None and len(chunks[-1]) >= chunk_size:
                 chunks.append([])
