@@ -58,3 +58,13 @@ def test_storyboard_command(tmp_path, capsys):
     assert rc == 0
     assert len(list(tmp_path.glob("scene-*.png"))) == 8 and (tmp_path / "story.json").is_file()
     assert "8 scenes" in capsys.readouterr().out
+
+
+def test_tutorial_underscore_flags_are_accepted(tmp_path):
+    from loraflow.cli import normalize_flags
+
+    assert normalize_flags(["train", "--lora_rank", "16", "--center_crop", "--prompt", "--not_a_flag?", "--a_b=x_y"]) == \
+        ["train", "--lora-rank", "16", "--center-crop", "--prompt", "--not_a_flag?", "--a-b=x_y"]
+    rc = main(["generate", "--model", "tiny:sd15", "--prompt", "x", "--cfg_scale", "3", "--num_inference_steps", "1",
+               "--height", "64", "--width", "64", "--seed", "1", "--out", str(tmp_path)])
+    assert rc == 0 and (tmp_path / "00000-1.png").is_file()

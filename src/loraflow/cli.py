@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 from loraflow import __version__
@@ -34,9 +35,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_UNDERSCORE_FLAG = re.compile(r"^--[a-z0-9]+(_[a-z0-9]+)+(=.*)?$", re.S)
+
+
+def normalize_flags(argv: list[str]) -> list[str]:
+    """Accept the tutorial's spelling `--lora_rank 16` for `--lora-rank 16` (only flag names change)."""
+    out = []
+    for arg in argv:
+        if _UNDERSCORE_FLAG.match(arg):
+            name, eq, value = arg.partition("=")
+            arg = name.replace("_", "-") + eq + value
+        out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(normalize_flags(sys.argv[1:] if argv is None else argv))
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
