@@ -176,3 +176,24 @@ def test_bad_recipes_fail_in_one_line_before_any_work(tmp_path, change, words):
         filter_dataset(path, progress=False)
     assert words in str(e.value) and "\n" not in str(e.value)
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_wrong_image_key_is_warned_about(tmp_path, caplog):
+    """data-juicer keeps samples without images; a recipe whose image_key matches no field would keep
+    everything silently, so loraflow warns and names the fields it saw."""
+    import json as _json
+
+    import yaml as _yaml
+    from PIL import Image as _Image
+
+    from loraflow.data.filter_run import filter_dataset
+
+    _Image.new("RGB", (10, 10)).save(tmp_path / "a.png")
+    (tmp_path / "in.jsonl").write_text(_json.dumps({"text": "x", "image": [str(tmp_path / "a.png")]}) + "\n")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(_yaml.safe_dump({"dataset_path": str(tmp_path / "in.jsonl"), "export_path": str(tmp_path / "o.jsonl"),
+                                       "process": [{"image_shape_filter": {"min_width": 100}}]}))
+    with caplog.at_level("WARNING"):
+        result = filter_dataset(recipe, progress=False)
+    assert len(result.kept) == 1  # data-juicer's rule, kept as it is
+    assert "no sample has the field 'images'" in caplog.text and "image, text" in caplog.text

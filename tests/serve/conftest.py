@@ -2,7 +2,6 @@
 uvicorn servers on free loopback ports (in a thread; `test_restart` also runs one as a process)."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -77,16 +76,3 @@ def server(start_server):
     with httpx.Client(base_url=url, timeout=60) as client:
         client.thread = thread
         yield client
-
-
-def wait_job(client, job_id: str, timeout: float = 60, until=("done", "failed", "cancelled", "interrupted")) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/api/jobs/{job_id}").json()
-        if job["status"] in until:
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} still {job['status']} after {timeout}s")
-
-
-TINY = {"model": "tiny-sdxl", "prompt": "an orange cat", "num_inference_steps": 2, "width": 64, "height": 64, "seed": 1}

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from conftest import TINY, wait_job
+from serve_helpers import TINY, wait_job
 
 
 def test_submit_progress_result_history_download(server):

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from conftest import TINY, wait_job
+from serve_helpers import TINY, wait_job
 
 
 def test_fifty_concurrent_submissions(start_server):

@@ -11,7 +11,7 @@ import time
 
 import httpx
 
-from conftest import TINY, wait_job
+from serve_helpers import TINY, wait_job
 
 
 def start(models_dir, outputs):

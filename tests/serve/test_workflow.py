@@ -8,7 +8,7 @@ import json
 import pytest
 from PIL import Image
 
-from conftest import wait_job
+from serve_helpers import wait_job
 
 websockets_sync = pytest.importorskip("websockets.sync.client")
 

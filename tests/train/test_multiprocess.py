@@ -11,7 +11,7 @@ import sys
 import torch
 from safetensors.torch import load_file
 
-from conftest import base_config, make_shapes_dataset
+from train_helpers import base_config, make_shapes_dataset
 from loraflow.train.trainer import train
 
 

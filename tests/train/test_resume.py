@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import base_config
+from train_helpers import base_config
 from loraflow.train import checkpoint
 from loraflow.train.trainer import train
 

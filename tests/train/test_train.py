@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from conftest import base_config
+from train_helpers import base_config
 from loraflow.train.trainer import TrainingDiverged, train
 
 

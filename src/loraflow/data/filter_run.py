@@ -7,6 +7,7 @@ barrier: hashes are computed in parallel, then kept first-come in input order.
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from loraflow.data.jsonl import read_jsonl, write_jsonl
 from loraflow.data.ops.base import STATS_KEY, Op, Rejection, SampleError, SampleImages
 from loraflow.data.recipe import Recipe
 
+log = logging.getLogger(__name__)
 LORAFLOW_KEY = "__loraflow__"  # our per-item verdict in the rejected/errored files
 
 
@@ -148,6 +150,7 @@ def run_filter(recipe: Recipe, ops: list[Op], backend: str = "local", np: int | 
         else:
             alive.append((line.number, absolute_paths(line.sample, recipe.image_key, base), {}))
 
+    _warn_if_image_key_unused(recipe, ops, alive)
     for seg in _segments(ops):
         desc = seg[0].name if len(seg) == 1 else f"{len(seg)} filters"
         seg_workers = 1 if seg[0].kind == "model" else workers  # one model in memory, batched
@@ -176,6 +179,18 @@ def run_filter(recipe: Recipe, ops: list[Op], backend: str = "local", np: int | 
 
     result.kept = [{**sample, STATS_KEY: stats} for _, sample, stats in alive]
     return result
+
+
+def _warn_if_image_key_unused(recipe: Recipe, ops: list[Op], alive: list[tuple[int, dict, dict]]) -> None:
+    """A sample without images is kept (data-juicer's rule), so a wrong `image_key` silently keeps
+    everything; say so when no sample has the field at all."""
+    if not alive or not any(op.name.startswith("image_") for op in ops):
+        return
+    if any(op.image_key in sample for _, sample, _ in alive for op in ops):
+        return
+    fields = sorted({k for _, sample, _ in alive[:100] for k, v in sample.items() if isinstance(v, (list, str))})
+    log.warning("no sample has the field '%s' (the recipe's image_key; data-juicer's default is 'images'), so "
+                "image ops see no images and keep every sample; fields present: %s", ops[0].image_key, ", ".join(fields))
 
 
 def write_result(recipe: Recipe, ops: list[Op], result: FilterResult) -> None:

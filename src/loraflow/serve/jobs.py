@@ -208,10 +208,8 @@ def run_storyboard(ctx) -> dict:
 
 # ---- train ----------------------------------------------------------------------------------------
 def validate_train(body: Any, paths: ServerPaths) -> dict:
-    try:
-        from loraflow.train.config import TrainConfig
-    except ImportError:
-        raise Invalid("train jobs are not available in this build (loraflow.train is missing)", "kind") from None
+    from loraflow.train.config import TrainConfig
+
     cfg = parse_options(TrainConfig, body, "train")
     _server_only(cfg, {"output": "output/lora", "cache_dir": None}, "train")
     if cfg.resume not in (None, "latest"):
@@ -234,8 +232,7 @@ def run_train(ctx) -> dict:
     cfg = TrainConfig(**{**ctx.job.payload, "output": str(ctx.out_dir),
                          "cache_dir": str(ctx.paths.outputs / ".cache" / "train")})
     ctx.check_cancel()
-    result = train(cfg)  # no progress hook in train() yet: progress is reported when it ends
-    ctx.progress(result.steps, result.steps)
+    result = train(cfg, progress=ctx.progress)  # progress raises JobCancelled when the job is cancelled
     files = {name: str(Path(p).relative_to(ctx.paths.outputs)) for name, p in
              (("lora", result.lora_path), ("diffusers", result.diffusers_path), ("loss_curve", result.loss_curve)) if p}
     return {"steps": result.steps, "files": files, "final_loss": result.losses[-1][1] if result.losses else None}
@@ -246,10 +243,8 @@ def validate_data_filter(body: Any, paths: ServerPaths) -> dict:
     """`{"recipe": YAML text or mapping}`: dataset_path / export_path are names in the data folder."""
     import yaml
 
-    try:
-        from loraflow.data.recipe import Recipe
-    except ImportError:
-        raise Invalid("data-filter jobs are not available in this build (loraflow.data is missing)", "kind") from None
+    from loraflow.data.recipe import Recipe
+
     if not isinstance(body, dict) or set(body) - {"recipe", "np"} or "recipe" not in body:
         raise Invalid("data-filter: expected {\"recipe\": YAML text or object, \"np\": optional int}", "recipe")
     data = body["recipe"]

@@ -22,6 +22,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from loraflow.errors import ConfigError, LoraflowError
 from loraflow.train import checkpoint, objective
@@ -296,7 +297,9 @@ def setup_accelerator(config: TrainConfig):
     return Accelerator(mixed_precision=config.mixed_precision, cpu=cpu)
 
 
-def train(config: TrainConfig | dict) -> TrainResult:
+def train(config: TrainConfig | dict, progress: Callable[[int, int], None] | None = None) -> TrainResult:
+    """Run a training. `progress(step, total)` is called after every optimizer step; an exception
+    it raises (e.g. a server's cancel) stops the run there, with saved checkpoints intact."""
     from loraflow.train.feedback import Logger, draw_loss_curve
     from loraflow.train.files import atomic_write_text
     from loraflow.train.model_setup import load_for_training
@@ -345,6 +348,8 @@ def train(config: TrainConfig | dict) -> TrainResult:
         step_loss = optimizer_step(step, config, data, model, unet, optimizer, lr_scheduler, latents, texts, accelerator)
         step += 1
         logger.step(step, step_loss, lr_scheduler.get_last_lr()[0], step % config.log_every == 0)
+        if progress is not None:
+            progress(step, steps)
         if config.save_every and step % config.save_every == 0 and step < steps:
             _save_checkpoint(config, model, accelerator, step, optimizer, lr_scheduler, data.plan, logger.losses)
         if config.validation_every and step % config.validation_every == 0 and step < steps:

@@ -9,7 +9,7 @@ from loraflow.models.lora.apply import apply_loras, remove_loras
 from loraflow.models.lora.load import read_lora
 from loraflow.models.lora.save import save_lora
 
-from conftest import WIDE  # noqa: E402  (tests/ has no packages; conftest is importable by name)
+from lora_helpers import WIDE  # noqa: E402
 
 TOL = 1e-5
 
