@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "loraflow.models.lora.cli",  # lora info|convert
     "loraflow.score.cli",  # score
     "loraflow.serve.cli",  # serve, workflow export
+    "loraflow.demo.cli",  # demo dataset|eval
 )
 
 
