@@ -16,6 +16,15 @@ def register(subparsers) -> None:
     ds.add_argument("--style", choices=("plain", "striped"), default="plain",
                     help="striped: the new style a demo LoRA learns")
     ds.set_defaults(func=run_dataset)
+    tr = sub.add_parser("train", help="train the demo model (SDXL family, small) from scratch on the shapes data")
+    tr.add_argument("--out", required=True, help="diffusers folder to write")
+    tr.add_argument("--images", type=int, default=4000)
+    tr.add_argument("--vae-steps", type=int, default=1500)
+    tr.add_argument("--unet-steps", type=int, default=8000)
+    tr.add_argument("--batch-size", type=int, default=32)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--threads", type=int, default=2)
+    tr.set_defaults(func=run_train)
     ev = sub.add_parser("eval", help="colour/shape/position accuracy of a model on held-out prompts")
     ev.add_argument("--model", required=True)
     ev.add_argument("--lora", action="append", default=[], help="LoRA file[:weight], repeatable")
@@ -32,6 +41,15 @@ def run_dataset(args: argparse.Namespace) -> int:
 
     out = write_dataset(args.out, n=args.n, size=args.size, seed=args.seed, lang=args.lang, style=args.style)
     print(f"{args.n} images -> {out / 'train' / 'metadata.csv'}; held-out scenes in {out / 'recipe.json'}")
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from loraflow.demo.train_model import DemoTrainConfig, train_demo_model
+
+    train_demo_model(DemoTrainConfig(out=args.out, images=args.images, vae_steps=args.vae_steps,
+                                     unet_steps=args.unet_steps, batch_size=args.batch_size, seed=args.seed,
+                                     threads=args.threads))
     return 0
 
 
