@@ -35,6 +35,7 @@ class DemoTrainConfig:
     min_snr_gamma: float = 5.0
     threads: int = 2
     log_every: int = 100
+    save_every: int = 1000  # UNet steps between snapshots (OUT/snapshot, replaced atomically)
 
 
 def build_components(seed: int = 0, size: int = 64) -> dict:
@@ -111,6 +112,23 @@ def train_vae(vae, x, cfg: DemoTrainConfig, say) -> None:
     vae.eval()
 
 
+def save_pipeline(components, out: Path) -> Path:
+    """Write the pipeline as a diffusers folder; a temp folder renamed into place, never half a model."""
+    import shutil
+
+    from diffusers import StableDiffusionXLPipeline
+
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    StableDiffusionXLPipeline(**components).save_pretrained(tmp, safe_serialization=True)
+    old = out.with_name(f".{out.name}.old")
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
 def train_unet(components, latents, embeds, pooled, caption_index, cfg: DemoTrainConfig, say) -> None:
     import torch
 
@@ -146,6 +164,11 @@ def train_unet(components, latents, embeds, pooled, caption_index, cfg: DemoTrai
         sched.step()
         if step % cfg.log_every == 0:
             say(f"unet step {step}/{cfg.unet_steps} loss {loss.item():.5f}")
+        if cfg.save_every and step % cfg.save_every == 0 and step < cfg.unet_steps:
+            unet.eval()
+            save_pipeline(components, Path(cfg.out).with_name(Path(cfg.out).name + "-snapshot"))
+            unet.train()
+            say(f"snapshot at step {step}")
     unet.eval()
 
 
@@ -179,8 +202,6 @@ def train_demo_model(cfg: DemoTrainConfig, say=print) -> Path:
     caption_index = torch.tensor([index[c] for c in captions])
     # 3. UNet
     train_unet(components, latents, embeds, pooled, caption_index, cfg, say)
-    out = Path(cfg.out)
-    pipe = StableDiffusionXLPipeline(**components)
-    pipe.save_pretrained(out, safe_serialization=True)
+    out = save_pipeline(components, Path(cfg.out))
     say(f"saved {out} ({time.time() - started:.0f} s total)")
     return out
