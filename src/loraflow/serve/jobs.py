@@ -149,22 +149,26 @@ def _jsonable(value):
 
 
 # ---- storyboard -----------------------------------------------------------------------------------
-def validate_storyboard(body: Any, paths: ServerPaths) -> dict:
-    """`{"story": YAML text or mapping, ...StoryboardConfig options}`."""
+def yaml_or_object(value: Any, where: str, key: str) -> Any:
+    """A body value sent as YAML text or as a JSON object; bad YAML is a 422 naming the key."""
     import yaml
 
+    if not isinstance(value, str):
+        return value
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise Invalid(f"{where}: key '{key}' is not valid YAML: {str(e).splitlines()[0]}", key) from None
+
+
+def validate_storyboard(body: Any, paths: ServerPaths) -> dict:
+    """`{"story": YAML text or mapping, ...StoryboardConfig options}`."""
     from loraflow.generate.storyboard import Story, StoryboardConfig
 
     if not isinstance(body, dict) or "story" not in body:
         raise Invalid("storyboard: key 'story' is required (the story as YAML text or a JSON object)", "story")
     body = dict(body)
-    story_data = body.pop("story")
-    if isinstance(story_data, str):
-        try:
-            story_data = yaml.safe_load(story_data)
-        except yaml.YAMLError as e:
-            raise Invalid(f"storyboard: key 'story' is not valid YAML: {str(e).splitlines()[0]}", "story") from None
-    story = parse_options(Story, story_data, "story", prefix="story.")
+    story = parse_options(Story, yaml_or_object(body.pop("story"), "storyboard", "story"), "story", prefix="story.")
     cfg = parse_options(StoryboardConfig, body, "storyboard")
     _server_only(cfg, {"out": "outputs/story", "story": ""}, "storyboard")
     update = _check_sampling(cfg, paths, "storyboard")
@@ -241,19 +245,11 @@ def run_train(ctx) -> dict:
 # ---- data filter ----------------------------------------------------------------------------------
 def validate_data_filter(body: Any, paths: ServerPaths) -> dict:
     """`{"recipe": YAML text or mapping}`: dataset_path / export_path are names in the data folder."""
-    import yaml
-
     from loraflow.data.recipe import Recipe
 
     if not isinstance(body, dict) or set(body) - {"recipe", "np"} or "recipe" not in body:
         raise Invalid("data-filter: expected {\"recipe\": YAML text or object, \"np\": optional int}", "recipe")
-    data = body["recipe"]
-    if isinstance(data, str):
-        try:
-            data = yaml.safe_load(data)
-        except yaml.YAMLError as e:
-            raise Invalid(f"data-filter: key 'recipe' is not valid YAML: {str(e).splitlines()[0]}", "recipe") from None
-    recipe = parse_options(Recipe, data, "recipe", prefix="recipe.")
+    recipe = parse_options(Recipe, yaml_or_object(body["recipe"], "data-filter", "recipe"), "recipe", prefix="recipe.")
     update = {}
     for key in ("dataset_path", "export_path"):
         value = getattr(recipe, key)
