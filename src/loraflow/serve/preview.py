@@ -1,7 +1,9 @@
 """Cheap previews while a job runs: latents -> RGB by a fixed linear map (no VAE decode), as JPEG.
 
 The 4x3 factors are the approximate latent-to-RGB projections ComfyUI uses for its "latent2rgb"
-previews (`comfy/latent_formats.py`: SD15 and SDXL; Kolors shares the SDXL VAE).
+previews (`comfy/latent_formats.py`: SD15 and SDXL; Kolors shares the SDXL VAE). Latents with another
+channel count (the demo model's 8-channel VAE, a 9-channel inpainting UNet input) have no such factors:
+their first 3 channels (or their mean) are stretched to [0, 1] instead.
 """
 from __future__ import annotations
 
@@ -21,20 +23,34 @@ PREVIEW_SIZE = 256
 
 
 def latent_to_jpeg(latents, family: str, size: int = PREVIEW_SIZE) -> bytes:
-    """JPEG bytes of the first latent of a batch, (B, 4, h, w) -> (h*8 fits in `size`)."""
-    import torch
+    """JPEG bytes of the first latent of a batch, (B, C, h, w) -> an image whose longer side is `size`."""
     from PIL import Image
 
-    factors, bias = _RGB_FACTORS["sd15" if family == "sd15" else "sdxl"]
-    x = latents[0].detach().float().cpu()  # (4, h, w)
-    rgb = torch.einsum("chw,cr->hwr", x, torch.tensor(factors)) + torch.tensor(bias)  # (h, w, 3)
-    rgb = ((rgb + 1) / 2).clamp(0, 1).mul(255).byte().numpy()
-    image = Image.fromarray(rgb)
+    x = latents[0].detach().float().cpu()  # (C, h, w)
+    rgb = _latent_rgb(x, family) if x.shape[0] == 4 else _channels_rgb(x)  # (h, w, 3) in [0, 1]
+    image = Image.fromarray(rgb.clamp(0, 1).mul(255).byte().numpy())
     scale = size / max(image.size)
     image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BILINEAR)
     buf = io.BytesIO()
     image.save(buf, format="JPEG", quality=80)
     return buf.getvalue()
+
+
+def _latent_rgb(x, family: str):
+    """(4, h, w) SD/SDXL latent -> (h, w, 3) by the family's latent2rgb factors."""
+    import torch
+
+    factors, bias = _RGB_FACTORS["sd15" if family == "sd15" else "sdxl"]
+    rgb = torch.einsum("chw,cr->hwr", x, torch.tensor(factors)) + torch.tensor(bias)  # (h, w, 3) in ~[-1, 1]
+    return (rgb + 1) / 2
+
+
+def _channels_rgb(x):
+    """(C, h, w) latent of any other channel count -> (h, w, 3): channels 0-2 (or the mean of fewer,
+    as grey), each stretched from its min..max to 0..1. No colours are right, but shapes show."""
+    rgb = x[:3] if x.shape[0] >= 3 else x.mean(0, keepdim=True).expand(3, -1, -1)  # (3, h, w)
+    lo, hi = rgb.amin((1, 2), keepdim=True), rgb.amax((1, 2), keepdim=True)
+    return ((rgb - lo) / (hi - lo).clamp_min(1e-6)).permute(1, 2, 0).contiguous()
 
 
 class Throttle:

@@ -9,9 +9,12 @@ from loraflow.serve.comfy.values import Conditioning, ModelRef, activate
 
 
 def sample(ctx, node_id: str, model: ModelRef, seed: int, steps: int, cfg: float, sampler_name: str,
-           scheduler: str, positive: Conditioning, negative: Conditioning, latent: dict, strength: float = 1.0) -> dict:
-    """Denoise `latent["samples"]` (B, 4, h, w). strength 1: from pure noise (text-to-image, the noise
-    from `seed` is added to the latent as ComfyUI does); strength < 1: img2img from that point."""
+           scheduler: str, positive: Conditioning, negative: Conditioning, latent: dict, strength: float = 1.0,
+           node_type: str = "KSampler") -> dict:
+    """Denoise `latent["samples"]` (B, C, h, w), C and the pixel size h * vae_scale_factor being the
+    model's. strength 1: from pure noise (text-to-image, the noise from `seed` is added to the latent as
+    ComfyUI does); strength < 1: img2img from that point. An empty latent of another shape (e.g.
+    EmptyLatentImage's 4 channels for a model with 8) is replaced by the model's (`fit_latent`)."""
     import torch
 
     from loraflow.serve.comfy.nodes import NodeError, sampler_for
@@ -22,8 +25,9 @@ def sample(ctx, node_id: str, model: ModelRef, seed: int, steps: int, cfg: float
     session = activate(ctx, model)
     session.set_scheduler(sampler_for(sampler_name, scheduler))
     pipe, family = session.pipe, session.family
-    samples = latent["samples"]  # (B, 4, h, w)
+    samples = fit_latent(pipe, latent["samples"], node_type)  # (B, C, h, w)
     batch, _, h, w = samples.shape
+    scale = pipe.vae_scale_factor  # pixels per latent cell: 8 for SD/SDXL VAEs, 4 for the demo model's
     # 1. conditioning: one length for positive and negative (CLIP chunks), repeated over the batch
     pos, neg = _same_length(session, positive.embeds, negative.embeds)
     dtype, device = pipe.unet.dtype, pipe.unet.device
@@ -33,7 +37,7 @@ def sample(ctx, node_id: str, model: ModelRef, seed: int, steps: int, cfg: float
 
         if strength < 1.0:
             raise NodeError("ControlNet with denoise < 1 (img2img) is not supported in workflows yet")
-        pipe, control_kwargs = control_pipeline(ctx, session, positive.controls, h * 8, w * 8)
+        pipe, control_kwargs = control_pipeline(ctx, session, positive.controls, h * scale, w * scale)
         kwargs.update(control_kwargs)
     # 2. progress, previews and cancel at every step
     throttle = Throttle()
@@ -54,7 +58,8 @@ def sample(ctx, node_id: str, model: ModelRef, seed: int, steps: int, cfg: float
             noise = torch.randn(samples.shape, generator=generator)
             pipe.scheduler.set_timesteps(steps)
             start = noise + samples / pipe.scheduler.init_noise_sigma
-            out = pipe(latents=start.to(device, dtype), height=h * 8, width=w * 8, num_inference_steps=steps, **common)
+            out = pipe(latents=start.to(device, dtype), height=h * scale, width=w * scale, num_inference_steps=steps,
+                       **common)
         else:
             # 3b. img2img from the given latents: the first (1 - strength) of the steps are skipped
             total_steps = max(1, int(steps * strength))
@@ -62,9 +67,42 @@ def sample(ctx, node_id: str, model: ModelRef, seed: int, steps: int, cfg: float
             i2i.scheduler = pipe.scheduler
             if not bool(samples.abs().sum()):
                 raise NodeError("denoise < 1 needs an input latent (VAEEncode), not an empty one")
+            if samples.shape[1] != 4:  # diffusers' img2img takes only 4-channel tensors as latents
+                common["latents"] = _img2img_start(i2i, samples.to(device, dtype), strength, steps, generator)
             out = i2i(image=samples.to(device, dtype), strength=strength, num_inference_steps=steps,
                       generator=generator, **common)
     return {"samples": out.images.detach().float().cpu()}
+
+
+def fit_latent(pipe, samples, node_type: str = "KSampler"):
+    """`samples` (B, c, h, w) as the model's latent (B, C, H / s, W / s), C = the UNet's in_channels and
+    s = pipe.vae_scale_factor. EmptyLatentImage does not know the model and always makes (B, 4, H/8, W/8)
+    zeros; an all-zero latent with another channel count than the model's is taken to be such an empty
+    one and replaced by zeros of the model's shape (ComfyUI `comfy/sample.py` fix_empty_latent_channels,
+    plus the spatial size for VAEs that do not downscale by 8). Any other latent must already fit."""
+    import torch
+
+    from loraflow.serve.comfy.nodes import NodeError
+
+    channels, scale = pipe.unet.config.in_channels, pipe.vae_scale_factor
+    batch, got, h, w = samples.shape
+    if got == channels:
+        return samples
+    if not samples.any():
+        return torch.zeros((batch, channels, h * 8 // scale, w * 8 // scale), dtype=samples.dtype)
+    raise NodeError(f"{node_type}: latent_image has {got} channels, this model expects {channels} "
+                    "(a LATENT made with another model's VAE?)")
+
+
+def _img2img_start(i2i, init, strength: float, steps: int, generator):
+    """The noisy start latents the img2img pipeline makes itself in `prepare_latents` (the input noised to
+    the first timestep kept by `strength`), for latents it would not recognise as latents (not 4 channels)."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    i2i.scheduler.set_timesteps(steps, device=init.device)
+    timesteps, _ = i2i.get_timesteps(steps, strength, init.device)
+    noise = randn_tensor(init.shape, generator=generator, device=init.device, dtype=init.dtype)
+    return i2i.scheduler.add_noise(init, noise, timesteps[:1].repeat(init.shape[0]))
 
 
 def _img2img_pipeline(ctx, session):
@@ -77,6 +115,8 @@ def _img2img_pipeline(ctx, session):
         cache.clear()
         cache[key] = cls(**components)
         cache[key].set_progress_bar_config(disable=True)
+        # the image processor passes a tensor with the VAE's channel count through as latents (default 4)
+        cache[key].image_processor.register_to_config(vae_latent_channels=session.pipe.vae.config.latent_channels)
     return cache[key]
 
 
@@ -108,7 +148,7 @@ def _repeat(embeds, batch: int, dtype):
 
 
 def vae_decode(vae, samples):
-    """(B, 4, h, w) scaled latents -> IMAGE (B, 8h, 8w, 3) in [0, 1]."""
+    """(B, C, h, w) scaled latents -> IMAGE (B, s*h, s*w, 3) in [0, 1], s the VAE's scale factor."""
     import torch
 
     latents = samples.to(vae.device, torch.float32 if vae.config.force_upcast else vae.dtype)
@@ -118,11 +158,15 @@ def vae_decode(vae, samples):
     return (pixels.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu()
 
 
-def vae_encode(vae, pixels):
-    """IMAGE (B, H, W, 3) -> scaled latents (B, 4, H/8, W/8); sides are cropped to multiples of 8."""
+def vae_encode(vae, pixels, scale: int = 8):
+    """IMAGE (B, H, W, 3) -> scaled latents (B, C, H/s, W/s), s = `scale` (the pipeline's
+    vae_scale_factor); sides are cropped to multiples of s and of 8 (diffusers' pipelines check H % 8)."""
+    import math
+
     import torch
 
-    h, w = pixels.shape[1] // 8 * 8, pixels.shape[2] // 8 * 8
+    multiple = math.lcm(8, scale)
+    h, w = pixels.shape[1] // multiple * multiple, pixels.shape[2] // multiple * multiple
     x = pixels[:, :h, :w, :3].permute(0, 3, 1, 2) * 2 - 1  # (B, 3, H, W) in [-1, 1]
     with torch.no_grad(), _upcast(vae):
         latents = vae.encode(x.to(vae.device, vae.dtype)).latent_dist.mode()

@@ -1,5 +1,8 @@
 """Values that flow along workflow links. Conventions follow ComfyUI where a client can see them:
-LATENT is `{"samples": (B, 4, h, w)}` (scaled by the VAE's scaling factor, diffusers' convention),
+LATENT is `{"samples": (B, C, h, w)}` (scaled by the VAE's scaling factor, diffusers' convention),
+C the VAE's latent channels (4 for SD/SDXL) and (h, w) the pixel size over the pipeline's
+vae_scale_factor (8 for SD/SDXL); EmptyLatentImage's model-less (B, 4, H/8, W/8) zeros are refitted
+by the samplers.
 IMAGE is a float tensor (B, H, W, C) in [0, 1], MASK is (B, H, W)."""
 from __future__ import annotations
 

@@ -1,0 +1,164 @@
+"""ComfyUI workflows on models whose latents are not SD's (B, 4, H/8, W/8): the demo model's VAE has 8
+channels and downscales by 4. EmptyLatentImage stays model-less (4 channels, /8) and the samplers refit
+an empty latent to the model; VAE nodes and previews use the pipeline's vae_scale_factor.
+
+The models are built in-process (random weights) and run by the executor with a small stand-in for the
+worker's job context, so no server and no files are needed."""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from PIL import Image
+
+from loraflow.serve.paths import ServerPaths
+
+
+@pytest.fixture(scope="module")
+def sessions():
+    """name -> GenerationSession: "demo-test" (8 latent channels, VAE scale 4) and "tiny-test" (4, 8)."""
+    from diffusers import StableDiffusionXLPipeline
+
+    from loraflow.demo.train_model import build_components
+    from loraflow.generate.session import GenerationSession
+    from loraflow.models.families import get_family
+    from loraflow.models.loading import LoadedModel
+    from loraflow.models.tiny import build_tiny_pipeline
+
+    torch.set_num_threads(1)
+    demo = StableDiffusionXLPipeline(**build_components(0, 64))
+    assert (demo.unet.config.in_channels, demo.vae_scale_factor) == (8, 4)
+    built = {"demo-test": demo, "tiny-test": build_tiny_pipeline("sdxl")}
+    out = {}
+    for name, pipe in built.items():
+        pipe.set_progress_bar_config(disable=True)
+        out[name] = GenerationSession(LoadedModel(pipe, get_family("sdxl"), name, name))
+    return out
+
+
+class _Paths(ServerPaths):
+    def model(self, name: str) -> str:  # the in-process models have no file
+        return name
+
+
+@dataclass
+class _Models:
+    sessions: dict
+
+    def session(self, model: str, **_):
+        return self.sessions[model]
+
+
+@dataclass
+class _Ctx:
+    """What the executor and nodes use of the worker's `JobContext`."""
+
+    job: SimpleNamespace
+    paths: ServerPaths
+    models: _Models
+    state: dict = field(default_factory=dict)
+    previews: list = field(default_factory=list)
+
+    def check_cancel(self) -> None:
+        pass
+
+    def emit(self, type_: str, **data) -> None:
+        pass
+
+    def progress(self, value: int, maximum: int, node: str | None = None) -> None:
+        pass
+
+    def preview(self, jpeg: bytes) -> None:
+        self.previews.append(jpeg)
+
+
+def _ctx(sessions, tmp_path: Path, prompt: dict | None = None, outputs=("9",)) -> _Ctx:
+    paths = _Paths(tmp_path / "models", tmp_path / "outputs", tmp_path / "data")
+    paths.make()
+    job = SimpleNamespace(id="p1", payload={"prompt": prompt or {}, "outputs": list(outputs)})
+    return _Ctx(job, paths, _Models(sessions))
+
+
+def _graph(model: str) -> dict:
+    from loraflow.serve.comfy.export import api_workflow
+
+    return api_workflow(model, None, "a red circle", "blurry", seed=1, steps=2, cfg=5.0, width=64, height=64,
+                        filename_prefix="shapes/img")
+
+
+def _saved_size(ctx, result, node: str = "9") -> tuple[int, int]:
+    image = result["outputs"][node]["images"][0]
+    with Image.open(ctx.paths.outputs / image["subfolder"] / image["filename"]) as saved:
+        return saved.size
+
+
+def _latent(ctx, node: str):
+    return ctx.state["comfy_cache"][node][1][0]["samples"]  # (key, outputs, ui) -> LATENT
+
+
+@pytest.mark.parametrize("model, latent_shape", [("demo-test", (1, 8, 16, 16)), ("tiny-test", (1, 4, 8, 8))])
+def test_text_to_image_workflow_fits_the_empty_latent_to_the_model(sessions, tmp_path, model, latent_shape):
+    from loraflow.serve.comfy.executor import run_prompt
+
+    ctx = _ctx(sessions, tmp_path, _graph(model))
+    result = run_prompt(ctx)
+    assert result["status"]["status_str"] == "success"
+    assert _latent(ctx, "5").shape == (1, 4, 8, 8)  # EmptyLatentImage does not know the model
+    assert _latent(ctx, "3").shape == latent_shape
+    assert _saved_size(ctx, result) == (64, 64)
+    assert ctx.previews and all(p[:2] == b"\xff\xd8" for p in ctx.previews)  # JPEG previews on the way
+
+
+def test_img2img_workflow_on_8_channel_latents(sessions, tmp_path):
+    """VAEEncode makes (B, 8, H/4, W/4); KSampler with denoise < 1 and KSamplerAdvanced (start step > 0)
+    denoise it, whichever pipeline path diffusers takes for latents that are not 4-channel."""
+    from loraflow.serve.comfy.executor import run_prompt
+
+    graph = _graph("demo-test")
+    graph["9"]["inputs"]["images"] = ["13", 0]
+    graph.update({
+        "11": {"class_type": "VAEEncode", "inputs": {"pixels": ["8", 0], "vae": ["4", 2]}},
+        "12": {"class_type": "KSamplerAdvanced", "inputs": {
+            "model": ["4", 0], "add_noise": "enable", "noise_seed": 2, "steps": 2, "cfg": 5.0,
+            "sampler_name": "euler", "scheduler": "normal", "positive": ["6", 0], "negative": ["7", 0],
+            "latent_image": ["11", 0], "start_at_step": 1, "end_at_step": 10000,
+            "return_with_leftover_noise": "disable"}},
+        "13": {"class_type": "VAEDecode", "inputs": {"samples": ["12", 0], "vae": ["4", 2]}},
+    })
+    ctx = _ctx(sessions, tmp_path, graph)
+    result = run_prompt(ctx)
+    assert result["status"]["status_str"] == "success"
+    assert _latent(ctx, "11").shape == _latent(ctx, "12").shape == (1, 8, 16, 16)
+    assert not torch.equal(_latent(ctx, "11"), _latent(ctx, "12"))
+    assert _saved_size(ctx, result) == (64, 64)
+
+
+def test_latent_preview_of_any_channel_count_is_a_jpeg():
+    from loraflow.serve.preview import latent_to_jpeg
+
+    for channels in (4, 8, 9, 2, 1):
+        jpeg = latent_to_jpeg(torch.randn(2, channels, 16, 12, generator=torch.Generator().manual_seed(0)), "sdxl")
+        image = Image.open(io.BytesIO(jpeg))
+        assert image.format == "JPEG" and max(image.size) == 256, channels
+    assert latent_to_jpeg(torch.zeros(1, 8, 16, 16), "sdxl")[:2] == b"\xff\xd8"  # flat: no division by zero
+
+
+def test_non_empty_latent_of_wrong_channel_count_is_a_node_error(sessions, tmp_path):
+    from loraflow.serve.comfy.nodes import CLIPTextEncode, KSampler, KSamplerAdvanced, NodeError
+    from loraflow.serve.comfy.values import ModelRef
+
+    ctx = _ctx(sessions, tmp_path)
+    ref = ModelRef("demo-test")
+    cond = CLIPTextEncode().run(ctx, "6", text="a red circle", clip=ref)[0]
+    latent = {"samples": torch.ones((1, 4, 8, 8))}  # e.g. VAEEncode of a 4-channel model
+    with pytest.raises(NodeError) as err:
+        KSampler().run(ctx, "3", ref, 1, 2, 5.0, "euler", "normal", cond, cond, latent, 1.0)
+    message = str(err.value)
+    assert "\n" not in message and "KSampler" in message and "4 channels" in message and "expects 8" in message
+    with pytest.raises(NodeError, match=r"^KSamplerAdvanced: latent_image has 4 channels, this model expects 8"):
+        KSamplerAdvanced().run(ctx, "3", ref, "enable", 1, 2, 5.0, "euler", "normal", cond, cond, latent, 0, 10000,
+                               "disable")
