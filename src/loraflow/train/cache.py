@@ -4,6 +4,9 @@ Keys are content hashes: the image file's SHA-256 + bucket/crop/flip + a fingerp
 weights and dtype; the caption text + a fingerprint of the text encoders. Anything that changes
 one of those gives a new key, so a stale entry is never read, and a second run over the same
 data and model re-encodes nothing. Entries are single safetensors files written atomically.
+Fingerprints are taken from the weight files on disk when the model is a folder
+(`file_fingerprint`), so a second run can find its entries without loading the encoders at all;
+from the built modules otherwise (`module_fingerprint`: tiny and single-file models).
 
 We cache the VAE posterior (mean and log-variance, as diffusers' `DiagonalGaussianDistribution`
 keeps them) rather than one sample, so every step still draws a fresh latent sample.
@@ -14,6 +17,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from loraflow.errors import LoraflowError
 from loraflow.train.buckets import Crop
 from loraflow.train.files import atomic_save_safetensors
 from loraflow.train.images import load_pixels
@@ -31,6 +35,35 @@ def module_fingerprint(*modules) -> str:
             head = torch.cat([flat[:64], flat[-64:]]).float().cpu()
             digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
             digest.update(head.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def file_fingerprint(*files: Path) -> str:
+    """`module_fingerprint` of weights still on disk: every safetensors tensor's name, shape, dtype
+    and first/last bytes, read by seeking (nothing is loaded); other files (configs) in full.
+    Raises ValueError/OSError for a file that is not readable safetensors."""
+    import struct
+
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(f"{path.parent.name}/{path.name}".encode())
+        with open(path, "rb") as f:
+            if path.suffix != ".safetensors":
+                digest.update(f.read())
+                continue
+            # layout: u64 little-endian header size, JSON header {name: {dtype, shape, data_offsets}}, data
+            try:
+                (size,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(size))
+            except (struct.error, UnicodeDecodeError) as e:
+                raise ValueError(f"{path}: not a safetensors file ({e})") from None
+            for name in sorted(k for k in header if k != "__metadata__"):
+                info = header[name]
+                begin, end = info["data_offsets"]
+                digest.update(f"{name}{info['shape']}{info['dtype']}".encode())
+                for at in (begin, max(begin, end - 256)):
+                    f.seek(8 + size + at)
+                    digest.update(f.read(min(256, end - begin)))
     return digest.hexdigest()[:16]
 
 
@@ -55,12 +88,13 @@ def _load(path: Path) -> dict | None:
 
 
 class LatentStore:
-    """VAE posterior parameters (2C, h, w) per (image content, crop, flip, VAE)."""
+    """VAE posterior parameters (2C, h, w) per (image content, crop, flip, VAE). `vae` may stay None
+    while every entry read is on disk; `vae_config` (scaling/shift factors) is needed either way."""
 
-    def __init__(self, vae, root: Path | None, vae_key: str):
+    def __init__(self, root: Path | None, vae_key: str, vae_config, vae=None):
         self.vae, self.root, self.vae_key = vae, root, vae_key
-        self.scaling = vae.config.scaling_factor
-        self.shift = getattr(vae.config, "shift_factor", None) or 0.0
+        self.scaling = vae_config["scaling_factor"]
+        self.shift = vae_config.get("shift_factor") or 0.0
         self.encode_calls = 0  # VAE forward passes (tests count them)
 
     def release_vae(self) -> None:
@@ -70,6 +104,10 @@ class LatentStore:
     def _path(self, file_hash: str, crop: Crop) -> Path:
         key = _key(image=file_hash, crop=[crop.bucket, crop.resized, crop.left, crop.top, crop.flip], vae=self.vae_key)
         return self.root / "latents" / key[:2] / f"{key}.safetensors"
+
+    def cached(self, file_hash: str, crop: Crop) -> bool:
+        """Is this entry on disk and readable?"""
+        return self.root is not None and _load(self._path(file_hash, crop)) is not None
 
     def get(self, paths: list[Path], hashes: list[str], crops: list[Crop]):
         """(B, 2C, h, w) posterior parameters; encodes the misses in one VAE call."""
@@ -92,6 +130,9 @@ class LatentStore:
     def encode(self, paths: list[Path], crops: list[Crop]):
         import torch
 
+        if self.vae is None:
+            raise LoraflowError(f"latent cache entry of {paths[0]} is missing or unreadable, and the VAE was not "
+                                "loaded because the whole cache was on disk when training started; run again")
         pixels = torch.stack([load_pixels(p, c) for p, c in zip(paths, crops)])  # (B, 3, H, W)
         param = next(self.vae.parameters())
         with torch.no_grad():
@@ -111,9 +152,10 @@ class LatentStore:
 
 
 class TextStore:
-    """Text conditioning per caption: embeds (1, L, D) and pooled (1, P) or none."""
+    """Text conditioning per caption: embeds (1, L, D) and pooled (1, P) or none. `pipe` (with its
+    text encoders) may stay None while every caption read is on disk."""
 
-    def __init__(self, pipe, family, root: Path | None, encoder_key: str):
+    def __init__(self, family, root: Path | None, encoder_key: str, pipe=None):
         self.pipe, self.family, self.root, self.encoder_key = pipe, family, root, encoder_key
         self.encode_calls = 0  # text-encoder passes (tests count them)
         self._memory: dict[str, tuple] = {}
@@ -122,12 +164,30 @@ class TextStore:
         key = _key(caption=caption, family=self.family.name, encoders=self.encoder_key)
         return self.root / "text" / key[:2] / f"{key}.safetensors"
 
+    def cached(self, caption: str) -> bool:
+        """Is this caption's entry on disk and readable? (A hit is kept in memory.)"""
+        if caption in self._memory:
+            return True
+        hit = _load(self._path(caption)) if self.root is not None else None
+        if hit is not None:
+            self._remember(caption, (hit["embeds"], hit.get("pooled")))
+        return hit is not None
+
+    def _remember(self, caption: str, value: tuple) -> None:
+        if len(self._memory) < 4096:  # captions repeat across epochs; keep the small ones around
+            self._memory[caption] = value
+
     def one(self, caption: str):
         if caption in self._memory:
             return self._memory[caption]
         hit = _load(self._path(caption)) if self.root is not None else None
         if hit is None:
             import torch
+
+            if self.pipe is None:
+                raise LoraflowError(f"text cache entry of caption {caption!r} is missing or unreadable, and the text "
+                                    "encoders were not loaded because the whole cache was on disk when training "
+                                    "started; run again")
 
             with torch.no_grad():
                 pe = self.family.encode_prompts(self.pipe, [escape_caption(caption)])[0]
@@ -138,8 +198,7 @@ class TextStore:
             if self.root is not None:
                 atomic_save_safetensors(hit, self._path(caption))
         value = (hit["embeds"], hit.get("pooled"))
-        if len(self._memory) < 4096:  # captions repeat across epochs; keep the small ones around
-            self._memory[caption] = value
+        self._remember(caption, value)
         return value
 
     def get(self, captions: list[str]):

@@ -1,7 +1,13 @@
-"""Base model -> frozen weights in the compute precision + trainable fp32 LoRA adapters (peft)."""
+"""Base model -> frozen weights in the compute precision + trainable fp32 LoRA adapters (peft).
+
+The VAE and text encoders can be left unloaded (`encoders=False`) when their outputs are all
+cached; `EncoderIdentity` is what the caches need to know about them, read from the model
+folder's files without loading weights (`identity_from_files`) or from the built modules.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from loraflow.train.config import TARGET_PRESETS, TEXT_ENCODER_TARGETS, TrainConfig
@@ -35,18 +41,29 @@ class TrainModel:
         return [p for m in modules for p in m.parameters() if p.requires_grad]
 
 
-def load_for_training(config: TrainConfig, device: str) -> TrainModel:
+def vae_dtype(vae_config, weight_dtype: str) -> str:
+    """The dtype the VAE encodes in: the SDXL VAE overflows in fp16 (force_upcast; use
+    sdxl-vae-fp16-fix to avoid), so it is kept in fp32 there."""
+    return "float32" if vae_config.get("force_upcast", False) and weight_dtype == "float16" else weight_dtype
+
+
+def load_for_training(config: TrainConfig, device: str, encoders: bool = True) -> TrainModel:
+    """`encoders=False`: the VAE and text encoders are not loaded (pipe.vae etc. are None)."""
     import torch
 
+    from loraflow.models.families import FAMILIES
     from loraflow.models.loading import load_pipeline
 
     weight_dtype = WEIGHT_DTYPES[config.mixed_precision]
-    loaded = load_pipeline(config.model, family=config.family, vae=config.vae, dtype=weight_dtype, device=device)
+    skip = () if encoders else ("vae", *dict.fromkeys(n for f in FAMILIES.values() for n in f.text_encoder_names))
+    loaded = load_pipeline(config.model, family=config.family, vae=config.vae, dtype=weight_dtype, device=device,
+                           skip=skip)
     pipe, family = loaded.pipe, loaded.family
     for name in ("unet", "vae", *family.text_encoder_names):
-        getattr(pipe, name).requires_grad_(False)
-    if pipe.vae.config.get("force_upcast", False) and weight_dtype == "float16":
-        pipe.vae.to(torch.float32)  # the SDXL VAE overflows in fp16 (use sdxl-vae-fp16-fix to avoid)
+        if getattr(pipe, name) is not None:
+            getattr(pipe, name).requires_grad_(False)
+    if pipe.vae is not None and vae_dtype(pipe.vae.config, weight_dtype) != weight_dtype:
+        pipe.vae.to(torch.float32)
     noise_scheduler = family.noise_scheduler()
     prediction_type = config.prediction_type or noise_scheduler.config.prediction_type
     model = TrainModel(pipe, family, loaded.name, loaded.source, loaded.path, getattr(torch, weight_dtype),
@@ -56,6 +73,73 @@ def load_for_training(config: TrainConfig, device: str) -> TrainModel:
     if config.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
     return model
+
+
+@dataclass
+class EncoderIdentity:
+    """What the caches need to know about the frozen encoders, with or without them loaded."""
+    family: Any  # loraflow.models.families adapter class
+    vae_key: str  # VAE weights fingerprint + the dtype it encodes in
+    text_key: str  # text-encoder weights fingerprint (+ dtype)
+    vae_config: Any  # mapping with the latents' scaling_factor / shift_factor
+
+
+def identity_of(model: TrainModel) -> EncoderIdentity:
+    """From the built modules (tiny and single-file models, whose files are not a diffusers folder)."""
+    from loraflow.train.cache import module_fingerprint
+
+    vae = model.vae
+    encoders = [getattr(model.pipe, n) for n in model.family.text_encoder_names]
+    return EncoderIdentity(model.family, f"{module_fingerprint(vae)}:{next(vae.parameters()).dtype}",
+                           module_fingerprint(*encoders), vae.config)
+
+
+def identity_from_files(config: TrainConfig) -> EncoderIdentity | None:
+    """From a diffusers folder's weight files and configs, without loading a weight. None where that
+    is not possible (tiny or single-file model, a lone VAE file, pickle weights): use `identity_of`."""
+    from loraflow.models.families import get_family
+    from loraflow.models.loading import DEMO, demo_model_dir, detect_folder_family
+    from loraflow.train.cache import file_fingerprint
+
+    if not config.model or config.model.startswith("tiny:"):
+        return None
+    folder = demo_model_dir() if config.model == DEMO else Path(config.model).expanduser()
+    family_name = config.family or (detect_folder_family(folder) if folder.is_dir() else None)
+    if family_name is None:
+        return None
+    family = get_family(family_name)
+    vae_dir = folder / "vae"
+    if config.vae:  # the override as load_vae reads it: a folder, or a file next to its config.json
+        override = Path(config.vae).expanduser()
+        vae_dir = override if override.is_dir() else override.parent
+    components = [_component_files(vae_dir), *(_component_files(folder / n) for n in family.text_encoder_names)]
+    if not all(components):
+        return None
+    weight_dtype = WEIGHT_DTYPES[config.mixed_precision]
+    try:
+        vae_config = _vae_config(vae_dir)
+        vae_key = f"{file_fingerprint(*components[0])}:{vae_dtype(vae_config, weight_dtype)}"
+        text_key = f"{file_fingerprint(*(f for files in components[1:] for f in files))}:{weight_dtype}"
+    except (OSError, ValueError, KeyError):  # unreadable: loading will say what is wrong
+        return None
+    return EncoderIdentity(family, vae_key, text_key, vae_config)
+
+
+def _component_files(folder: Path) -> list[Path]:
+    """config.json + safetensors weights of one component folder; [] when either is missing."""
+    weights = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    return [folder / "config.json", *weights] if weights and (folder / "config.json").is_file() else []
+
+
+def _vae_config(folder: Path) -> dict:
+    """config.json over AutoencoderKL's defaults: what `vae.config` holds once loaded."""
+    import inspect
+
+    from diffusers import AutoencoderKL
+
+    defaults = {k: p.default for k, p in inspect.signature(AutoencoderKL.__init__).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    return {**defaults, **AutoencoderKL.load_config(folder)}
 
 
 def lora_config(rank: int, alpha: float, targets):
