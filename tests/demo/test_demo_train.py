@@ -9,8 +9,10 @@ from loraflow.generate.session import GenerationSession
 
 def test_train_demo_model_smoke(tmp_path):
     lines = []
-    out = train_demo_model(DemoTrainConfig(out=str(tmp_path / "demo"), images=8, size=64, vae_steps=2, unet_steps=2,
-                                           batch_size=4, log_every=1, save_every=1, threads=1), say=lines.append)
+    cfg = DemoTrainConfig(out=str(tmp_path / "demo"), images=8, size=64, vae_steps=2, decoder_steps=2, decoder_images=8,
+                          unet_steps=2, batch_size=4, log_every=1, save_every=1, threads=1)
+    out = train_demo_model(cfg, say=lines.append)
+    assert any(line.startswith("decoder step 2/2") for line in lines)
     assert any(line.startswith("unet step 2/2") for line in lines) and "snapshot at step 1" in lines
     assert (tmp_path / "demo-snapshot" / "model_index.json").is_file()
     cfg = GenerateConfig(model=str(out), prompt="a red circle in the center, white background", steps=2,

@@ -50,7 +50,7 @@ def test_model_is_loaded_once_and_kept(server):
     ({**TINY, "guidance_scale": "high"}, "guidance_scale"),
     ({**TINY, "lora_rnk": 4}, "lora_rnk"),
     ({**TINY, "prompt": " "}, "prompt"),
-    ({**TINY, "model": None}, "model"),
+    ({**TINY, "model": "tiny:sd3"}, "model"),
     ({**TINY, "scheduler": "warp drive"}, "scheduler"),
     ({**TINY, "allow_pickle": True}, "allow_pickle"),
     ({**TINY, "out": "/tmp/elsewhere"}, "out"),

@@ -53,8 +53,14 @@ def test_train_job_reports_each_step_and_writes_the_lora(data_server):
 def test_running_train_job_can_be_cancelled(data_server):
     job = data_server.post("/api/jobs/train", json={**TRAIN, "max_steps": 100000}).json()
     wait_job(data_server, job["id"], timeout=120, until=("running",))
-    while (data_server.get(f"/api/jobs/{job['id']}").json().get("progress") or {}).get("value", 0) < 1:
-        time.sleep(0.05)  # training has started its steps
+    deadline = time.monotonic() + 120
+    while True:  # until training has started its steps; a job that ended instead fails the test
+        state = data_server.get(f"/api/jobs/{job['id']}").json()
+        if (state.get("progress") or {}).get("value", 0) >= 1:
+            break
+        assert state["status"] == "running", state.get("error")
+        assert time.monotonic() < deadline, "no training step within 120 s"
+        time.sleep(0.05)
     assert data_server.post(f"/api/jobs/{job['id']}/cancel").status_code in (200, 202)
     assert wait_job(data_server, job["id"], timeout=120)["status"] == "cancelled"
 

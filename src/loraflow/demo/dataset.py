@@ -11,9 +11,14 @@ from loraflow.demo.shapes import Scene, all_scenes, draw_scene, split_held_out
 
 
 def write_dataset(out: str | Path, n: int = 2000, size: int = 64, seed: int = 0, lang: str = "both",
-                  style: str = "plain", jitter: float = 0.06, include_held_out: bool = False) -> Path:
+                  style: str = "plain", jitter: float = 0.06, include_held_out: bool = False,
+                  style_in_caption: bool = False) -> Path:
     """`n` images of scenes from the training split (or all scenes with `include_held_out`); captions
-    in English, Chinese or both (alternating). Returns the dataset folder."""
+    in English, Chinese or both (alternating). A style data set (`striped`) is captioned by content
+    only unless `style_in_caption`, so a LoRA trained on it applies the style to every prompt (a
+    style LoRA); with the word in the captions, the style follows the word. Returns the folder."""
+    import dataclasses
+
     out = Path(out)
     train_dir = out / "train"
     train_dir.mkdir(parents=True, exist_ok=True)
@@ -27,12 +32,14 @@ def write_dataset(out: str | Path, n: int = 2000, size: int = 64, seed: int = 0,
         language = lang if lang != "both" else ("en", "zh")[i % 2]
         name = f"{i:06d}.png"
         draw_scene(scene, size, jitter=jitter, rng=rng).save(train_dir / name)
-        rows.append({"file_name": name, "text": scene.caption(language)})
+        captioned = scene if style_in_caption else dataclasses.replace(scene, style="plain")
+        rows.append({"file_name": name, "text": captioned.caption(language)})
     with open(train_dir / "metadata.csv", "w", encoding="utf-8-sig", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["file_name", "text"])
         writer.writeheader()
         writer.writerows(rows)
     recipe = {"n": n, "size": size, "seed": seed, "lang": lang, "style": style, "jitter": jitter,
+              "style_in_caption": style_in_caption,
               "held_out": [scene.__dict__ for scene in held_out]}
     (out / "recipe.json").write_text(json.dumps(recipe, ensure_ascii=False, indent=1), encoding="utf-8")
     return out

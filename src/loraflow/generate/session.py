@@ -171,7 +171,7 @@ class GenerationSession:
         return results
 
     def _resolve(self, config: GenerateConfig) -> dict:
-        d = self.family.defaults
+        d = self.loaded.defaults
         prompt, loras = self.resolve_loras(config)
         return dict(
             config=config, prompt=prompt, loras=tuple(loras),

@@ -1,6 +1,8 @@
 """Load a base model as a diffusers pipeline, from whatever the user points at.
 
 `model` may be
+* `demo` (also what no model means) — the small shapes model loraflow trained itself, shipped
+  in the package (`loraflow demo train`); 64 px, for trying every command without downloads,
 * `tiny:sdxl` | `tiny:sd15` | `tiny:kolors` — the in-process tiny model (tests, quick start),
 * a diffusers folder (`model_index.json` + component folders),
 * a single-file `.safetensors` checkpoint (SDXL / SD1.5, A1111/Civitai style),
@@ -18,10 +20,14 @@ from typing import Any
 
 from loraflow.errors import ModelLoadError
 from loraflow.models.families import FAMILIES, ModelFamily, get_family
+from loraflow.models.families.base import FamilyDefaults
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 WEIGHT_NAMES = ("diffusion_pytorch_model", "model")  # diffusers / transformers weight file stems
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+DEMO = "demo"
+BUILTIN_MODELS = (DEMO, "tiny:sdxl", "tiny:sd15", "tiny:kolors")
+DEFAULTS_FILE = "loraflow.json"  # optional, in a model folder: {"label": ..., "defaults": {"height": 64, ...}}
 
 
 @dataclass
@@ -32,6 +38,49 @@ class LoadedModel:
     source: str  # what the user passed
     path: Path | None = None  # file/folder on disk (None for tiny models)
     extras: dict = field(default_factory=dict)
+    defaults: FamilyDefaults | None = None  # size/steps/guidance when not given; the family's unless the folder says
+
+    def __post_init__(self):
+        if self.defaults is None:
+            self.defaults = model_defaults(self.path, self.family)
+
+
+def model_defaults(path: Path | None, family: type[ModelFamily]) -> FamilyDefaults:
+    """The family's defaults, overridden by `loraflow.json` in a model folder (the demo model: 64 px)."""
+    import dataclasses
+
+    sidecar = path / DEFAULTS_FILE if path is not None and path.is_dir() else None
+    if sidecar is None or not sidecar.is_file():
+        return family.defaults
+    given = _read_json(sidecar).get("defaults", {})
+    known = {f.name for f in dataclasses.fields(FamilyDefaults)}
+    return dataclasses.replace(family.defaults, **{k: v for k, v in given.items() if k in known})
+
+
+def demo_model_dir() -> Path:
+    """The demo model's folder inside the package (weights committed with the recipe that made them)."""
+    folder = Path(__file__).resolve().parent.parent / "demo" / "weights"
+    if not (folder / "model_index.json").is_file():
+        raise ModelLoadError(f"the demo model is missing from this install ({folder}); "
+                             "rebuild it with `loraflow demo train --out DIR` and pass --model DIR")
+    return folder
+
+
+def peek_defaults(model: str | None, family: str | None = None) -> FamilyDefaults:
+    """A model's default size/steps/guidance without loading its weights (config files only)."""
+    model = model or DEMO
+    if model.startswith("tiny:"):
+        return get_family(family or model.split(":", 1)[1]).defaults
+    path = demo_model_dir() if model == DEMO else Path(model).expanduser()
+    if path.is_dir():
+        return model_defaults(path, get_family(family or detect_folder_family(path) or _unknown_family(path)))
+    if family:
+        return get_family(family).defaults
+    if path.suffix.lower() == ".safetensors" and path.is_file():
+        from loraflow.models.single_file import detect_checkpoint_family
+
+        return get_family(detect_checkpoint_family(path) or _unknown_family(path)).defaults
+    raise ModelLoadError(f"model not found: {model}")
 
 
 def resolve_dtype(dtype: str, device: str):
@@ -60,16 +109,24 @@ def load_pipeline(
     dtype: str = "auto",
     device: str | None = "auto",
     allow_pickle: bool = False,
+    skip: tuple[str, ...] = (),
 ) -> LoadedModel:
+    """`skip`: pipeline components left unloaded (None), e.g. ("vae", "text_encoder") when cached
+    latents and embeddings stand in for them; names the pipeline does not have are ignored. Folders
+    never read the skipped weights; tiny and single-file models build them, then drop them."""
     if not model:
-        raise ModelLoadError(
-            "no model given: pass --model PATH (a diffusers folder or a .safetensors checkpoint), "
-            "or --model tiny:sdxl|tiny:sd15|tiny:kolors for the built-in tiny test model"
-        )
+        import sys
+
+        print("loraflow: no --model given, using the built-in demo model (64 px coloured shapes, for trying "
+              "loraflow; pass --model for a real one)", file=sys.stderr)
+        model = DEMO
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
-    loaded = _load(model, family, torch_dtype, allow_pickle)
-    if vae:
+    loaded = _load(model, family, torch_dtype, allow_pickle, skip)
+    for name in skip:
+        if getattr(loaded.pipe, name, None) is not None:
+            setattr(loaded.pipe, name, None)
+    if vae and "vae" not in skip:
         loaded.pipe.vae = load_vae(vae, torch_dtype, allow_pickle, family=loaded.family.name)
         loaded.extras["vae"] = Path(vae).name
     loaded.pipe.to(device)
@@ -77,7 +134,11 @@ def load_pipeline(
     return loaded
 
 
-def _load(model: str, family: str | None, torch_dtype, allow_pickle: bool) -> LoadedModel:
+def _load(model: str, family: str | None, torch_dtype, allow_pickle: bool, skip: tuple[str, ...] = ()) -> LoadedModel:
+    if model == DEMO:
+        loaded = _load_folder(demo_model_dir(), family, torch_dtype, allow_pickle, skip)
+        loaded.name, loaded.source = "loraflow-demo", DEMO
+        return loaded
     if model.startswith("tiny:"):
         from loraflow.models.tiny import build_tiny_pipeline
 
@@ -96,7 +157,7 @@ def _load(model: str, family: str | None, torch_dtype, allow_pickle: bool) -> Lo
         )
         raise ModelLoadError(f"model not found: {model}{hint}")
     if path.is_dir():
-        return _load_folder(path, family, torch_dtype, allow_pickle)
+        return _load_folder(path, family, torch_dtype, allow_pickle, skip)
     if path.suffix.lower() in PICKLE_SUFFIXES and not allow_pickle:
         raise ModelLoadError(
             f"refusing to unpickle {path.name} (pickle files can run code); "
@@ -181,19 +242,22 @@ def _check_weights(folder: Path, fam: type[ModelFamily], allow_pickle: bool) -> 
             raise ModelLoadError(f"{folder}: missing weight shard {missing[0]} (of {len(shards)}); {fam.where_to_get}")
 
 
-def _load_folder(path: Path, family: str | None, torch_dtype, allow_pickle: bool) -> LoadedModel:
+def _load_folder(path: Path, family: str | None, torch_dtype, allow_pickle: bool,
+                 skip: tuple[str, ...] = ()) -> LoadedModel:
     fam = get_family(family or detect_folder_family(path) or _unknown_family(path))
     check_folder(path, fam, allow_pickle)
-    overrides: dict[str, Any] = {}
+    index = _read_json(path / "model_index.json")
+    overrides: dict[str, Any] = {name: None for name in skip if name in index}  # diffusers: None = not loaded
     if fam.name == "kolors":  # the original Kolors repo names the SDXL pipeline and ships custom code
         from diffusers.pipelines.kolors import ChatGLMTokenizer
         from diffusers.pipelines.kolors.text_encoder import ChatGLMModel
 
         tok_dir = path / "tokenizer" if (path / "tokenizer").is_dir() else path / "text_encoder"
         overrides["tokenizer"] = ChatGLMTokenizer.from_pretrained(tok_dir)
-        overrides["text_encoder"] = ChatGLMModel.from_pretrained(
-            path / "text_encoder", torch_dtype=torch_dtype, use_safetensors=_safetensors_flag(allow_pickle)
-        )
+        if "text_encoder" not in overrides:
+            overrides["text_encoder"] = ChatGLMModel.from_pretrained(
+                path / "text_encoder", torch_dtype=torch_dtype, use_safetensors=_safetensors_flag(allow_pickle)
+            )
     try:
         pipe = fam.pipeline_class().from_pretrained(
             path, torch_dtype=torch_dtype, use_safetensors=_safetensors_flag(allow_pickle), local_files_only=True, **overrides

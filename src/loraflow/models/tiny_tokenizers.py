@@ -30,35 +30,65 @@ CHATGLM_CORPUS = (
 )
 
 
+def _bpe(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Byte-pair encoding of one pre-token as CLIP's tokenizer does it: merge the lowest-ranked pair."""
+    while len(symbols) > 1:
+        pairs = [(ranks.get(pair, 1 << 30), i) for i, pair in enumerate(zip(symbols, symbols[1:]))]
+        rank, i = min(pairs)
+        if rank == 1 << 30:
+            break
+        first, second = symbols[i], symbols[i + 1]
+        merged, j = [], 0
+        while j < len(symbols):
+            if j + 1 < len(symbols) and symbols[j] == first and symbols[j + 1] == second:
+                merged.append(first + second)
+                j += 2
+            else:
+                merged.append(symbols[j])
+                j += 1
+        symbols = merged
+    return symbols
+
+
 def clip_vocab_and_merges(words: tuple[str, ...] = tuple(WORDS)) -> tuple[dict[str, int], list[str]]:
+    """Byte-level vocab plus merges that make each of `words` one token. A word is built by joining
+    the pieces BPE currently splits it into, left to right, so the merges really produce it (a merge
+    learnt for one word can otherwise pre-empt another's path). CJK words get a `</w>` variant too:
+    CLIP pre-tokenizes a run of CJK characters as one word, so a CJK word may end a run or not."""
     from loraflow.models.single_file import bytes_to_unicode
 
-    symbols = list(bytes_to_unicode().values())
+    byte_symbol = bytes_to_unicode()
+    symbols = list(byte_symbol.values())
     vocab_list = symbols + [s + "</w>" for s in symbols]
-    merges: list[str] = []
     seen = set(vocab_list)
+    ranks: dict[tuple[str, str], int] = {}
+    targets = []
     for word in dict.fromkeys(words):
-        parts = list(word[:-1]) + [word[-1] + "</w>"]
-        while len(parts) > 1:  # merge left to right: c a t</w> -> ca t</w> -> cat</w>
-            merged = parts[0] + parts[1]
-            rule = f"{parts[0]} {parts[1]}"
-            if rule not in merges:
-                merges.append(rule)
-            if merged not in seen:
-                seen.add(merged)
-                vocab_list.append(merged)
-            parts = [merged] + parts[2:]
+        chars = [byte_symbol[b] for b in word.encode("utf-8")]
+        targets.append(chars[:-1] + [chars[-1] + "</w>"])
+        if not word.isascii():
+            targets.append(chars)
+    for target in targets:
+        for _ in range(4 * len(target)):
+            pieces = _bpe(list(target), ranks)
+            if len(pieces) == 1:
+                break
+            ranks.setdefault((pieces[0], pieces[1]), len(ranks))
+            if pieces[0] + pieces[1] not in seen:
+                seen.add(pieces[0] + pieces[1])
+                vocab_list.append(pieces[0] + pieces[1])
     vocab_list += ["<|startoftext|>", "<|endoftext|>"]
+    merges = [f"{a} {b}" for (a, b), _ in sorted(ranks.items(), key=lambda item: item[1])]
     return {tok: i for i, tok in enumerate(vocab_list)}, merges
 
 
-def build_clip_tokenizer(workdir: str | Path, max_length: int = 77):
-    """A `CLIPTokenizer` from generated `vocab.json` + `merges.txt` written into `workdir`."""
+def build_clip_tokenizer(workdir: str | Path, max_length: int = 77, words: tuple[str, ...] = tuple(WORDS)):
+    """A `CLIPTokenizer` from generated `vocab.json` + `merges.txt` (each of `words` one token) in `workdir`."""
     from transformers import CLIPTokenizer
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    vocab, merges = clip_vocab_and_merges()
+    vocab, merges = clip_vocab_and_merges(words)
     (workdir / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
     (workdir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
     tok = CLIPTokenizer(vocab=str(workdir / "vocab.json"), merges=str(workdir / "merges.txt"), model_max_length=max_length)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from fastapi import Request
 from loraflow.errors import ConfigError, InputError, LoraflowError, ModelLoadError
+from loraflow.models.loading import BUILTIN_MODELS
 from loraflow.serve import store as st
 from loraflow.serve.options import ServeOptions
 from loraflow.serve.paths import NotFound, PathRefused, ServerPaths, safe_join
@@ -166,7 +167,7 @@ def _job_routes(app, state: ServerState) -> None:
         from loraflow.generate.schedulers import SAMPLERS
 
         p = state.paths
-        return {"models": ["tiny:sdxl", "tiny:sd15", "tiny:kolors"] + p.list("model"), "loras": p.list("LoRA"),
+        return {"models": list(BUILTIN_MODELS) + p.list("model"), "loras": p.list("LoRA"),
                 "controlnets": p.list("ControlNet"), "schedulers": list(SAMPLERS), "job_kinds": list(SUBMITTABLE)}
 
     @app.get("/api/options/{kind}")

@@ -33,11 +33,14 @@ def _server_only(cfg, fields: dict[str, Any], source: str) -> None:
 
 
 def _resolve_model(name: str | None, paths: ServerPaths, field: str = "model") -> str:
+    """A model name from a request -> what load_pipeline takes; none given: the built-in demo model."""
+    from loraflow.models.loading import BUILTIN_MODELS, DEMO
+
     if not name:
-        raise Invalid(f"key '{field}' is required: one of {', '.join(paths.list('model') + ['tiny:sdxl', 'tiny:sd15', 'tiny:kolors'])}", field)
-    if name.startswith("tiny:") and name not in ("tiny:sdxl", "tiny:sd15", "tiny:kolors"):
+        return DEMO
+    if name.startswith("tiny:") and name not in BUILTIN_MODELS:
         raise Invalid(f"key '{field}' = {name!r}: unknown tiny model; use tiny:sdxl, tiny:sd15 or tiny:kolors", field)
-    return paths.model(name)
+    return name if name in BUILTIN_MODELS else paths.model(name)
 
 
 def _resolve_loras(specs: list[str], paths: ServerPaths, field: str) -> list[str]:
@@ -117,8 +120,7 @@ def validate_generate(body: Any, paths: ServerPaths) -> dict:
     if not cfg.prompt.strip():
         raise Invalid("generate: key 'prompt' is empty: write what to draw", "prompt")
     update = _check_sampling(cfg, paths, "generate")
-    if "model" not in update:
-        _resolve_model(None, paths)
+    update.setdefault("model", _resolve_model(None, paths))
     prompt, tag_loras = _prompt_loras(cfg.prompt, paths)
     update["prompt"], update["lora"] = prompt, update["lora"] + tag_loras
     return json.loads(cfg.model_copy(update=update).model_dump_json())
@@ -176,7 +178,7 @@ def validate_storyboard(body: Any, paths: ServerPaths) -> dict:
     if story.model:
         story_update["model"] = _resolve_model(story.model, paths, "story.model")
     if not cfg.model and not story.model:
-        _resolve_model(None, paths)
+        update["model"] = _resolve_model(None, paths)
     if story.grid.font:
         story_update["grid"] = story.grid.model_copy(update={"font": str(safe_join(paths.models, story.grid.font, "font"))})
     scenes = []

@@ -35,7 +35,8 @@ _PRECISION_ALIASES = {"16-mixed": "fp16", "bf16-mixed": "bf16", "32": "no", "32-
 
 class TrainConfig(Options):
     # ---- what to train ------------------------------------------------------------------
-    model: str = opt(None, "base model: diffusers folder, .safetensors checkpoint, or tiny:sdxl|tiny:sd15|tiny:kolors",
+    model: str = opt(None, "base model: diffusers folder, .safetensors checkpoint, tiny:sdxl|tiny:sd15|tiny:kolors; "
+                           "default: the built-in demo model",
                      aliases=("pretrained_model_name_or_path", "pretrained_path"))
     family: Literal["kolors", "sdxl", "sd15"] | None = opt(None, "model family (detected from the model when not given)")
     vae: str | None = opt(None, "replacement VAE, e.g. sdxl-vae-fp16-fix (folder or .safetensors)",
@@ -53,7 +54,8 @@ class TrainConfig(Options):
         "attn", "UNet modules LoRA trains: attn (to_q/k/v/out, as the tutorial) | attn+ff | all-linear | conv (+ResNet convs)")
     train_text_encoder: bool = opt(False, "also put LoRA on the CLIP text encoder(s) (SDXL, SD1.5 only)")
     # ---- data ---------------------------------------------------------------------------
-    resolution: int = opt(1024, "training resolution; buckets keep area <= resolution^2", ge=64)
+    resolution: int | None = opt(None, "training resolution; buckets keep area <= resolution^2 "
+                                       "(default: the model's native size: 1024 SDXL/Kolors, 512 SD1.5, 64 demo)", ge=64)
     center_crop: bool = opt(True, "center crop to the bucket (--no-center-crop / --random-crop: random crop)")
     random_crop: bool = opt(False, "random crop to the bucket (disables latent caching)")
     random_flip: bool = opt(False, "flip half of the images horizontally (latents cached per flip variant)")
@@ -125,6 +127,6 @@ class TrainConfig(Options):
         so a partial config can be merged with flags)."""
         from loraflow.errors import ConfigError
 
-        for key in ("model", "dataset"):
+        for key in ("dataset",):
             if not getattr(self, key):
                 raise ConfigError(f"missing required key '{key}' (config file or --{key})")

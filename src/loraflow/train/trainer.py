@@ -2,7 +2,9 @@
 
     1. resolve the config, start accelerate (device, mixed precision, processes)
     2. read the dataset, plan aspect-ratio buckets
-    3. load the base model frozen, add fp32 LoRA adapters
+    3. the caches; load the base model frozen, add fp32 LoRA adapters. When every latent and caption
+       embedding the run reads is on disk already (a second run), the VAE and text encoders are not
+       loaded at all, unless validation images need them (then the full pipeline is loaded as before)
     4. encode every image and caption once into the disk caches, release unused encoders
     5. optimizer + LR schedule, accelerate.prepare, resume
     6. the loop: micro-batches -> loss -> backward -> clip -> step; checkpoints, samples, logs
@@ -91,10 +93,8 @@ def read_data(config: TrainConfig) -> RunData:
     return RunData(items, sizes, hashes, plan)
 
 
-def make_stores(config: TrainConfig, model, accelerator):
-    """Latent and text stores; which caches are on, and why not when they are off."""
-    from loraflow.train.cache import LatentStore, TextStore, module_fingerprint
-
+def cache_roots(config: TrainConfig, accelerator) -> tuple[Path | None, Path | None]:
+    """Latent and text cache folders; None where a cache is off, and a note why."""
     root = Path(config.cache_dir) if config.cache_dir else _default_cache_dir()
     latent_root = root if config.cache_latents else None
     if config.cache_latents and config.random_crop:
@@ -105,30 +105,57 @@ def make_stores(config: TrainConfig, model, accelerator):
     if config.cache_text_embeds and config.train_text_encoder:
         _say(accelerator, "note: text-embedding caching is off because the text encoder trains")
         text_root = None
-    vae = model.vae
-    vae_key = f"{module_fingerprint(vae)}:{next(vae.parameters()).dtype}" if latent_root else ""
-    encoders = [getattr(model.pipe, n) for n in model.family.text_encoder_names]
-    text_key = module_fingerprint(*encoders) if text_root else ""
-    return LatentStore(vae, latent_root, vae_key), TextStore(model.pipe, model.family, text_root, text_key)
+    return latent_root, text_root
+
+
+def make_stores(identity, latent_root: Path | None, text_root: Path | None):
+    """Latent and text stores over `identity` (model_setup.EncoderIdentity), encoders not attached yet."""
+    from loraflow.train.cache import LatentStore, TextStore
+
+    return (LatentStore(latent_root, identity.vae_key if latent_root else "", identity.vae_config),
+            TextStore(identity.family, text_root, identity.text_key if text_root else ""))
 
 
 def captions_of(config: TrainConfig, data: RunData) -> list[str]:
     return [config.caption_prefix + i.caption for i in data.items]
 
 
+def cached_captions(config: TrainConfig, data: RunData) -> list[str]:
+    """Every caption the text cache holds for this run; "" for caption dropout and long-prompt padding."""
+    return sorted(set(captions_of(config, data)) | {""})
+
+
+def cached_crops(config: TrainConfig, data: RunData, rank: int = 0, world: int = 1) -> list:
+    """(item index, crop) the latent cache holds for process `rank`'s share: the center crop, and its
+    mirror when flipping."""
+    from loraflow.train.buckets import crop_for
+
+    work = []
+    for i in range(rank, len(data.items), world):
+        bucket = data.plan.item_buckets[i]
+        for flip in ((False, True) if config.random_flip else (False,)):
+            work.append((i, crop_for(data.sizes[i], bucket, True, flip, random.Random(0))))
+    return work
+
+
+def encoders_needed_in_loop(config: TrainConfig, latents, texts) -> bool:
+    """Do the VAE / text encoders run after precaching: uncached inputs, text-encoder LoRA, sample images."""
+    return bool(config.validation_prompt) or latents.root is None or texts.root is None or config.train_text_encoder
+
+
+def all_cached(config: TrainConfig, data: RunData, latents, texts) -> bool:
+    """Is every caption embedding and latent this run reads on disk and readable?"""
+    return (all(texts.cached(c) for c in cached_captions(config, data))
+            and all(latents.cached(data.hashes[i], crop) for i, crop in cached_crops(config, data)))
+
+
 def precache(config: TrainConfig, data: RunData, latents, texts, accelerator) -> None:
     """Encode every (image, crop variant) and caption this process owns into the caches."""
     from tqdm.auto import tqdm
 
-    from loraflow.train.buckets import crop_for
-
     rank, world = accelerator.process_index, accelerator.num_processes
     if latents.root is not None:
-        work = []  # (item index, crop): the center crop, and its mirror when flipping
-        for i in range(rank, len(data.items), world):
-            bucket = data.plan.item_buckets[i]
-            for flip in ((False, True) if config.random_flip else (False,)):
-                work.append((i, crop_for(data.sizes[i], bucket, True, flip, random.Random(0))))
+        work = cached_crops(config, data, rank, world)
         groups: dict = {}
         for w in work:
             groups.setdefault(w[1].bucket, []).append(w)  # one bucket per VAE batch
@@ -141,8 +168,7 @@ def precache(config: TrainConfig, data: RunData, latents, texts, accelerator) ->
                 bar.update(len(chunk))
         bar.close()
     if texts.root is not None:
-        unique = sorted(set(captions_of(config, data)) | {""})
-        for caption in unique[rank::world]:
+        for caption in cached_captions(config, data)[rank::world]:
             texts.one(caption)
     accelerator.wait_for_everyone()
 
@@ -248,7 +274,7 @@ def _validate(config, model, accelerator, step, logger) -> None:
 
 def _release_encoders(config, model, latents, texts) -> None:
     """Once everything is cached, the VAE and text encoders are dead weight (unless sampling)."""
-    if config.validation_prompt or latents.root is None or texts.root is None or model.text_encoders:
+    if encoders_needed_in_loop(config, latents, texts):
         return
     import gc
 
@@ -302,12 +328,18 @@ def train(config: TrainConfig | dict, progress: Callable[[int, int], None] | Non
     it raises (e.g. a server's cancel) stops the run there, with saved checkpoints intact."""
     from loraflow.train.feedback import Logger, draw_loss_curve
     from loraflow.train.files import atomic_write_text
-    from loraflow.train.model_setup import load_for_training
+    from loraflow.train.model_setup import identity_from_files, identity_of, load_for_training
     from loraflow.train.optim import make_lr_scheduler, make_optimizer
 
     # 1. config and accelerate
     config = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
     config.check_required()
+    if config.resolution is None or not config.model:
+        from loraflow.models.loading import DEMO, peek_defaults
+
+        model = config.model or DEMO
+        config = config.model_copy(update={
+            "model": model, "resolution": config.resolution or peek_defaults(model, config.family).height})
     started = time.time()
     accelerator = setup_accelerator(config)
     output = Path(config.output)
@@ -322,12 +354,22 @@ def train(config: TrainConfig | dict, progress: Callable[[int, int], None] | Non
     steps = total_steps(config, data, world)
     _say(accelerator, f"{len(data.items)} images, {data.plan.batches_per_epoch} batches/epoch in "
                       f"{len(set(data.plan.item_buckets))} bucket(s); {steps} steps x {accum} accumulation x {world} process(es)")
-    # 3. model
-    model = load_for_training(config, str(accelerator.device))
-    # 4. caches
-    latents, texts = make_stores(config, model, accelerator)
-    precache(config, data, latents, texts, accelerator)
-    _release_encoders(config, model, latents, texts)
+    # 3. caches and model: a warm cache means the VAE and text encoders are never loaded
+    roots = cache_roots(config, accelerator)
+    identity = identity_from_files(config)  # None: only known once the model is built (tiny, single file)
+    stores = make_stores(identity, *roots) if identity is not None else None
+    warm = (stores is not None and not encoders_needed_in_loop(config, *stores)
+            and all_cached(config, data, *stores))
+    model = load_for_training(config, str(accelerator.device), encoders=not warm)
+    latents, texts = stores or make_stores(identity_of(model), *roots)
+    # 4. fill the caches (a warm run has read every entry already)
+    if warm:
+        _say(accelerator, "every latent and caption embedding is cached: VAE and text encoders not loaded")
+        accelerator.wait_for_everyone()  # the barrier precache has, for processes that did not find it warm
+    else:
+        latents.vae, texts.pipe = model.vae, model.pipe
+        precache(config, data, latents, texts, accelerator)
+        _release_encoders(config, model, latents, texts)
     # 5. optimizer, schedule, prepare, resume
     optimizer = make_optimizer(model.trainable_parameters(), config, str(accelerator.device))
     lr_scheduler = make_lr_scheduler(optimizer, config, steps)
@@ -366,6 +408,7 @@ def train(config: TrainConfig | dict, progress: Callable[[int, int], None] | Non
     logger.close()
     result.stats = {"vae_encode_calls": latents.encode_calls, "text_encode_calls": texts.encode_calls,
                     "latent_cache": latents.root is not None, "text_cache": texts.root is not None,
+                    "encoders_loaded": not warm,
                     "seconds": time.time() - started, "loop_seconds": loop_seconds, "loop_cpu_seconds": loop_cpu,
                     "steps_per_second": (step - start) / max(loop_seconds, 1e-9), "processes": world}
     accelerator.wait_for_everyone()

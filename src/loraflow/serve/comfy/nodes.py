@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
 from loraflow.errors import ConfigError, LoraflowError
+from loraflow.models.loading import BUILTIN_MODELS
 from loraflow.serve.comfy.values import Conditioning, ModelRef, activate
 
 MAX_RESOLUTION = 16384
@@ -91,7 +92,7 @@ class Node:
 
 # ---- loaders --------------------------------------------------------------------------------------
 def _models(paths) -> list[str]:
-    return paths.list("model") + ["tiny:sdxl", "tiny:sd15", "tiny:kolors"]
+    return paths.list("model") + list(BUILTIN_MODELS)
 
 
 class CheckpointLoaderSimple(Node):
@@ -197,7 +198,10 @@ class ControlNetApplyAdvanced(Node):
 
 # ---- latents and sampling -------------------------------------------------------------------------
 class EmptyLatentImage(Node):
-    """A batch of empty latents of the given size (the sampler adds the noise)."""
+    """A batch of empty latents of the given size (the sampler adds the noise).
+
+    Always (B, 4, height/8, width/8) zeros, as in ComfyUI: the node does not know the model; the
+    samplers refit an empty latent to the model's channels and VAE scale factor (`fit_latent`)."""
 
     CATEGORY = "latent"
     INPUTS = {"width": INT(512, 16, MAX_RESOLUTION, 8), "height": INT(512, 16, MAX_RESOLUTION, 8),
@@ -226,7 +230,7 @@ class KSampler(Node):
         from loraflow.serve.comfy.sampling import sample
 
         return (sample(ctx, node_id, model, seed, steps, cfg, sampler_name, scheduler, positive, negative,
-                       latent_image, strength=denoise),)
+                       latent_image, strength=denoise, node_type="KSampler"),)
 
 
 class KSamplerAdvanced(Node):
@@ -253,7 +257,7 @@ class KSamplerAdvanced(Node):
         if add_noise == "disable" and start_at_step == 0:
             raise NodeError("add_noise=disable from step 0 is not supported (the input must be noise)")
         return (sample(ctx, node_id, model, noise_seed, steps, cfg, sampler_name, scheduler, positive, negative,
-                       latent_image, strength=1.0 - start_at_step / steps),)
+                       latent_image, strength=1.0 - start_at_step / steps, node_type="KSamplerAdvanced"),)
 
 
 class VAEDecode(Node):
@@ -270,7 +274,7 @@ class VAEDecode(Node):
 
 
 class VAEEncode(Node):
-    """Images -> latents with the model's VAE (sides cropped to multiples of 8)."""
+    """Images -> latents with the model's VAE (sides cropped to multiples of 8 and of its scale factor)."""
 
     CATEGORY = "latent"
     INPUTS = {"pixels": LINK("IMAGE"), "vae": LINK("VAE")}
@@ -279,7 +283,8 @@ class VAEEncode(Node):
     def run(self, ctx, node_id, pixels, vae):
         from loraflow.serve.comfy.sampling import vae_encode
 
-        return ({"samples": vae_encode(vae.session(ctx).pipe.vae, pixels)},)
+        pipe = vae.session(ctx).pipe
+        return ({"samples": vae_encode(pipe.vae, pixels, pipe.vae_scale_factor)},)
 
 
 # ---- images ---------------------------------------------------------------------------------------
