@@ -45,8 +45,8 @@ def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
     assert err.startswith("error:") and "unknown key 'guidance'" in err and "\n" not in err
     assert main(["generate", "--model", "tiny:sdxl", "--prompt", "x", "--height", "65"]) == 2
     assert "multiple of 8" in capsys.readouterr().err
-    assert main(["generate", "--prompt", "x"]) == 2
-    assert "--model" in capsys.readouterr().err
+    assert main(["generate", "--model", str(tmp_path / "no-such-model"), "--prompt", "x"]) == 2
+    assert "model not found" in capsys.readouterr().err
     assert main(["generate", "--model", "tiny:sd15", "--prompt", "x", "--scheduler", "Eular"]) == 2
     assert "unknown scheduler 'Eular'" in capsys.readouterr().err
 

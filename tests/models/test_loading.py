@@ -37,9 +37,11 @@ def test_family_can_be_forced_and_contradictions_are_refused(tiny_model_dir):
         load_pipeline("tiny:sdxl", family="sd15")
 
 
-def test_no_model_says_how_to_pass_one():
-    with pytest.raises(ModelLoadError, match="--model"):
-        load_pipeline(None)
+def test_no_model_is_the_demo_model_and_says_so(capsys):
+    loaded = load_pipeline(None, device="cpu")
+    assert loaded.name == "loraflow-demo" and loaded.family.name == "sdxl"
+    err = capsys.readouterr().err
+    assert "built-in demo model" in err and "pass --model" in err
 
 
 def test_missing_model_path_and_hub_id_hint():

@@ -18,7 +18,7 @@ def tiny_clip_dir(tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("tiny-clip")
     tokenizer = build_clip_tokenizer(tmp_path_factory.mktemp("clip-vocab"))
-    torch.manual_seed(1)  # a seed whose tiny CLIP gives positive image-text cosines (non-zero scores)
+    torch.manual_seed(2)  # a seed whose tiny CLIP gives positive image-text cosines (depends on the vocab size)
     CLIPModel(tiny_clip_config(len(tokenizer))).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     save_processor(folder)
