@@ -102,19 +102,26 @@ def build_components(seed: int = 0, size: int = 64) -> dict:
                 tokenizer=tok, tokenizer_2=tok, scheduler=EulerDiscreteScheduler(**get_family("sdxl").schedule))
 
 
-def _images_tensor(cfg: DemoTrainConfig):
-    import random
-
+def _pixels(scenes, size: int, rng):
+    """Drawn scenes as a float tensor (N, 3, H, W) in [-1, 1], the VAE's input range."""
     import numpy as np
     import torch
 
-    from loraflow.demo.shapes import all_scenes, draw_scene, split_held_out
+    from loraflow.demo.shapes import draw_scene
+
+    x = torch.from_numpy(np.stack([np.asarray(draw_scene(s, size, jitter=0.06, rng=rng)) for s in scenes]))
+    return x.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def _images_tensor(cfg: DemoTrainConfig):
+    import random
+
+    from loraflow.demo.shapes import all_scenes, split_held_out
 
     train, _ = split_held_out(all_scenes(), seed=0)
     rng = random.Random(cfg.seed)
     scenes = [rng.choice(train) for _ in range(cfg.images)]
-    pixels = np.stack([np.asarray(draw_scene(s, cfg.size, jitter=0.06, rng=rng)) for s in scenes])
-    x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (N, 3, H, W) in [-1, 1]
+    x = _pixels(scenes, cfg.size, rng)
     captions = [s.caption(("en", "zh")[i % 2]) for i, s in enumerate(scenes)]
     return x, captions
 
@@ -145,16 +152,14 @@ def finetune_decoder(vae, cfg: DemoTrainConfig, say) -> None:
     training split; the encoder is frozen, so latents of earlier stages stay valid."""
     import random
 
-    import numpy as np
     import torch
 
-    from loraflow.demo.shapes import all_scenes, draw_scene, split_held_out
+    from loraflow.demo.shapes import all_scenes, split_held_out
 
     rng = random.Random(cfg.seed + 5)
     pools = [split_held_out(all_scenes(style), seed=0)[0] for style in ("plain", "striped")]
     scenes = [rng.choice(pool) for pool in pools for _ in range(cfg.decoder_images // 2)]
-    x = torch.from_numpy(np.stack([np.asarray(draw_scene(s, cfg.size, jitter=0.06, rng=rng)) for s in scenes]))
-    x = x.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    x = _pixels(scenes, cfg.size, rng)
     with torch.no_grad():
         latents = torch.cat([vae.encode(x[i:i + 256]).latent_dist.mean for i in range(0, len(x), 256)])
     trained = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
@@ -186,13 +191,12 @@ def vae_round_trip_accuracy(vae, n: int = 256, size: int = 64, seed: int = 99, s
     from PIL import Image
 
     from loraflow.demo.checker import accuracy, read_image
-    from loraflow.demo.shapes import all_scenes, draw_scene, split_held_out
+    from loraflow.demo.shapes import all_scenes, split_held_out
 
     rng = random.Random(seed)
     scenes = [rng.choice(split_held_out(all_scenes(style), seed=0)[0]) for _ in range(n)]
-    x = torch.from_numpy(np.stack([np.asarray(draw_scene(s, size, jitter=0.06, rng=rng)) for s in scenes]))
     with torch.no_grad():
-        out = vae.decode(vae.encode(x.permute(0, 3, 1, 2).float() / 127.5 - 1.0).latent_dist.mean).sample
+        out = vae.decode(vae.encode(_pixels(scenes, size, rng)).latent_dist.mean).sample
     pixels = ((out.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     images = [Image.fromarray(a) for a in pixels]
     scores = accuracy(zip(images, scenes))
