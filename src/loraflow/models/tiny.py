@@ -114,9 +114,12 @@ def _chatglm_text_encoder(vocab_size: int):
         original_rope=True,
         torch_dtype="float32",
     )
-    model = ChatGLMModel(config)
-    # ChatGLM's `_init_weights` is a no-op (weights always come from a checkpoint), so a fresh
-    # model holds uninitialised memory: initialise it the way the GLM paper's code does.
+    return init_chatglm_weights(ChatGLMModel(config))
+
+
+def init_chatglm_weights(model):
+    """ChatGLM's `_init_weights` is a no-op (weights always come from a checkpoint), so a fresh
+    model holds uninitialised memory: initialise it the way the GLM paper's code does."""
     import torch
 
     with torch.no_grad():

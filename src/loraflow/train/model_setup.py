@@ -53,6 +53,7 @@ def load_for_training(config: TrainConfig, device: str, encoders: bool = True) -
 
     from loraflow.models.families import FAMILIES
     from loraflow.models.loading import load_pipeline
+    from loraflow.train.activation_memory import recompute_feed_forward_gates
 
     weight_dtype = WEIGHT_DTYPES[config.mixed_precision]
     skip = () if encoders else ("vae", *dict.fromkeys(n for f in FAMILIES.values() for n in f.text_encoder_names))
@@ -72,6 +73,7 @@ def load_for_training(config: TrainConfig, device: str, encoders: bool = True) -
     add_lora(model, config)
     if config.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
+    recompute_feed_forward_gates(pipe.unet)  # a third less feed-forward activation memory, same gradients
     return model
 
 
