@@ -77,8 +77,7 @@ def build(family: str, k: int, meta: bool = False) -> dict:
 
     s = shapes(family, k)
     with torch.device("meta") if meta else contextlib.nullcontext():
-        modules = _build(family, s, meta)
-    return modules
+        return _build(family, s, meta)
 
 
 def _build(family: str, s: dict, meta: bool) -> dict:
@@ -126,7 +125,7 @@ def flops(family: str, k: int = 1, batch: int = 1, rank: int = 16) -> dict:
         else:
             context = pooled = s["chatglm"]["hidden_size"]
         x = torch.randn(batch, 4, latent, latent)
-        cond = dict(encoder_hidden_states=torch.randn(batch, 77 if family == "sdxl" else tokens, context),
+        cond = dict(encoder_hidden_states=torch.randn(batch, tokens, context),
                     added_cond_kwargs={"text_embeds": torch.randn(batch, pooled), "time_ids": torch.randn(batch, 6)})
         ids = torch.zeros(batch, tokens, dtype=torch.long)
 

@@ -5,9 +5,10 @@ GEGLU, the feed-forward gate of every SDXL / Kolors / SD1.5 transformer block
 output. Autograd keeps that projection output (for the gelu and the product) *and* `gelu(g)` (for
 the product): 12 channels per 4 channels of output. Checkpointing just the gate keeps the projection
 output alone (8 channels) and redoes the elementwise gelu in backward; no matmul is redone. That is a
-third of the feed-forward's saved activations, about 15% of an SDXL UNet's in LoRA training
-(measured with `saved_tensor_bytes` on the full layout), for well under 1% more compute. The same
-ops run on the same values, so gradients are bit-for-bit those of the stock module.
+third of the feed-forward's saved activations, about 14% of an SDXL or Kolors UNet's in LoRA
+training (measured with `saved_tensor_bytes` on the full layout at 1/4 width), for one elementwise
+gelu per block. The same ops run on the same values, so gradients are bit-for-bit those of the
+stock module.
 """
 from __future__ import annotations
 
