@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -128,9 +129,8 @@ class StepMeter:
     def result(self, **extra) -> dict:
         import torch
 
-        steady = sorted(self.step_s[1:] or self.step_s)
         peak = torch.cuda.max_memory_allocated() / 2**20 if self.cuda else _status_mb("VmHWM")
-        return {"step_s": steady[len(steady) // 2], "loop_peak_mb": peak, **extra}
+        return {"step_s": statistics.median_high(self.step_s[1:] or self.step_s), "loop_peak_mb": peak, **extra}
 
 
 def run_loraflow(args) -> dict:
@@ -264,8 +264,9 @@ def side(name: str, args) -> dict:
     return json.loads(lines[-1][6:])
 
 
-def flop_shares(family: str, k: int, lora_rank: int) -> None:
-    """Each part's share of one training sample's FLOPs, full size vs the bench model."""
+def flop_shares(family: str, k: int, lora_rank: int) -> dict:
+    """Print each part's share of one training sample's FLOPs, full size vs the bench model; return
+    the bench model's FLOPs."""
     print(f"  FLOPs per sample (meta-device count)     UNet step        VAE encode       text encode"
           "      caching bound")
     for label, scale in ((f"full size, {shaped_models.RESOLUTION}px", 1),
@@ -275,7 +276,7 @@ def flop_shares(family: str, k: int, lora_rank: int) -> None:
         parts = "  ".join(f"{f[p] / 1e9:9.1f} GF {f[p] / total:4.0%}" for p in ("unet_step", "vae_encode", "text_encode"))
         print(f"  {label:38} {parts}   x{shaped_models.caching_bound(f):.2f}")
     print("  (caching bound: the throughput ratio if time were FLOPs: (UNet + VAE + text) / UNet)")
-    return f  # the bench model's
+    return f
 
 
 def gpu_peak_tflops() -> float:
@@ -332,10 +333,10 @@ def compare(family: str, args) -> None:
           + f" | loraflow cold {cold['step_s']:.2f}, warm " + " ".join(f"{r['step_s']:.2f}" for r in warms))
     # Neighbouring runs see the same machine load: the ratio of each (reference, warm) pair, median over pairs.
     speed = sorted(r["step_s"] / w["step_s"] for r, w in zip(refs, warms))
-    memory = sorted(w["loop_mb"] / r["loop_mb"] for r, w in zip(refs, warms))
+    memory = [w["loop_mb"] / r["loop_mb"] for r, w in zip(refs, warms)]
     print(f"{family} loraflow (warm cache) vs reference, median of {len(speed)} adjacent pairs: "
-          f"throughput x{speed[len(speed) // 2]:.2f} (pairs: {', '.join(f'{x:.2f}' for x in speed)}; target >= 1.5); "
-          f"training-loop memory x{memory[len(memory) // 2]:.2f} (target <= 0.6); "
+          f"throughput x{statistics.median_high(speed):.2f} (pairs: {', '.join(f'{x:.2f}' for x in speed)}; "
+          f"target >= 1.5); training-loop memory x{statistics.median_high(memory):.2f} (target <= 0.6); "
           f"whole-run peak RSS x{warm['max_rss_mb'] / ref['max_rss_mb']:.2f}; "
           f"end-to-end time x{warm['total_s'] / ref['total_s']:.2f}")
     print(f"{family} loraflow (cold cache, one run, caching included in end-to-end time): "
