@@ -17,6 +17,7 @@ from typing import Any
 from PIL import Image
 from tqdm import tqdm
 
+from loraflow.atomic import atomic_save_image
 from loraflow.data.executors import map_local
 from loraflow.data.images import ImageError, load_rgb, to_rgb
 from loraflow.data.jsonl import write_jsonl
@@ -77,9 +78,9 @@ def _save_batch(task: _SaveTask, batch: list[tuple[int, RawItem]]) -> list[tuple
             rgb = load_rgb(item.path, notes) if item.path else _picture_to_rgb(item.picture, notes)
             digest = hashlib.sha1(f"{rgb.size}".encode() + rgb.tobytes()).hexdigest()
             dest = Path(task.out_dir) / f"{index:06d}.{task.image_format}"
-            tmp = dest.with_suffix(".tmp")
-            rgb.save(tmp, format="JPEG" if task.image_format == "jpg" else "PNG", quality=task.quality)
-            tmp.replace(dest)
+            # durable=False: one fsync per image would dominate a large ingest; a rerun redoes it
+            atomic_save_image(rgb, dest, durable=False, format="JPEG" if task.image_format == "jpg" else "PNG",
+                              quality=task.quality)
             out.append(("written", str(dest.resolve()), digest, notes))
         except ImageError as e:
             msg = str(e)

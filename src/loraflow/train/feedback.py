@@ -5,6 +5,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from loraflow.atomic import atomic_save_image
+from loraflow.models.prompt_syntax import plain_prompt
+
 
 class Logger:
     """Progress bar + optional TensorBoard. Only the main process shows/writes anything."""
@@ -100,17 +103,7 @@ def draw_loss_curve(losses: list[tuple[int, float]], path: Path, size=(800, 400)
     draw.text((5, height - margin - 5), f"{lo:.4g}", fill="black")
     draw.text((margin, height - margin + 10), f"step {steps[0]}", fill="black")
     draw.text((width - margin - 60, height - margin + 10), f"step {steps[-1]}", fill="black")
-    return save_png(image, path)
-
-
-def save_png(image, path: Path) -> Path:
-    import io
-
-    from loraflow.train.files import atomic_write_bytes
-
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return atomic_write_bytes(path, buffer.getvalue())
+    return atomic_save_image(image, path)
 
 
 def validation_images(model, prompts: list[str], *, step: int, seed: int, steps: int, resolution: int, out_dir: Path):
@@ -129,15 +122,13 @@ def validation_images(model, prompts: list[str], *, step: int, seed: int, steps:
                                generator=generator).images[0])
     pipe.unet.train(unet_was_training)
     out_dir.mkdir(parents=True, exist_ok=True)
-    return save_png(image_grid(images), out_dir / f"step-{step:06d}.png"), images
+    return atomic_save_image(image_grid(images), out_dir / f"step-{step:06d}.png"), images
 
 
 def score_validation(scorer, images: list, prompts: list[str], step: int, out_dir: Path) -> dict[str, float]:
     """Mean aesthetic / CLIP score of the sample images, appended to samples/scores.jsonl."""
     import json
     import statistics
-
-    from loraflow.generate.story_scoring import plain_prompt
 
     scores = scorer.score(images, [plain_prompt(p) for p in prompts])
     means = {}

@@ -78,11 +78,12 @@ def _say(accelerator, text: str) -> None:
 def read_data(config: TrainConfig) -> RunData:
     from loraflow.train.buckets import BatchPlan, make_buckets
     from loraflow.train.dataset import read_items
-    from loraflow.train.images import file_sha256, image_size
+    from loraflow.models.hashing import sha256_file
+    from loraflow.train.images import image_size
 
     items = read_items(config.dataset)
     sizes = [image_size(i.image_path) for i in items]
-    hashes = [file_sha256(i.image_path) for i in items]
+    hashes = [sha256_file(i.image_path) for i in items]
     if config.bucketing:
         buckets = make_buckets(config.resolution, config.bucket_step)
     else:
@@ -327,7 +328,7 @@ def train(config: TrainConfig | dict, progress: Callable[[int, int], None] | Non
     """Run a training. `progress(step, total)` is called after every optimizer step; an exception
     it raises (e.g. a server's cancel) stops the run there, with saved checkpoints intact."""
     from loraflow.train.feedback import Logger, draw_loss_curve
-    from loraflow.train.files import atomic_write_text
+    from loraflow.atomic import atomic_write_text
     from loraflow.train.model_setup import identity_from_files, identity_of, load_for_training
     from loraflow.train.optim import make_lr_scheduler, make_optimizer
 
