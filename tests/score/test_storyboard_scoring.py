@@ -8,7 +8,7 @@ import yaml
 
 from loraflow.errors import ConfigError
 from loraflow.generate.storyboard import StoryboardConfig, run_storyboard
-from loraflow.generate.story_scoring import plain_prompt
+from loraflow.models.prompt_syntax import plain_prompt
 
 
 @pytest.fixture

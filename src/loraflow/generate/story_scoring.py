@@ -7,7 +7,10 @@ import statistics
 from pathlib import Path
 
 from loraflow.errors import ConfigError
-from loraflow.models.prompt_syntax import extract_lora_tags, parse_prompt_weights
+from loraflow.generate.session import save_results
+from loraflow.generate.story import with_previous
+from loraflow.models.prompt_syntax import plain_prompt
+from loraflow.score import Scorer
 
 
 def load_scorer(cfg):
@@ -18,15 +21,7 @@ def load_scorer(cfg):
         raise ConfigError("--score and --best-of need local weights: --aesthetic PATH and/or --clip PATH")
     if cfg.best_of > 1 and not getattr(cfg, cfg.best_of_metric):
         raise ConfigError(f"--best-of with --best-of-metric {cfg.best_of_metric} needs --{cfg.best_of_metric} PATH")
-    from loraflow.score import Scorer
-
     return Scorer.load(clip=cfg.clip, aesthetic=cfg.aesthetic, device=cfg.device)
-
-
-def plain_prompt(prompt: str) -> str:
-    """What CLIP should read: the prompt without <lora:...> tags and (word:1.2) syntax."""
-    text, _ = extract_lora_tags(prompt)
-    return "".join(part for part, weight in parse_prompt_weights(text) if weight != -1).strip()
 
 
 def score_results(scorer, results, items) -> list[dict]:
@@ -37,9 +32,6 @@ def score_results(scorer, results, items) -> list[dict]:
 def pick_best_of(session, items, out: Path, cfg, scorer, progress=None) -> tuple[list, list[dict], list[list[dict]]]:
     """Per scene: seeds seed..seed+N-1, scored; the best is saved as the scene's panel.
     Returns (results, their scores, every candidate's seed and scores per scene)."""
-    from loraflow.generate.session import save_results
-    from loraflow.generate.storyboard import with_previous
-
     results, best_scores, candidates = [], [], []
     for k, item in enumerate(items):
         if k:
