@@ -21,8 +21,8 @@ from typing import Any
 from loraflow.errors import ModelLoadError
 from loraflow.models.families import FAMILIES, ModelFamily, get_family
 from loraflow.models.families.base import FamilyDefaults
+from loraflow.models.pickle_files import PICKLE_SUFFIXES
 
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 WEIGHT_NAMES = ("diffusion_pytorch_model", "model")  # diffusers / transformers weight file stems
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 DEMO = "demo"

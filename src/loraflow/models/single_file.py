@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from loraflow.errors import ModelLoadError
+from loraflow.models.pickle_files import PICKLE_SUFFIXES
+from loraflow.models.pickle_files import load_pickle_state_dict as _load_pickle
 
 CONFIG_ROOT = Path(__file__).parent / "configs"
 CLIP_BPE = CONFIG_ROOT / "clip" / "bpe_simple_vocab_16e6.txt.gz"
 SAFETENSORS_SUFFIX = ".safetensors"
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 # Key prefixes of the original checkpoints (CompVis `ldm` / Stability `sgm` module names).
 UNET = "model.diffusion_model."
@@ -100,29 +101,6 @@ def _check_suffix(path: Path, allow_pickle: bool) -> None:
         )
     if not path.is_file():
         raise ModelLoadError(f"checkpoint not found: {path}")
-
-
-def _load_pickle(path: Path) -> dict[str, Any]:
-    """A `.ckpt/.pt` state dict through torch's restricted unpickler (tensors and plain containers only)."""
-    import torch
-
-    try:
-        try:  # mmap: tensors are paged in when converted, not all at once
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):
-                raise
-            state = torch.load(path, map_location="cpu", weights_only=True)  # pre-zip (torch < 1.6) format
-    except Exception as e:  # weights_only refuses anything but tensors/containers; zip errors if cut short
-        reason = str(e).strip().splitlines()[0][:200]
-        raise ModelLoadError(
-            f"{path}: cannot be read as a weights-only torch checkpoint ({e.__class__.__name__}: {reason})"
-        ) from None
-    while isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]  # Lightning checkpoints: {"state_dict": {...}, "global_step": ...}
-    if not isinstance(state, dict):
-        raise ModelLoadError(f"{path}: holds a {type(state).__name__}, not a state dict")
-    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
 def _shapes(path: Path, allow_pickle: bool) -> dict[str, tuple[int, ...]]:
