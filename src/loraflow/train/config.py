@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import field_validator, model_validator
 
 from loraflow.config import Options, opt
+from loraflow.models.families import TINY_MODELS, FamilyName, get_family
 
 # Named sets of UNet modules LoRA is put on (diffusers module-name suffixes), so nobody has to list
 # hundreds of module names; the names are the `lora_targets` choices. `attn` is what the tutorial
@@ -35,10 +36,10 @@ _PRECISION_ALIASES = {"16-mixed": "fp16", "bf16-mixed": "bf16", "32": "no", "32-
 
 class TrainConfig(Options):
     # ---- what to train ------------------------------------------------------------------
-    model: str = opt(None, "base model: diffusers folder, .safetensors checkpoint, tiny:sdxl|tiny:sd15|tiny:kolors; "
+    model: str = opt(None, f"base model: diffusers folder, .safetensors checkpoint, {'|'.join(TINY_MODELS)}; "
                            "default: the built-in demo model",
                      aliases=("pretrained_model_name_or_path", "pretrained_path"))
-    family: Literal["kolors", "sdxl", "sd15"] | None = opt(None, "model family (detected from the model when not given)")
+    family: FamilyName | None = opt(None, "model family (detected from the model when not given)")
     vae: str | None = opt(None, "replacement VAE, e.g. sdxl-vae-fp16-fix (folder or .safetensors)",
                           aliases=("pretrained_fp16_vae_path", "pretrained_vae_model_name_or_path"))
     dataset: str = opt(None, "dataset: folder with train/metadata.csv, metadata.jsonl, kohya N_name/ folders, or the file itself",
@@ -118,8 +119,8 @@ class TrainConfig(Options):
         if self.random_crop and self.center_crop:
             # --random-crop wins over the default center crop
             object.__setattr__(self, "center_crop", False)
-        if self.train_text_encoder and self.family == "kolors":
-            raise ValueError("train_text_encoder: Kolors' ChatGLM-6B encoder is not trained; only SDXL/SD1.5 CLIP")
+        if self.train_text_encoder and self.family and not get_family(self.family).lora_text_encoders:
+            raise ValueError(f"train_text_encoder: {get_family(self.family).text_encoder_note}")
         return self
 
     def check_required(self) -> None:
