@@ -88,17 +88,20 @@ def test_unet_only_checkpoint_by_cross_attention_width(width, outcome):
 
 
 # ---- options and built-in names -----------------------------------------------------------------
-def _option_classes():
-    from loraflow.generate.options import GenerateConfig
-    from loraflow.models.lora.cli import ConvertOptions
-    from loraflow.train.config import TrainConfig
-
-    return [GenerateConfig, TrainConfig, ConvertOptions]
+OPTIONS = ["loraflow.generate.options:GenerateConfig", "loraflow.train.config:TrainConfig",
+           "loraflow.models.lora.cli:ConvertOptions"]  # every Options class with a `family` field
 
 
-@pytest.mark.parametrize("index", range(3))
-def test_options_refuse_an_unknown_family_in_one_line_naming_the_choices(index):
-    options = _option_classes()[index]
+def _options(spec: str):
+    import importlib
+
+    module, name = spec.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@pytest.mark.parametrize("spec", OPTIONS)
+def test_options_refuse_an_unknown_family_in_one_line_naming_the_choices(spec):
+    options = _options(spec)
     with pytest.raises(ConfigError) as info:
         options.from_dict({"family": "flux"})
     message = str(info.value)
@@ -107,12 +110,12 @@ def test_options_refuse_an_unknown_family_in_one_line_naming_the_choices(index):
     assert options.from_dict({"family": "sd15"}).family == "sd15"
 
 
-@pytest.mark.parametrize("index", range(3))
-def test_family_flag_offers_the_registered_families(index):
+@pytest.mark.parametrize("spec", OPTIONS)
+def test_family_flag_offers_the_registered_families(spec):
     import argparse
 
     parser = argparse.ArgumentParser()
-    _option_classes()[index].add_arguments(parser)
+    _options(spec).add_arguments(parser)
     action = next(a for a in parser._actions if a.dest == "family")
     assert sorted(action.choices) == sorted(FAMILIES) and {"kolors", "sdxl", "sd15"} <= set(action.choices)
 
