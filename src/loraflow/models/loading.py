@@ -21,6 +21,8 @@ from typing import Any
 from loraflow.errors import ModelLoadError
 from loraflow.models.families import FAMILIES, TINY_MODELS, ModelFamily, get_family
 from loraflow.models.families.base import FamilyDefaults
+from loraflow.models.single_file import detect_checkpoint_family, load_single_file, load_single_file_vae
+from loraflow.models.tiny import build_tiny_pipeline
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 WEIGHT_NAMES = ("diffusion_pytorch_model", "model")  # diffusers / transformers weight file stems
@@ -77,8 +79,6 @@ def peek_defaults(model: str | None, family: str | None = None) -> FamilyDefault
     if family:
         return get_family(family).defaults
     if path.suffix.lower() == ".safetensors" and path.is_file():
-        from loraflow.models.single_file import detect_checkpoint_family
-
         return get_family(detect_checkpoint_family(path) or _unknown_family(path)).defaults
     raise ModelLoadError(f"model not found: {model}")
 
@@ -140,8 +140,6 @@ def _load(model: str, family: str | None, torch_dtype, allow_pickle: bool, skip:
         loaded.name, loaded.source = "loraflow-demo", DEMO
         return loaded
     if model.startswith("tiny:"):
-        from loraflow.models.tiny import build_tiny_pipeline
-
         fam = get_family(model.split(":", 1)[1])
         if family and family != fam.name:
             raise ModelLoadError(f"--family {family} contradicts --model {model}")
@@ -165,8 +163,6 @@ def _load(model: str, family: str | None, torch_dtype, allow_pickle: bool, skip:
         )
     if path.suffix.lower() not in (".safetensors",) + PICKLE_SUFFIXES:
         raise ModelLoadError(f"{path}: not a model folder or a .safetensors checkpoint")
-    from loraflow.models.single_file import detect_checkpoint_family, load_single_file
-
     fam = get_family(family or detect_checkpoint_family(path, allow_pickle=allow_pickle) or _unknown_family(path))
     pipe = load_single_file(path, fam.name, dtype=torch_dtype, device="cpu", allow_pickle=allow_pickle)
     return LoadedModel(pipe, fam, path.stem, model, path)
@@ -267,8 +263,6 @@ def load_vae(vae: str, torch_dtype, allow_pickle: bool = False, *, family: str):
     if path.is_dir() or (path.parent / "config.json").is_file():
         folder = path if path.is_dir() else path.parent
         return AutoencoderKL.from_pretrained(folder, torch_dtype=torch_dtype, use_safetensors=_safetensors_flag(allow_pickle))
-    from loraflow.models.single_file import load_single_file_vae
-
     return load_single_file_vae(path, family=family, dtype=torch_dtype, allow_pickle=allow_pickle)
 
 

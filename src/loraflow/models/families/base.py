@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
+from loraflow.errors import ConfigError
+
 CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"  # shipped configs, one folder per family
 # Key prefixes of original (CompVis LDM / Stability SGM) single-file checkpoints, shared by all families.
 LDM_UNET = "model.diffusion_model."
@@ -123,8 +125,6 @@ class ModelFamily:
         name = {"text2img": cls.pipeline_class_name, "img2img": cls.img2img_class_name,
                 "inpaint": cls.inpaint_class_name}[task]
         if name is None:
-            from loraflow.errors import ConfigError
-
             raise ConfigError(f"{cls.name} has no {task} pipeline in diffusers")
         return getattr(diffusers, name)
 

@@ -6,6 +6,9 @@ import json
 
 from loraflow.models.families.base import TINY_TEXT_DIM, FamilyDefaults, ModelFamily, PromptEmbeds
 from loraflow.models.families.sdxl import SDXL
+from loraflow.models.prompt_encoding import encode_chatglm
+from loraflow.models.tiny_text_encoders import chatglm_text_encoder
+from loraflow.models.tiny_tokenizers import build_chatglm_tokenizer
 
 MAX_SEQUENCE_LENGTH = 256
 
@@ -87,15 +90,10 @@ class Kolors(ModelFamily):
     def tiny_text_components(cls, seed, workdir):
         import torch
 
-        from loraflow.models.tiny_text_encoders import chatglm_text_encoder
-        from loraflow.models.tiny_tokenizers import build_chatglm_tokenizer
-
         tok = build_chatglm_tokenizer(workdir / "tokenizer")
         torch.manual_seed(seed)
         return dict(tokenizer=tok, text_encoder=chatglm_text_encoder(TINY_TEXT_DIM, tok.vocab_size))
 
     @classmethod
     def encode_prompts(cls, pipe, prompts):
-        from loraflow.models.prompt_encoding import encode_chatglm
-
         return [PromptEmbeds(*encode_chatglm(pipe.tokenizer, pipe.text_encoder, p, MAX_SEQUENCE_LENGTH)) for p in prompts]

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 from loraflow.models.families.base import LDM_UNET, LDM_VAE, TINY_TEXT_DIM, FamilyDefaults, ModelFamily, PromptEmbeds
+from loraflow.models.prompt_encoding import clip_chunk_count, encode_clip
+from loraflow.models.tiny_text_encoders import clip_text_encoder
+from loraflow.models.tiny_tokenizers import build_clip_tokenizer
 
 CLIP_L = "cond_stage_model.transformer."  # CompVis LDM checkpoint: HF CLIPTextModel, ViT-L/14
 
@@ -67,16 +70,11 @@ class SD15(ModelFamily):
     def tiny_text_components(cls, seed, workdir):
         import torch
 
-        from loraflow.models.tiny_text_encoders import clip_text_encoder
-        from loraflow.models.tiny_tokenizers import build_clip_tokenizer
-
         tok = build_clip_tokenizer(workdir / "tokenizer")
         torch.manual_seed(seed)
         return dict(tokenizer=tok, text_encoder=clip_text_encoder(TINY_TEXT_DIM, False, len(tok)))
 
     @classmethod
     def encode_prompts(cls, pipe, prompts):
-        from loraflow.models.prompt_encoding import clip_chunk_count, encode_clip
-
         tokens, n_chunks = clip_chunk_count(pipe.tokenizer, prompts)
         return [PromptEmbeds(encode_clip(pipe.tokenizer, pipe.text_encoder, t, n_chunks, None)[0]) for t in tokens]

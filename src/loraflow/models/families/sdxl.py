@@ -3,6 +3,9 @@ pooled bigG embedding and size/crop time ids as micro-conditioning (SDXL paper, 
 from __future__ import annotations
 
 from loraflow.models.families.base import LDM_UNET, LDM_VAE, TINY_TEXT_DIM, FamilyDefaults, ModelFamily, PromptEmbeds
+from loraflow.models.prompt_encoding import clip_chunk_count, encode_clip
+from loraflow.models.tiny_text_encoders import clip_text_encoder
+from loraflow.models.tiny_tokenizers import build_clip_tokenizer
 
 # Stability SGM checkpoint keys of the two text encoders
 CLIP_L = "conditioner.embedders.0.transformer."  # HF CLIPTextModel, ViT-L/14
@@ -88,9 +91,6 @@ class SDXL(ModelFamily):
     def tiny_text_components(cls, seed, workdir):
         import torch
 
-        from loraflow.models.tiny_text_encoders import clip_text_encoder
-        from loraflow.models.tiny_tokenizers import build_clip_tokenizer
-
         tok = build_clip_tokenizer(workdir / "tokenizer")
         torch.manual_seed(seed)
         text_encoder = clip_text_encoder(TINY_TEXT_DIM, False, len(tok))
@@ -101,8 +101,6 @@ class SDXL(ModelFamily):
     @classmethod
     def encode_prompts(cls, pipe, prompts):
         import torch
-
-        from loraflow.models.prompt_encoding import clip_chunk_count, encode_clip
 
         tokens_1, n1 = clip_chunk_count(pipe.tokenizer, prompts)
         tokens_2, n2 = clip_chunk_count(pipe.tokenizer_2, prompts)
