@@ -7,8 +7,8 @@ from pydantic import field_validator, model_validator
 
 from loraflow.config import Options, opt
 from loraflow.errors import ConfigError
-from loraflow.models.families import TINY_MODELS, FamilyName
 from loraflow.generate.control.units import ControlUnit, parse_units
+from loraflow.models.families import TINY_MODELS, FamilyName
 
 
 class ModelOptions(Options):

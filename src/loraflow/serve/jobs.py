@@ -34,13 +34,13 @@ def _server_only(cfg, fields: dict[str, Any], source: str) -> None:
 
 def _resolve_model(name: str | None, paths: ServerPaths, field: str = "model") -> str:
     """A model name from a request -> what load_pipeline takes; none given: the built-in demo model."""
-    from loraflow.models.families import TINY_MODELS
     from loraflow.models.loading import BUILTIN_MODELS, DEMO
 
     if not name:
         return DEMO
     if name.startswith("tiny:") and name not in BUILTIN_MODELS:
-        raise Invalid(f"key '{field}' = {name!r}: unknown tiny model; use one of: {', '.join(TINY_MODELS)}", field)
+        tiny = ", ".join(m for m in BUILTIN_MODELS if m.startswith("tiny:"))
+        raise Invalid(f"key '{field}' = {name!r}: unknown tiny model; use one of: {tiny}", field)
     return name if name in BUILTIN_MODELS else paths.model(name)
 
 

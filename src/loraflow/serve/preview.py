@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import Callable
 
 from loraflow.models.families import get_family
+
 PREVIEW_INTERVAL = 0.5  # seconds between previews of one job
 PREVIEW_SIZE = 256
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from loraflow.errors import InputError
-from loraflow.models.lora import formats
 from loraflow.models.families import FAMILIES
+from loraflow.models.lora import formats
 from loraflow.models.lora.metadata import sshs_hashes, training_metadata
 
 if TYPE_CHECKING:
