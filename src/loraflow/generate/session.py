@@ -92,7 +92,7 @@ class GenerationSession:
         loras_t = tuple(loras)
         if loras_t == self._loras:
             return
-        from loraflow.models.lora.load import apply_loras, remove_loras
+        from loraflow.models.lora.apply import apply_loras, remove_loras
 
         if self._loras:
             remove_loras(self.pipe)
