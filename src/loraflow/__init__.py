@@ -5,7 +5,7 @@ layer, never from a higher one, not even inside a function (`tests/test_layers.p
 import, function-local ones included, and also finds any import cycle). Packages that share a
 layer are independent of each other.
 
-    0. base      errors, atomic (the one way to write a file), config (typed options)
+    0. base      errors, atomic (the one way to write a file), config (typed options), images (decoding)
     1. models    families, loading, hashing, pickle_files, prompt syntax/encoding, LoRA files
     2. generate  GenerationSession, options, infotext, schedulers, control, grid, story (the file format)
     3. score     aesthetic and CLIP scorers, and `loraflow score`
@@ -22,12 +22,12 @@ Why this order, where it is not obvious:
 - storyboard sits above score (best-of-N and `--score` rank panels), so the story file format
   (`generate.story`) is split from the renderer (`generate.storyboard`) to stay below score.
 - train sits above data (it reads the data step's exports and decodes images with
-  `data.images.load_rgb`, so it trains on the pixels the filters saw) and above score (validation
+  `loraflow.images.load_rgb`, as the filters do, so it trains on the pixels they saw) and above score (validation
   scores); it never imports generate's storyboard.
 - demo trains the demo model with train's objective, so it sits beside serve, above train.
 
 One helper per job, each in the lowest layer that needs it: file writes `loraflow.atomic`;
-image decoding `loraflow.data.images`; file SHA-256 and A1111 hashes `loraflow.models.hashing`;
+image decoding `loraflow.images`; file SHA-256 and A1111 hashes `loraflow.models.hashing`;
 pickle suffixes and the weights-only unpickler `loraflow.models.pickle_files`; min-SNR weighting
 `loraflow.train.objective.diffusion_loss`.
 """

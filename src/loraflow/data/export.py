@@ -17,7 +17,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from loraflow.atomic import atomic_open
-from loraflow.data.images import ImageError, load_rgb, read_info
+from loraflow.images import ImageError, load_rgb, read_info
 from loraflow.data.jsonl import read_jsonl, write_jsonl
 from loraflow.data.options import ExportOptions
 from loraflow.errors import ConfigError, InputError

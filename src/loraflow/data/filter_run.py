@@ -16,7 +16,7 @@ from loraflow.data.dj_backend import run_dj_process
 from loraflow.data.executors import MAPPERS
 from loraflow.data.filter_result import (Errored, FilterResult, Kept, Keyed, Rejected, Verdict,
                                          absolute_paths)
-from loraflow.data.images import ImageError
+from loraflow.images import ImageError
 from loraflow.data.jsonl import read_jsonl, write_jsonl
 from loraflow.data.ops.base import STATS_KEY, Op, SampleError, SampleImages
 from loraflow.data.recipe import Recipe, load_recipe

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from loraflow.atomic import atomic_save_image
 from loraflow.data.executors import map_local
-from loraflow.data.images import ImageError, load_rgb, to_rgb
+from loraflow.images import ImageError, load_rgb, to_rgb
 from loraflow.data.jsonl import write_jsonl
 from loraflow.data.options import IngestOptions
 from loraflow.data.sources import RawItem, iter_source

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from loraflow.data.images import ImageError, read_info
+from loraflow.images import ImageError, read_info
 from loraflow.data.jsonl import read_jsonl
 from loraflow.data.options import StatsOptions
 from loraflow.data.sources import IMAGE_SUFFIXES

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from loraflow.atomic import atomic_save_image, atomic_write_text
 from loraflow.config import Options, opt
 from loraflow.errors import ConfigError, InputError
+from loraflow.images import ImageError, load_rgb
 from loraflow.score.chart import score_chart
 from loraflow.score.prompts import prompts_for
 from loraflow.score.scorer import Scorer, reduce_scores
@@ -74,8 +75,6 @@ def collect_images(inputs: list[str], exclude: list[str]) -> list[Path]:
 def run_score(options: ScoreOptions, scorer: Scorer | None = None,
               progress: ProgressFn | None = None) -> dict[str, Any]:
     """Score every image of `options.images`; returns the report (see the module docstring)."""
-    from PIL import Image
-
     if options.gate is not None and options.aesthetic is None and (scorer is None or scorer.aesthetic is None):
         raise ConfigError("--gate checks the mean aesthetic score: pass --aesthetic too")
     paths = collect_images(options.images, options.exclude)
@@ -92,11 +91,10 @@ def run_score(options: ScoreOptions, scorer: Scorer | None = None,
         chunk = rows[start:start + options.batch_size]
         images, scored = [], []
         for row in chunk:
-            try:
-                with Image.open(row["file"]) as im:
-                    images.append(im.convert("RGB"))
+            try:  # decoded as the data filters and training decode (alpha on white, EXIF rotation)
+                images.append(load_rgb(row["file"]))
                 scored.append(row)
-            except OSError as e:  # unreadable/corrupt: reported, not dropped
+            except ImageError as e:  # unreadable/corrupt: reported, not dropped
                 row["error"] = f"cannot read image: {e}"
         for row, result in zip(scored, scorer.score(images, [r["prompt"] for r in scored])):
             row.update(result.to_dict())

@@ -1,13 +1,13 @@
 """Image files -> training pixels: resize to cover the bucket, crop, flip, scale to [-1, 1].
 
-Decoding is the data step's (`loraflow.data.images`): EXIF rotation, alpha on white, 16-bit and
+Decoding is the data step's (`loraflow.images.load_rgb`): EXIF rotation, alpha on white, 16-bit and
 CMYK handled the same way the filters saw the picture.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from loraflow.data.images import load_rgb, read_info
+from loraflow.images import load_rgb, read_info
 from loraflow.train.buckets import Crop
 
 

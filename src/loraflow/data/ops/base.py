@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Literal
 from PIL import Image
 
 from loraflow.config import Options, opt
-from loraflow.data.images import ImageError, ImageInfo, load_rgb, read_info
+from loraflow.images import ImageError, ImageInfo, load_rgb, read_info
 
 # data-juicer stores per-sample stats under this key (data_juicer/utils/constant.py Fields.stats).
 STATS_KEY = "__dj__stats__"

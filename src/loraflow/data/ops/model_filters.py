@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, ClassVar, Literal
 
 from loraflow.config import opt
-from loraflow.data.images import ImageError
+from loraflow.images import ImageError
 from loraflow.data.ops.base import MultiImageParams, Op, SampleError, SampleImages
 from loraflow.data.text_rules import strip_special_tokens
 from loraflow.score import Scorer, reduce_scores

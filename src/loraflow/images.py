@@ -1,8 +1,8 @@
 """Opening images safely: header-only reads for sizes, full decodes converted to 8-bit RGB.
 
-The one decoder for pictures people bring: the data step (filters, export, ingest) and training
-both call `load_rgb` / `read_info`, so a transparent PNG trains on the same white composite the
-filters scored.
+The one decoder for pictures people bring: the data step (filters, export, ingest), training and
+`loraflow score` all call `load_rgb` / `read_info`, so a transparent PNG trains on the same white
+composite the filters scored.
 
 Every failure becomes an `ImageError` with a one-line reason that names the file, so callers
 can record the item as errored and keep going.

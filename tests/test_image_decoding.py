@@ -1,4 +1,5 @@
-"""Training decodes pictures exactly as the data step does (one decoder, `loraflow.data.images`)."""
+"""Training and `loraflow score` decode pictures exactly as the data step does (one decoder,
+`loraflow.images`): a transparent PNG is composited on white everywhere."""
 from __future__ import annotations
 
 import random
@@ -8,9 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from loraflow.data.images import ImageError
 from loraflow.data.ops.base import SampleImages
 from loraflow.errors import InputError
+from loraflow.images import ImageError
+from loraflow.score import ImageScore
+from loraflow.score.run import ScoreOptions, run_score
 from loraflow.train.buckets import crop_for
 from loraflow.train.images import image_size, load_pixels
 
@@ -50,3 +53,26 @@ def test_an_unreadable_training_image_is_one_line_input_error(tmp_path):
     with pytest.raises(InputError, match="bad.png: not an image") as err:
         image_size(bad)
     assert isinstance(err.value, ImageError) and "\n" not in str(err.value)
+
+
+class _RecordingScorer:
+    """Stands in for CLIP + aesthetic model: keeps the pictures it is asked to score."""
+
+    aesthetic = clip = None
+
+    def __init__(self):
+        self.seen = []
+
+    def score(self, images, prompts):
+        self.seen.extend(np.asarray(im, dtype=np.float32) for im in images)
+        return [ImageScore(aesthetic=None, clip=None) for _ in images]
+
+
+def test_loraflow_score_scores_the_composite_the_filter_saw(tmp_path):
+    path = tmp_path / "cutout.png"
+    _transparent_png(path)
+    scorer = _RecordingScorer()
+    run_score(ScoreOptions(images=[str(path)]), scorer)
+    (scored,) = scorer.seen
+    assert np.array_equal(scored, np.asarray(SampleImages([str(path)]).rgb(0), dtype=np.float32))
+    assert scored[0, 63].tolist() == [255, 255, 255]
