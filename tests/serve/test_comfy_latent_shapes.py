@@ -15,6 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
+from loraflow.serve.comfy.values import WorkflowJob
+from loraflow.serve.context import WorkerState
 from loraflow.serve.paths import ServerPaths
 
 
@@ -60,7 +62,7 @@ class _Ctx:
     job: SimpleNamespace
     paths: ServerPaths
     models: _Models
-    state: dict = field(default_factory=dict)
+    state: WorkerState = field(default_factory=WorkerState)
     previews: list = field(default_factory=list)
 
     def check_cancel(self) -> None:
@@ -97,7 +99,7 @@ def _saved_size(ctx, result, node: str = "9") -> tuple[int, int]:
 
 
 def _latent(ctx, node: str):
-    return ctx.state["comfy_cache"][node][1][0]["samples"]  # (key, outputs, ui) -> LATENT
+    return ctx.state.comfy_cache[node].outputs[0]["samples"]  # LATENT
 
 
 @pytest.mark.parametrize("model, latent_shape", [("demo-test", (1, 8, 16, 16)), ("tiny-test", (1, 4, 8, 8))])
@@ -105,7 +107,7 @@ def test_text_to_image_workflow_fits_the_empty_latent_to_the_model(sessions, tmp
     from loraflow.serve.comfy.executor import run_prompt
 
     ctx = _ctx(sessions, tmp_path, _graph(model))
-    result = run_prompt(ctx)
+    result = run_prompt(ctx, WorkflowJob.from_payload(ctx.job.payload))
     assert result["status"]["status_str"] == "success"
     assert _latent(ctx, "5").shape == (1, 4, 8, 8)  # EmptyLatentImage does not know the model
     assert _latent(ctx, "3").shape == latent_shape
@@ -130,7 +132,7 @@ def test_img2img_workflow_on_8_channel_latents(sessions, tmp_path):
         "13": {"class_type": "VAEDecode", "inputs": {"samples": ["12", 0], "vae": ["4", 2]}},
     })
     ctx = _ctx(sessions, tmp_path, graph)
-    result = run_prompt(ctx)
+    result = run_prompt(ctx, WorkflowJob.from_payload(ctx.job.payload))
     assert result["status"]["status_str"] == "success"
     assert _latent(ctx, "11").shape == _latent(ctx, "12").shape == (1, 8, 16, 16)
     assert not torch.equal(_latent(ctx, "11"), _latent(ctx, "12"))

@@ -8,6 +8,8 @@ from __future__ import annotations
 import gc
 import threading
 from collections import OrderedDict
+from loraflow.generate.session import GenerationSession
+from loraflow.models.loading import load_pipeline
 
 
 class ModelCache:
@@ -21,9 +23,6 @@ class ModelCache:
     def session(self, model: str, vae: str | None = None, dtype: str = "auto", device: str | None = None,
                 family: str | None = None):
         """A `GenerationSession` over `model` (already resolved to a path or `tiny:*`)."""
-        from loraflow.generate.session import GenerationSession
-        from loraflow.models.loading import load_pipeline
-
         device = self.device if device in (None, "", "auto") else device
         key = (model, vae, dtype, device, family)
         with self._lock:
