@@ -164,3 +164,34 @@ def test_non_empty_latent_of_wrong_channel_count_is_a_node_error(sessions, tmp_p
     with pytest.raises(NodeError, match=r"^KSamplerAdvanced: latent_image has 4 channels, this model expects 8"):
         KSamplerAdvanced().run(ctx, "3", ref, "enable", 1, 2, 5.0, "euler", "normal", cond, cond, latent, 0, 10000,
                                "disable")
+
+
+def test_advanced_sampler_split_equals_one_sampler_and_controlnet_img2img_runs(sessions, tmp_path):
+    """ComfyUI's base + refiner pattern: KSamplerAdvanced to step 1 with its leftover noise, then from
+    step 1 without adding noise, equals one KSampler over both steps. ControlNet hints apply to a
+    denoise < 1 (img2img) run too."""
+    from loraflow.generate.control.tiny import save_tiny_controlnet
+    from loraflow.serve.comfy.nodes import (
+        CLIPTextEncode, ControlNetApplyAdvanced, EmptyLatentImage, KSampler, KSamplerAdvanced,
+    )
+    from loraflow.serve.comfy.values import ControlNetRef, ModelRef
+
+    ctx = _ctx(sessions, tmp_path)
+    ref = ModelRef("tiny-test")
+    pos = CLIPTextEncode().run(ctx, "6", text="a red circle", clip=ref)[0]
+    neg = CLIPTextEncode().run(ctx, "7", text="blurry", clip=ref)[0]
+    empty = EmptyLatentImage().run(ctx, "5", width=64, height=64, batch_size=1)[0]
+    whole = KSampler().run(ctx, "3", ref, 5, 2, 5.0, "euler", "normal", pos, neg, empty, 1.0)[0]["samples"]
+    advanced = KSamplerAdvanced()
+    base = advanced.run(ctx, "10", ref, "enable", 5, 2, 5.0, "euler", "normal", pos, neg, empty, 0, 1, "enable")[0]
+    refined = advanced.run(ctx, "11", ref, "disable", 5, 2, 5.0, "euler", "normal", pos, neg, base, 1, 10000,
+                           "disable")[0]["samples"]
+    assert torch.allclose(refined, whole, atol=1e-4)
+    assert not torch.allclose(base["samples"], whole, atol=1e-2)
+
+    cn = ControlNetRef(str(save_tiny_controlnet("sdxl", tmp_path / "cn")))
+    hint = torch.ones((1, 64, 64, 3))
+    cpos, cneg = ControlNetApplyAdvanced().run(ctx, "12", pos, neg, cn, hint, 1.0, 0.0, 1.0)
+    plain = KSampler().run(ctx, "3", ref, 5, 4, 5.0, "euler", "normal", pos, neg, {"samples": whole}, 0.5)[0]
+    steered = KSampler().run(ctx, "3", ref, 5, 4, 5.0, "euler", "normal", cpos, cneg, {"samples": whole}, 0.5)[0]
+    assert steered["samples"].shape == whole.shape and not torch.equal(steered["samples"], plain["samples"])
