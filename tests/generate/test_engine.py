@@ -68,3 +68,16 @@ def test_img2img_window_keeps_the_input_more_the_later_it_starts(tiny_session):
     late = sample_latents(s, request(s, source, start_step=3))
     early = sample_latents(s, request(s, source, start_step=1))
     assert (late - source).abs().mean() < (early - source).abs().mean()
+
+
+def test_inpaint_mask_keeps_the_input_outside_the_mask(tiny_session):
+    """A noise mask (1 = repaint): after the last step the kept cells are exactly the input latents, as
+    diffusers' inpaint pipeline blends a 4-channel UNet's latents; the masked cells are redrawn."""
+    s = tiny_session("sdxl")
+    source = sample_latents(s, request(s, empty_latent(s)))
+    mask = torch.zeros((1, 1) + source.shape[2:])
+    mask[..., :, source.shape[3] // 2:] = 1.0  # repaint the right half
+    out = sample_latents(s, request(s, source, mask=mask))
+    half = source.shape[3] // 2
+    assert torch.equal(out[..., :half], source[..., :half])
+    assert (out[..., half:] - source[..., half:]).abs().mean() > 0.1

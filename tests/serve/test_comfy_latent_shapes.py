@@ -195,3 +195,29 @@ def test_advanced_sampler_split_equals_one_sampler_and_controlnet_img2img_runs(s
     plain = KSampler().run(ctx, "3", ref, 5, 4, 5.0, "euler", "normal", pos, neg, {"samples": whole}, 0.5)[0]
     steered = KSampler().run(ctx, "3", ref, 5, 4, 5.0, "euler", "normal", cpos, cneg, {"samples": whole}, 0.5)[0]
     assert steered["samples"].shape == whole.shape and not torch.equal(steered["samples"], plain["samples"])
+
+
+@pytest.mark.parametrize("model", ["tiny-test", "demo-test"])
+def test_inpaint_nodes_redraw_only_the_mask(sessions, tmp_path, model):
+    """VAEEncodeForInpaint + KSampler: latent cells outside the (grown) mask come back exactly as encoded,
+    the masked ones are redrawn; SetLatentNoiseMask does the same on any latent."""
+    from loraflow.serve.comfy.nodes import CLIPTextEncode, KSampler, SetLatentNoiseMask, VAEEncodeForInpaint
+    from loraflow.serve.comfy.values import ModelRef
+
+    ctx = _ctx(sessions, tmp_path)
+    ref = ModelRef(model)
+    cond = CLIPTextEncode().run(ctx, "6", text="a red circle", clip=ref)[0]
+    pixels = torch.rand((1, 64, 64, 3), generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros((1, 64, 64))
+    mask[:, :, 48:] = 1.0  # redraw the right quarter
+    latent = VAEEncodeForInpaint().run(ctx, "11", pixels=pixels, vae=ref, mask=mask, grow_mask_by=8)[0]
+    # an 8 x 8 box with ComfyUI's padding ceil(7 / 2) = 4 reaches 3 pixels to the left of column 48
+    assert latent["noise_mask"][0, 0, 0, 44] == 0 and latent["noise_mask"][0, 0, 0, 45] == 1
+    out = KSampler().run(ctx, "3", ref, 1, 2, 5.0, "euler", "normal", cond, cond, latent, 1.0)[0]["samples"]
+    cells = out.shape[3] * 40 // 64  # latent columns wholly left of the grown mask
+    assert torch.equal(out[..., :cells], latent["samples"][..., :cells])
+    assert not torch.allclose(out[..., -1:], latent["samples"][..., -1:], atol=1e-2)
+
+    masked = SetLatentNoiseMask().run(ctx, "12", samples={"samples": latent["samples"]}, mask=mask)[0]
+    out = KSampler().run(ctx, "3", ref, 1, 2, 5.0, "euler", "normal", cond, cond, masked, 1.0)[0]["samples"]
+    assert torch.equal(out[..., :out.shape[3] * 48 // 64], latent["samples"][..., :out.shape[3] * 48 // 64])

@@ -21,7 +21,7 @@ class DerivedModels:
     def controlnet(self, path: str):
         """The ControlNet in `path`, loaded once, on the UNet's device and dtype."""
         if path not in self._controlnets:
-            from loraflow.generate.control.model import load_controlnet
+            from loraflow.generate.control.model import load_controlnet  # imports diffusers
 
             unet = self._pipe.unet
             self._controlnets[path] = load_controlnet(path, unet, dtype=unet.dtype, device=self._pipe.device)

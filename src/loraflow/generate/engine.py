@@ -23,6 +23,7 @@ from loraflow.errors import ConfigError
 from loraflow.models.families import PromptEmbeds
 
 StepFn = Callable[[int, int, Any], None]  # (steps done, steps in the run, latents (B, C, h, w))
+BlendFn = Callable[[int, Any], Any]  # (steps done, latents) -> the latents the next step starts from
 
 
 @dataclass
@@ -40,6 +41,7 @@ class Denoising:
     full_denoise: bool = True  # with end_step: the last step goes to noise 0, else latents keep end_step's noise
     output_type: str = "pil"  # "pil" images or "latent" (B, C, h, w), scaled as the VAE's latents
     on_step: StepFn | None = None
+    blend: BlendFn | None = None  # e.g. put back the kept part of an inpainted latent after each step
 
 
 def denoise(session, run: Denoising):
@@ -51,6 +53,8 @@ def denoise(session, run: Denoising):
     pipe.scheduler = windowed(session.pipe.scheduler, run.start_step, run.end_step, run.full_denoise)
 
     def on_step_end(p, i, t, callback_kwargs):
+        if run.blend:  # diffusers continues from the latents the callback returns
+            callback_kwargs["latents"] = run.blend(i + 1, callback_kwargs["latents"])
         if run.on_step:
             run.on_step(i + 1, p.num_timesteps, callback_kwargs["latents"])
         return callback_kwargs
@@ -124,6 +128,7 @@ class LatentSampling:
     end_step: int | None = None
     full_denoise: bool = True  # with end_step: False keeps the noise of end_step (return_with_leftover_noise)
     add_noise: bool = True  # False: the latents already carry the noise of `start_step`
+    mask: Any = None  # (B or 1, 1, h, w) in [0, 1]: 1 = redraw, 0 = keep `latents` (inpainting); None: all
     controls: tuple[ControlInput, ...] = field(default_factory=tuple)
     on_step: StepFn | None = None
 
@@ -147,12 +152,38 @@ def sample_latents(session, req: LatentSampling):
     generator = torch.Generator("cpu").manual_seed(req.seed % 2**63)
     noise = torch.randn(samples.shape, generator=generator)
     inputs["latents"] = noisy_start(pipe.scheduler, samples, noise, req).to(device, dtype)
+    blend = None if req.mask is None else _inpaint_blend(pipe.scheduler, samples, noise, req)
     # 3. the window of the schedule
     latents = denoise(session, Denoising(
         inputs, req.steps, req.guidance_scale, generator, controlnets=tuple(c.controlnet for c in req.controls),
         start_step=req.start_step, end_step=req.end_step, full_denoise=req.full_denoise, output_type="latent",
-        on_step=req.on_step))
+        on_step=req.on_step, blend=blend))
     return latents.detach().float().cpu()
+
+
+def _inpaint_blend(scheduler, samples, noise, req: LatentSampling) -> BlendFn:
+    """After each step, the cells the mask keeps are reset to the input noised to the level the next
+    step starts from (the input itself after the last step): diffusers' inpaint pipeline does this for
+    4-channel UNets, ComfyUI's KSamplerX0Inpaint likewise."""
+    ref = copy.copy(scheduler)  # never stepped: add_noise finds each timestep's noise level in the table
+    ref.set_timesteps(req.steps)
+    timesteps, order = ref.timesteps, ref.order
+    last = req.steps if req.end_step is None else req.end_step
+    keep_noise = req.end_step is not None and not req.full_denoise
+
+    def blend(done: int, latents):
+        if done % order:  # between the stages of one step (Heun): not a point on the schedule
+            return latents
+        step = req.start_step + done // order  # the next step to run
+        mask = req.mask.to(latents.device, latents.dtype)
+        if step < last or keep_noise:
+            t = timesteps[min(step * order, len(timesteps) - 1)]
+            kept = ref.add_noise(samples, noise, t.repeat(samples.shape[0]))
+        else:
+            kept = samples
+        return latents * mask + kept.to(latents.device, latents.dtype) * (1 - mask)
+
+    return blend
 
 
 def noisy_start(scheduler, samples, noise, req: LatentSampling):

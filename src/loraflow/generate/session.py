@@ -284,7 +284,7 @@ class GenerationSession:
         if not path:
             return "None"
         if path not in self._controlnet_labels:
-            from loraflow.generate.control.model import controlnet_hash, controlnet_name
+            from loraflow.generate.control.model import controlnet_hash, controlnet_name  # imports diffusers
 
             self._controlnet_labels[path] = f"{controlnet_name(path)} [{controlnet_hash(path)}]"
         return self._controlnet_labels[path]

@@ -19,7 +19,7 @@ from loraflow.errors import LoraflowError
 from loraflow.serve.comfy.graph import is_link, normalize
 from loraflow.serve.comfy.nodes import NODES
 from loraflow.serve.comfy.values import CachedNode, Shown, WorkflowJob
-from loraflow.serve.context import JobCancelled
+from loraflow.serve.context import JobCancelled, JobContext
 
 
 class WorkflowFailed(LoraflowError):
@@ -28,7 +28,7 @@ class WorkflowFailed(LoraflowError):
         self.result = result
 
 
-def run_prompt(ctx, workflow: WorkflowJob) -> dict:
+def run_prompt(ctx: JobContext, workflow: WorkflowJob) -> dict:
     """Run `workflow` with the worker's JobContext `ctx` (paths, models, state.comfy_cache, reporting)."""
     prompt = normalize(workflow.prompt)
     prompt_id = ctx.job.id

@@ -13,7 +13,8 @@ from typing import Any, Callable, ClassVar
 from loraflow.models.loading import BUILTIN_MODELS
 from loraflow.models.lora.load import check_family, read_lora
 from loraflow.serve.comfy.sampling import (
-    SAMPLER_NAMES, SCHEDULER_NAMES, SamplerInputs, sample, save_images, scale_images, vae_decode, vae_encode,
+    SAMPLER_NAMES, SCHEDULER_NAMES, SamplerInputs, inpaint_latent, sample, save_images, scale_images, vae_decode,
+    vae_encode,
 )
 from loraflow.serve.comfy.values import (
     Conditioning, ControlHint, ControlNetRef, ModelRef, NodeError, Shown, activate,
@@ -274,6 +275,29 @@ class VAEEncode(Node):
         return ({"samples": vae_encode(pipe.vae, pixels, pipe.vae_scale_factor)},)
 
 
+class VAEEncodeForInpaint(Node):
+    """Images -> latents for inpainting: what the mask covers is greyed out and will be redrawn."""
+
+    CATEGORY = "latent/inpaint"
+    INPUTS = {"pixels": LINK("IMAGE"), "vae": LINK("VAE"), "mask": LINK("MASK"), "grow_mask_by": INT(6, 0, 64)}
+    OUTPUTS = ("LATENT",)
+
+    def run(self, ctx, node_id, pixels, vae, mask, grow_mask_by):
+        pipe = vae.session(ctx).pipe
+        return (inpaint_latent(pipe.vae, pixels, mask, grow_mask_by, pipe.vae_scale_factor),)
+
+
+class SetLatentNoiseMask(Node):
+    """Limits sampling to the masked area of a latent (1 = redraw); the rest keeps the input."""
+
+    CATEGORY = "latent/inpaint"
+    INPUTS = {"samples": LINK("LATENT"), "mask": LINK("MASK")}
+    OUTPUTS = ("LATENT",)
+
+    def run(self, ctx, node_id, samples, mask):
+        return ({**samples, "noise_mask": mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1])},)
+
+
 # ---- images ---------------------------------------------------------------------------------------
 class ImageScale(Node):
     """Resizes images to width x height (0 keeps the aspect ratio); crop=center crops before scaling."""
@@ -301,7 +325,7 @@ class SaveImage(Node):
 
 NODES: dict[str, type[Node]] = {cls.__name__: cls for cls in (
     CheckpointLoaderSimple, LoraLoader, CLIPTextEncode, EmptyLatentImage, KSampler, KSamplerAdvanced,
-    VAEDecode, VAEEncode, SaveImage, LoadImage, ControlNetLoader, ControlNetApplyAdvanced, ImageScale,
+    VAEDecode, VAEEncode, VAEEncodeForInpaint, SetLatentNoiseMask, SaveImage, LoadImage, ControlNetLoader, ControlNetApplyAdvanced, ImageScale,
 )}
 
 

@@ -9,11 +9,10 @@ from dataclasses import dataclass
 from loraflow.atomic import atomic_save_image
 from loraflow.errors import ConfigError
 from loraflow.generate.engine import ControlInput, LatentSampling, sample_latents
-from loraflow.serve.preview import Throttle, latent_to_jpeg
 from loraflow.generate.schedulers import canonical_sampler
 from loraflow.serve.comfy.values import Conditioning, ModelRef, NodeError, activate
 from loraflow.serve.paths import safe_join
-
+from loraflow.serve.preview import Throttle, latent_to_jpeg
 
 # KSampler names (ComfyUI `comfy/samplers.py`) -> our sampler table (generate/schedulers.py)
 SAMPLER_NAMES = ("euler", "euler_ancestral", "heun", "lms", "dpmpp_2m", "dpmpp_2m_sde", "ddim", "uni_pc")
@@ -45,6 +44,7 @@ def sample(ctx, node_id: str, node_type: str, s: SamplerInputs, start_step: int 
     session = activate(ctx, s.model)
     pipe = session.pipe
     samples = fit_latent(pipe, s.latent["samples"], node_type)  # (B, C, h, w)
+    mask = latent_mask(s.latent.get("noise_mask"), samples.shape)  # (B, 1, h, w) or None
     height, width = samples.shape[2] * pipe.vae_scale_factor, samples.shape[3] * pipe.vae_scale_factor
     controls = tuple(ControlInput(h.controlnet.path, hint_image(h.image, width, height), h.strength,
                                   h.start_percent, h.end_percent) for h in s.positive.controls)
@@ -58,7 +58,7 @@ def sample(ctx, node_id: str, node_type: str, s: SamplerInputs, start_step: int 
     out = sample_latents(session, LatentSampling(
         samples, s.positive.embeds, s.negative.embeds, s.seed, s.steps, s.cfg,
         sampler=sampler_for(s.sampler_name, s.scheduler), start_step=start_step, end_step=end_step,
-        full_denoise=full_denoise, add_noise=add_noise, controls=controls, on_step=on_step))
+        full_denoise=full_denoise, add_noise=add_noise, mask=mask, controls=controls, on_step=on_step))
     return {"samples": out}
 
 
@@ -67,6 +67,41 @@ def sampler_for(sampler_name: str, scheduler: str) -> str:
     if scheduler == "karras" and sampler_name not in _KARRAS_OK:
         raise ConfigError(f"scheduler 'karras' works with {', '.join(_KARRAS_OK)} here, not '{sampler_name}'")
     return canonical_sampler(sampler_name + ("_karras" if scheduler == "karras" else ""))
+
+
+def latent_mask(mask, shape):
+    """A LATENT's noise_mask (B, 1, H, W) in pixels -> (B, 1, h, w) at the latent's size, bilinear, the
+    batch repeated to B (ComfyUI `comfy/sampler_helpers.py` prepare_mask). 1 = redraw, 0 = keep."""
+    if mask is None:
+        return None
+    import torch.nn.functional as F
+
+    batch = shape[0]
+    m = mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1]).float()
+    m = F.interpolate(m, size=tuple(shape[2:]), mode="bilinear", align_corners=False).clamp(0, 1)
+    return m.repeat(-(-batch // m.shape[0]), 1, 1, 1)[:batch]
+
+
+def inpaint_latent(vae, pixels, mask, grow: int, scale: int = 8) -> dict:
+    """ComfyUI's VAEEncodeForInpaint: pixels under the mask are set to grey before encoding (the VAE
+    does not see what will be redrawn); the mask, grown by `grow` pixels, becomes the noise mask.
+    pixels (B, H, W, C) in [0, 1], mask (B, H, W) or (H, W): 1 = redraw."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    height, width = pixels.shape[1], pixels.shape[2]
+    m = mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1]).float()
+    m = F.interpolate(m, size=(height, width), mode="bilinear", align_corners=False).round()  # (B, 1, H, W)
+    grey = (pixels[..., :3] - 0.5) * (1 - m).permute(0, 2, 3, 1) + 0.5
+    latents = vae_encode(vae, grey, scale)
+    if grow > 0:  # dilate: a pixel is redrawn when any pixel of the grow x grow box around it is
+        kernel = torch.ones((1, 1, grow, grow))
+        m = F.conv2d(m, kernel, padding=math.ceil((grow - 1) / 2)).clamp(0, 1)[..., :height, :width]
+    multiple = math.lcm(8, scale)  # vae_encode's crop
+    return {"samples": latents,
+            "noise_mask": m[..., :height // multiple * multiple, :width // multiple * multiple]}
 
 
 def hint_image(image, width: int, height: int):
