@@ -5,23 +5,20 @@ from __future__ import annotations
 import gc
 import weakref
 
-import torch
+from PIL import Image
+
+from loraflow.generate.control.tiny import save_tiny_controlnet
+from loraflow.generate.options import GenerateConfig
+from loraflow.serve.model_cache import ModelCache
 
 
 def test_eviction_frees_the_model_and_everything_derived_from_it(tmp_path):
-    from loraflow.generate.control.tiny import save_tiny_controlnet
-    from loraflow.generate.options import GenerateConfig
-    from loraflow.serve.model_cache import ModelCache
-
-    torch.set_num_threads(1)
     cache = ModelCache(size=1, device="cpu")
     session = cache.session("tiny:sdxl")
     controlnet_dir = str(save_tiny_controlnet("sdxl", tmp_path / "cn"))
     control = tmp_path / "hint.png"
-    from PIL import Image
-
     Image.new("RGB", (64, 64), (255, 255, 255)).save(control)
-    # draw once with a ControlNet, so an img2img-free ControlNet pipeline and the ControlNet get built
+    # draw once with a ControlNet, so its pipeline and the loaded ControlNet get built and cached
     session.generate(GenerateConfig(model="tiny:sdxl", prompt="a cat", num_inference_steps=1, height=64, width=64,
                                     seed=1, control=[f"tile:{control}"], controlnet=[controlnet_dir]))
     img2img = session.derived.pipeline("img2img")
