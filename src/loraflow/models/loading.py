@@ -21,6 +21,7 @@ from typing import Any
 from loraflow.errors import ModelLoadError
 from loraflow.models.families import FAMILIES, ModelFamily, get_family
 from loraflow.models.families.base import FamilyDefaults
+from loraflow.models.vocabulary import Vocabulary
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 WEIGHT_NAMES = ("diffusion_pytorch_model", "model")  # diffusers / transformers weight file stems
@@ -39,10 +40,13 @@ class LoadedModel:
     path: Path | None = None  # file/folder on disk (None for tiny models)
     extras: dict = field(default_factory=dict)
     defaults: FamilyDefaults | None = None  # size/steps/guidance when not given; the family's unless the folder says
+    vocabulary: Vocabulary | None = None  # the words it was trained on, when the folder declares them (demo)
 
     def __post_init__(self):
         if self.defaults is None:
             self.defaults = model_defaults(self.path, self.family)
+        if self.vocabulary is None:
+            self.vocabulary = Vocabulary.from_model_dir(self.path)
 
 
 def model_defaults(path: Path | None, family: type[ModelFamily]) -> FamilyDefaults:
