@@ -8,6 +8,7 @@ import logging
 import pytest
 
 from loraflow.demo.shapes import STYLES, all_scenes, caption_vocabulary
+from loraflow.errors import ModelLoadError
 from loraflow.models.loading import demo_model_dir
 from loraflow.models.vocabulary import Vocabulary
 
@@ -43,6 +44,12 @@ def test_a_folder_without_a_vocabulary_is_not_checked(tmp_path):
     assert Vocabulary.from_model_dir(None) is None and Vocabulary.from_model_dir(tmp_path) is None
     (tmp_path / "loraflow.json").write_text('{"defaults": {"height": 64}}', encoding="utf-8")
     assert Vocabulary.from_model_dir(tmp_path) is None
+
+
+def test_a_malformed_vocabulary_is_a_one_line_error(tmp_path):
+    (tmp_path / "loraflow.json").write_text('{"vocabulary": "red circle"}', encoding="utf-8")
+    with pytest.raises(ModelLoadError, match=r"loraflow.json: vocabulary must be a list of words, got 'red circle'"):
+        Vocabulary.from_model_dir(tmp_path)
 
 
 @pytest.fixture(scope="module")

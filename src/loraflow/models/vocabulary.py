@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from loraflow.errors import ModelLoadError
+
 log = logging.getLogger(__name__)
 
 VOCABULARY_KEY = "vocabulary"  # in a model folder's loraflow.json: the list of words it was trained on
@@ -41,7 +43,12 @@ class Vocabulary:
         sidecar = Path(path) / "loraflow.json" if path is not None else None
         if sidecar is None or not sidecar.is_file():
             return None
-        words = json.loads(sidecar.read_text(encoding="utf-8")).get(VOCABULARY_KEY)
+        try:
+            words = json.loads(sidecar.read_text(encoding="utf-8")).get(VOCABULARY_KEY)
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(f"{sidecar}: unreadable ({e.__class__.__name__}: {e})") from None
+        if words is not None and not (isinstance(words, list) and all(isinstance(w, str) for w in words)):
+            raise ModelLoadError(f"{sidecar}: {VOCABULARY_KEY} must be a list of words, got {words!r:.60}")
         return cls(frozenset(w.lower() for w in words)) if words else None
 
     def unknown(self, prompt: str) -> list[str]:
