@@ -25,7 +25,7 @@ from loraflow.generate.schedulers import infotext_fields, make_scheduler
 from loraflow.models import hashing
 from loraflow.models.families import PromptEmbeds
 from loraflow.models.loading import LoadedModel, load_pipeline
-from loraflow.models.lora.load import apply_loras, remove_loras
+from loraflow.models.lora.apply import apply_loras, remove_loras
 from loraflow.models.prompt_syntax import extract_lora_tags
 
 ProgressFn = Callable[[int, int], None]  # (step done, total steps)
@@ -148,6 +148,8 @@ class GenerationSession:
         """Embeddings per prompt (cached), padded to one length so they can be batched."""
         key_loras = self._lora_stamps
         missing = [p for p in dict.fromkeys(prompts) if (p, key_loras) not in self._prompt_cache]
+        for p in missing if self.loaded.vocabulary else ():  # words the model never learnt: one notice
+            self.loaded.vocabulary.notice(p, self.loaded.name)
         if missing:
             import torch
 
