@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from loraflow.serve.comfy.values import WorkflowJob
+from loraflow.serve.comfy.values import Latent, WorkflowJob
 from loraflow.serve.context import WorkerState
 from loraflow.serve.paths import ServerPaths
 
@@ -99,7 +99,7 @@ def _saved_size(ctx, result, node: str = "9") -> tuple[int, int]:
 
 
 def _latent(ctx, node: str):
-    return ctx.state.comfy_cache[node].outputs[0]["samples"]  # LATENT
+    return ctx.state.comfy_cache[node].outputs[0].samples  # LATENT
 
 
 @pytest.mark.parametrize("model, latent_shape", [("demo-test", (1, 8, 16, 16)), ("tiny-test", (1, 4, 8, 8))])
@@ -156,7 +156,7 @@ def test_non_empty_latent_of_wrong_channel_count_is_a_node_error(sessions, tmp_p
     ctx = _ctx(sessions, tmp_path)
     ref = ModelRef("demo-test")
     cond = CLIPTextEncode().run(ctx, "6", text="a red circle", clip=ref)[0]
-    latent = {"samples": torch.ones((1, 4, 8, 8))}  # e.g. VAEEncode of a 4-channel model
+    latent = Latent(torch.ones((1, 4, 8, 8)))  # e.g. VAEEncode of a 4-channel model
     with pytest.raises(NodeError) as err:
         KSampler().run(ctx, "3", ref, 1, 2, 5.0, "euler", "normal", cond, cond, latent, 1.0)
     message = str(err.value)
@@ -181,20 +181,20 @@ def test_advanced_sampler_split_equals_one_sampler_and_controlnet_img2img_runs(s
     pos = CLIPTextEncode().run(ctx, "6", text="a red circle", clip=ref)[0]
     neg = CLIPTextEncode().run(ctx, "7", text="blurry", clip=ref)[0]
     empty = EmptyLatentImage().run(ctx, "5", width=64, height=64, batch_size=1)[0]
-    whole = KSampler().run(ctx, "3", ref, 5, 2, 5.0, "euler", "normal", pos, neg, empty, 1.0)[0]["samples"]
+    whole = KSampler().run(ctx, "3", ref, 5, 2, 5.0, "euler", "normal", pos, neg, empty, 1.0)[0].samples
     advanced = KSamplerAdvanced()
     base = advanced.run(ctx, "10", ref, "enable", 5, 2, 5.0, "euler", "normal", pos, neg, empty, 0, 1, "enable")[0]
     refined = advanced.run(ctx, "11", ref, "disable", 5, 2, 5.0, "euler", "normal", pos, neg, base, 1, 10000,
-                           "disable")[0]["samples"]
+                           "disable")[0].samples
     assert torch.allclose(refined, whole, atol=1e-4)
-    assert not torch.allclose(base["samples"], whole, atol=1e-2)
+    assert not torch.allclose(base.samples, whole, atol=1e-2)
 
     cn = ControlNetRef(str(save_tiny_controlnet("sdxl", tmp_path / "cn")))
     hint = torch.ones((1, 64, 64, 3))
     cpos, cneg = ControlNetApplyAdvanced().run(ctx, "12", pos, neg, cn, hint, 1.0, 0.0, 1.0)
-    plain = KSampler().run(ctx, "3", ref, 5, 4, 5.0, "euler", "normal", pos, neg, {"samples": whole}, 0.5)[0]
-    steered = KSampler().run(ctx, "3", ref, 5, 4, 5.0, "euler", "normal", cpos, cneg, {"samples": whole}, 0.5)[0]
-    assert steered["samples"].shape == whole.shape and not torch.equal(steered["samples"], plain["samples"])
+    plain = KSampler().run(ctx, "3", ref, 5, 4, 5.0, "euler", "normal", pos, neg, Latent(whole), 0.5)[0]
+    steered = KSampler().run(ctx, "3", ref, 5, 4, 5.0, "euler", "normal", cpos, cneg, Latent(whole), 0.5)[0]
+    assert steered.samples.shape == whole.shape and not torch.equal(steered.samples, plain.samples)
 
 
 @pytest.mark.parametrize("model", ["tiny-test", "demo-test"])
@@ -212,12 +212,12 @@ def test_inpaint_nodes_redraw_only_the_mask(sessions, tmp_path, model):
     mask[:, :, 48:] = 1.0  # redraw the right quarter
     latent = VAEEncodeForInpaint().run(ctx, "11", pixels=pixels, vae=ref, mask=mask, grow_mask_by=8)[0]
     # an 8 x 8 box with ComfyUI's padding ceil(7 / 2) = 4 reaches 3 pixels to the left of column 48
-    assert latent["noise_mask"][0, 0, 0, 44] == 0 and latent["noise_mask"][0, 0, 0, 45] == 1
-    out = KSampler().run(ctx, "3", ref, 1, 2, 5.0, "euler", "normal", cond, cond, latent, 1.0)[0]["samples"]
+    assert latent.noise_mask[0, 0, 0, 44] == 0 and latent.noise_mask[0, 0, 0, 45] == 1
+    out = KSampler().run(ctx, "3", ref, 1, 2, 5.0, "euler", "normal", cond, cond, latent, 1.0)[0].samples
     cells = out.shape[3] * 40 // 64  # latent columns wholly left of the grown mask
-    assert torch.equal(out[..., :cells], latent["samples"][..., :cells])
-    assert not torch.allclose(out[..., -1:], latent["samples"][..., -1:], atol=1e-2)
+    assert torch.equal(out[..., :cells], latent.samples[..., :cells])
+    assert not torch.allclose(out[..., -1:], latent.samples[..., -1:], atol=1e-2)
 
-    masked = SetLatentNoiseMask().run(ctx, "12", samples={"samples": latent["samples"]}, mask=mask)[0]
-    out = KSampler().run(ctx, "3", ref, 1, 2, 5.0, "euler", "normal", cond, cond, masked, 1.0)[0]["samples"]
-    assert torch.equal(out[..., :out.shape[3] * 48 // 64], latent["samples"][..., :out.shape[3] * 48 // 64])
+    masked = SetLatentNoiseMask().run(ctx, "12", samples=Latent(latent.samples), mask=mask)[0]
+    out = KSampler().run(ctx, "3", ref, 1, 2, 5.0, "euler", "normal", cond, cond, masked, 1.0)[0].samples
+    assert torch.equal(out[..., :out.shape[3] * 48 // 64], latent.samples[..., :out.shape[3] * 48 // 64])

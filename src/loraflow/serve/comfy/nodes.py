@@ -17,7 +17,7 @@ from loraflow.serve.comfy.sampling import (
     vae_encode,
 )
 from loraflow.serve.comfy.values import (
-    Conditioning, ControlHint, ControlNetRef, ModelRef, NodeError, Shown, activate,
+    Conditioning, ControlHint, ControlNetRef, Latent, ModelRef, NodeError, Shown, activate,
 )
 
 __all__ = ["NODES", "NodeError", "SAMPLER_NAMES", "SCHEDULER_NAMES", "object_info"]
@@ -205,7 +205,7 @@ class EmptyLatentImage(Node):
     def run(self, ctx, node_id, width, height, batch_size):
         import torch
 
-        return ({"samples": torch.zeros((batch_size, 4, height // 8, width // 8))},)
+        return (Latent(torch.zeros((batch_size, 4, height // 8, width // 8))),)
 
 
 class KSampler(Node):
@@ -260,7 +260,7 @@ class VAEDecode(Node):
     OUTPUTS = ("IMAGE",)
 
     def run(self, ctx, node_id, samples, vae):
-        return (vae_decode(vae.session(ctx).pipe.vae, samples["samples"]),)
+        return (vae_decode(vae.session(ctx).pipe.vae, samples.samples),)
 
 
 class VAEEncode(Node):
@@ -272,7 +272,7 @@ class VAEEncode(Node):
 
     def run(self, ctx, node_id, pixels, vae):
         pipe = vae.session(ctx).pipe
-        return ({"samples": vae_encode(pipe.vae, pixels, pipe.vae_scale_factor)},)
+        return (Latent(vae_encode(pipe.vae, pixels, pipe.vae_scale_factor)),)
 
 
 class VAEEncodeForInpaint(Node):
@@ -295,7 +295,7 @@ class SetLatentNoiseMask(Node):
     OUTPUTS = ("LATENT",)
 
     def run(self, ctx, node_id, samples, mask):
-        return ({**samples, "noise_mask": mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1])},)
+        return (Latent(samples.samples, mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1])),)
 
 
 # ---- images ---------------------------------------------------------------------------------------

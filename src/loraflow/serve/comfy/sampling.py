@@ -10,7 +10,7 @@ from loraflow.atomic import atomic_save_image
 from loraflow.errors import ConfigError
 from loraflow.generate.engine import ControlInput, LatentSampling, sample_latents
 from loraflow.generate.schedulers import canonical_sampler
-from loraflow.serve.comfy.values import Conditioning, ModelRef, NodeError, activate
+from loraflow.serve.comfy.values import Conditioning, Latent, ModelRef, NodeError, activate
 from loraflow.serve.paths import safe_join
 from loraflow.serve.preview import Throttle, latent_to_jpeg
 
@@ -32,19 +32,19 @@ class SamplerInputs:
     scheduler: str
     positive: Conditioning
     negative: Conditioning
-    latent: dict  # LATENT
+    latent: Latent
 
 
 def sample(ctx, node_id: str, node_type: str, s: SamplerInputs, start_step: int = 0, end_step: int | None = None,
-           add_noise: bool = True, full_denoise: bool = True) -> dict:
+           add_noise: bool = True, full_denoise: bool = True) -> Latent:
     """LATENT `s.latent` denoised over steps [start_step, end_step) of an `s.steps`-step schedule, by
     the one engine (`loraflow.generate.engine.sample_latents`). From step 0 with noise this is
     text-to-image; a later start is img2img from that step. The latent's channels and pixel size
     h * vae_scale_factor are the model's (an empty one of another shape is refitted, `fit_latent`)."""
     session = activate(ctx, s.model)
     pipe = session.pipe
-    samples = fit_latent(pipe, s.latent["samples"], node_type)  # (B, C, h, w)
-    mask = latent_mask(s.latent.get("noise_mask"), samples.shape)  # (B, 1, h, w) or None
+    samples = fit_latent(pipe, s.latent.samples, node_type)  # (B, C, h, w)
+    mask = latent_mask(s.latent.noise_mask, samples.shape)  # (B, 1, h, w) or None
     height, width = samples.shape[2] * pipe.vae_scale_factor, samples.shape[3] * pipe.vae_scale_factor
     controls = tuple(ControlInput(h.controlnet.path, hint_image(h.image, width, height), h.strength,
                                   h.start_percent, h.end_percent) for h in s.positive.controls)
@@ -59,7 +59,7 @@ def sample(ctx, node_id: str, node_type: str, s: SamplerInputs, start_step: int 
         samples, s.positive.embeds, s.negative.embeds, s.seed, s.steps, s.cfg,
         sampler=sampler_for(s.sampler_name, s.scheduler), start_step=start_step, end_step=end_step,
         full_denoise=full_denoise, add_noise=add_noise, mask=mask, controls=controls, on_step=on_step))
-    return {"samples": out}
+    return Latent(out, s.latent.noise_mask)
 
 
 def sampler_for(sampler_name: str, scheduler: str) -> str:
@@ -82,7 +82,7 @@ def latent_mask(mask, shape):
     return m.repeat(-(-batch // m.shape[0]), 1, 1, 1)[:batch]
 
 
-def inpaint_latent(vae, pixels, mask, grow: int, scale: int = 8) -> dict:
+def inpaint_latent(vae, pixels, mask, grow: int, scale: int = 8) -> Latent:
     """ComfyUI's VAEEncodeForInpaint: pixels under the mask are set to grey before encoding (the VAE
     does not see what will be redrawn); the mask, grown by `grow` pixels, becomes the noise mask.
     pixels (B, H, W, C) in [0, 1], mask (B, H, W) or (H, W): 1 = redraw."""
@@ -100,8 +100,7 @@ def inpaint_latent(vae, pixels, mask, grow: int, scale: int = 8) -> dict:
         kernel = torch.ones((1, 1, grow, grow))
         m = F.conv2d(m, kernel, padding=math.ceil((grow - 1) / 2)).clamp(0, 1)[..., :height, :width]
     multiple = math.lcm(8, scale)  # vae_encode's crop
-    return {"samples": latents,
-            "noise_mask": m[..., :height // multiple * multiple, :width // multiple * multiple]}
+    return Latent(latents, m[..., :height // multiple * multiple, :width // multiple * multiple])
 
 
 def hint_image(image, width: int, height: int):

@@ -1,5 +1,6 @@
 """Values that flow along workflow links. Conventions follow ComfyUI where a client can see them:
-LATENT is `{"samples": (B, C, h, w)}` (scaled by the VAE's scaling factor, diffusers' convention),
+LATENT is a `Latent` (ComfyUI's `{"samples": (B, C, h, w), "noise_mask": ...}` as a type), samples
+scaled by the VAE's scaling factor (diffusers' convention),
 C the VAE's latent channels (4 for SD/SDXL) and (h, w) the pixel size over the pipeline's
 vae_scale_factor (8 for SD/SDXL); EmptyLatentImage's model-less (B, 4, H/8, W/8) zeros are refitted
 by the samplers.
@@ -46,6 +47,14 @@ class CachedNode:
     key: str
     outputs: tuple
     ui: dict | None = None
+
+
+@dataclass(frozen=True)
+class Latent:
+    """LATENT: a batch of latents and, for inpainting, where sampling may change them."""
+
+    samples: Any  # (B, C, h, w)
+    noise_mask: Any = None  # (B, 1, H, W) in pixels, 1 = redraw, 0 = keep; None: everywhere
 
 
 @dataclass(frozen=True)
