@@ -3,7 +3,8 @@
 A node whose class, values and upstream nodes are unchanged since the last run is not executed
 again: its cached outputs are reused and it is reported in `execution_cached` (ComfyUI's behaviour).
 File inputs (checkpoint, LoRA, image names) join the cache key with their size, mtime and inode, so
-a changed or replaced file is picked up (and `GenerationSession.set_loras` re-applies a changed LoRA). Messages follow ComfyUI's websocket protocol: execution_start,
+a changed or replaced file is picked up (and `GenerationSession.set_loras` re-applies a changed
+LoRA). Messages follow ComfyUI's websocket protocol: execution_start,
 execution_cached, executing, progress, executed, execution_success | execution_error |
 execution_interrupted.
 """

@@ -1,9 +1,9 @@
 """The core ComfyUI node set as thin shells over loraflow's functions.
 
 Each node declares its inputs (as ComfyUI's `INPUT_TYPES` shows them in /object_info), its output
-types and a `run(ctx, **inputs)` that calls plain functions (`models.families` prompt encoding, the
-diffusers pipeline with `latents=` / `output_type="latent"`, the VAE). Nothing in a workflow can
-name code: `class_type` is looked up in `NODES`, values are data.
+types and a `run(ctx, **inputs)` that calls plain functions (the session's prompt encoding, the one
+denoising engine `loraflow.generate.engine` that `generate` uses too, the VAE). Nothing in a workflow
+can name code: `class_type` is looked up in `NODES`, values are data.
 """
 from __future__ import annotations
 
@@ -325,7 +325,8 @@ class SaveImage(Node):
 
 NODES: dict[str, type[Node]] = {cls.__name__: cls for cls in (
     CheckpointLoaderSimple, LoraLoader, CLIPTextEncode, EmptyLatentImage, KSampler, KSamplerAdvanced,
-    VAEDecode, VAEEncode, VAEEncodeForInpaint, SetLatentNoiseMask, SaveImage, LoadImage, ControlNetLoader, ControlNetApplyAdvanced, ImageScale,
+    VAEDecode, VAEEncode, VAEEncodeForInpaint, SetLatentNoiseMask, SaveImage, LoadImage, ControlNetLoader,
+    ControlNetApplyAdvanced, ImageScale,
 )}
 
 
