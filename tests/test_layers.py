@@ -15,7 +15,7 @@ SRC = Path(loraflow.__file__).parent
 # Lowest first. A module may import from its own group or from any lower layer; groups that share
 # a layer are independent of each other. `*.cli` modules are command shells and sit at the top.
 LAYERS: list[list[tuple[str, ...]]] = [
-    [("loraflow", "loraflow.errors", "loraflow.atomic", "loraflow.config", "loraflow.images")],
+    [("loraflow", "loraflow.errors", "loraflow.atomic", "loraflow.config", "loraflow.images", "loraflow.quiet")],
     [("loraflow.models",)],
     [("loraflow.generate",)],
     [("loraflow.score",)],

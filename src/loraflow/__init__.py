@@ -5,7 +5,8 @@ layer, never from a higher one, not even inside a function (`tests/test_layers.p
 import, function-local ones included, and also finds any import cycle). Packages that share a
 layer are independent of each other.
 
-    0. base      errors, atomic (the one way to write a file), config (typed options), images (decoding)
+    0. base      errors, atomic (the one way to write a file), config (typed options), images (decoding),
+                 quiet (third-party output off unless --verbose)
     1. models    families, loading, hashing, pickle_files, prompt syntax/encoding, LoRA files
     2. generate  GenerationSession, options, infotext, schedulers, control, grid, story (the file format)
     3. score     aesthetic and CLIP scorers, and `loraflow score`
