@@ -9,10 +9,11 @@ from pathlib import Path
 from loraflow.atomic import atomic_save_image, atomic_write_text
 from loraflow.generate.grid import make_grid
 from loraflow.generate.session import GenerationSession, ProgressFn, save_results
-from loraflow.generate.story import StoryboardConfig, load_story, scene_configs, with_previous
+from loraflow.generate.story import Story, StoryboardConfig, load_story, scene_configs, with_previous
 from loraflow.generate.story_scoring import load_scorer, pick_best_of, score_results, summarize
 
-__all__ = ["StoryboardConfig", "load_story", "render_in_order", "run_storyboard"]
+# Story, StoryboardConfig and load_story live in story.py; importable from here as before.
+__all__ = ["Story", "StoryboardConfig", "load_story", "render_in_order", "run_storyboard"]
 
 
 def render_in_order(session: GenerationSession, items: list[GenerateConfig], out: Path,
