@@ -19,7 +19,7 @@ import re
 from typing import Any, Sequence
 
 from loraflow.errors import InputError
-from loraflow.models.lora import formats
+from loraflow.models.lora import formats, lycoris
 from loraflow.models.lora.load import FAMILY_NAMES, LoraFile, guess_family, read_lora, to_diffusers_state_dict
 
 LoraSpec = tuple[str | os.PathLike | LoraFile, float]  # (file, weight)
@@ -32,9 +32,13 @@ def apply_loras(pipe, loras: Sequence[LoraSpec], family: str, *, allow_pickle: b
     """
     files = [spec if isinstance(spec, LoraFile) else read_lora(spec, allow_pickle=allow_pickle) for spec, _ in loras]
     prepared = [(lora, *_fit_to_pipeline(pipe, lora, family)) for lora in files]  # check all before changing pipe
+    # LyCORIS files (LoHa, LoKr, DoRA, diffs) are merged into the weights, reversibly (`lycoris` module)
+    merged = lycoris.plan_for_pipeline(pipe, [(f, w) for f, (_, w) in zip(files, loras) if f.adapters],
+                                       _components(pipe))
     remove_loras(pipe)
     names: list[str] = []
     try:
+        lycoris.merge(merged)
         for i, (lora, state_dict, alphas) in enumerate(prepared):
             name = _adapter_name(lora, i, names)
             _load_adapter(pipe, name, state_dict, alphas)
@@ -62,6 +66,7 @@ def remove_loras(pipe) -> None:
                 if getattr(model, "peft_config", None) is not None:
                     del model.peft_config
                     model._hf_peft_config_loaded = False
+        lycoris.restore(model)
 
 
 def _components(pipe) -> list[str]:

@@ -5,6 +5,7 @@ Light at import time (no torch): the work is done by plain functions in `load.py
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from typing import Literal, Optional
 
 from loraflow.config import Options, opt
@@ -57,8 +58,6 @@ def run_convert(args: argparse.Namespace) -> int:
 
 def format_info(lora) -> str:
     """Text for `lora info`: one `key: value` line per fact, then the training metadata."""
-    from collections import Counter
-
     from loraflow.models.lora.load import guess_family
 
     modules = lora.modules()
@@ -69,6 +68,7 @@ def format_info(lora) -> str:
     lines = [
         f"file:        {lora.name}",
         f"format:      {lora.format}",
+        f"type:        {_types(lora)}",
         f"family:      {guess_family(lora) or 'unknown'}",
         f"rank:        {_counted(ranks)}",
         f"alpha:       {_counted(alphas)}",
@@ -84,7 +84,17 @@ def format_info(lora) -> str:
     return "\n".join(lines)
 
 
+def _types(lora) -> str:
+    """LoRA, or the LyCORIS kinds with their module counts (`loha (120 modules), diff (2 modules)`)."""
+    if not lora.adapters:
+        return "lora"
+    kinds = Counter(("dora" if a.dora_scale is not None else a.kind) for a in lora.adapters.values())
+    return ", ".join(f"{kind} ({n} modules)" for kind, n in kinds.most_common())
+
+
 def _keys(lora, component: str) -> int:
+    if lora.format == "lycoris":
+        return sum(not k.startswith(("lora_te", "text_encoder")) for k in lora.state_dict)
     if lora.format == "kohya":
         return sum(k.startswith("lora_unet_") for k in lora.state_dict)
     if lora.format == "peft":
