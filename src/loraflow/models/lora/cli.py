@@ -20,10 +20,15 @@ class ConvertOptions(Options):
                                                     "peft (UNet only)")
     family: Optional[Literal["sdxl", "sd15", "kolors"]] = opt(None, "model family; guessed from the file if not given")
     allow_pickle: bool = opt(False, "read a pickled .pt/.bin/.ckpt file (with torch.load(weights_only=True))")
+    lora_alpha: Optional[float] = opt(None, "DiffSynth-Studio input: the lora_alpha it was trained with "
+                                      "(scale alpha/rank; the 1.x tutorial's default is 4)")
+    lora_scale: Optional[float] = opt(None, "DiffSynth-Studio input: the lora_alpha given to DiffSynth's loader "
+                                      "(it multiplies B@A as is)")
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("lora", help="inspect or convert LoRA files (kohya, diffusers, peft)")
+    p = subparsers.add_parser("lora", help="inspect or convert LoRA files (kohya, diffusers, peft, LyCORIS, "
+                                          "DiffSynth-Studio)")
     sub = p.add_subparsers(dest="lora_command", metavar="ACTION", required=True)
 
     info = sub.add_parser("info", help="format, ranks, alphas, targets and training metadata of a LoRA file")
@@ -49,7 +54,16 @@ def run_info(args: argparse.Namespace) -> int:
 def run_convert(args: argparse.Namespace) -> int:
     from loraflow.models.lora.load import convert_lora
 
+    from loraflow.models.lora.diffsynth import convert_diffsynth
+
     options = ConvertOptions.from_cli(args)
+    out = convert_diffsynth(args.input, args.output, family=options.family, lora_alpha=options.lora_alpha,
+                            lora_scale=options.lora_scale, allow_pickle=options.allow_pickle)
+    if out is not None:  # DiffSynth-Studio LoRAs become kohya files, then any other layout
+        if options.to != "kohya":
+            out = convert_lora(out, out, to=options.to, family=options.family)
+        print(f"wrote {out} ({options.to}, from DiffSynth-Studio)")
+        return 0
     out = convert_lora(args.input, args.output, to=options.to, family=options.family,
                        allow_pickle=options.allow_pickle)
     print(f"wrote {out} ({options.to})")

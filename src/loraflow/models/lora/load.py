@@ -56,6 +56,12 @@ class LoraFile:
 def read_lora(path: str | os.PathLike, *, allow_pickle: bool = False) -> LoraFile:
     """Read a `.safetensors` LoRA (pickled `.pt/.bin/.ckpt` only with `allow_pickle=True`, and
     then with `torch.load(weights_only=True)`)."""
+    state_dict, metadata = read_state_dict(path, allow_pickle=allow_pickle)
+    return lora_from_state_dict(state_dict, metadata, path)
+
+
+def read_state_dict(path: str | os.PathLike, *, allow_pickle: bool = False) -> tuple[dict[str, Any], dict[str, str]]:
+    """(tensors, safetensors metadata) of a LoRA file, as stored; the same checks as `read_lora`."""
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"LoRA file not found: {path}")
@@ -68,7 +74,7 @@ def read_lora(path: str | os.PathLike, *, allow_pickle: bool = False) -> LoraFil
         state_dict, metadata = _read_safetensors(path)
     else:
         raise ModelLoadError(f"{path}: not a LoRA file; expected .safetensors")
-    return lora_from_state_dict(state_dict, metadata, path)
+    return state_dict, metadata
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
