@@ -104,7 +104,8 @@ def _fit_to_pipeline(pipe, lora: LoraFile, family: str) -> tuple[dict[str, Any],
                 continue
             out_sd[f"{component}.{name}.lora_A.weight"] = down
             out_sd[f"{component}.{name}.lora_B.weight"] = up
-            out_alphas[f"{component}.{name}"] = alphas[target]
+            # keyed as `lora_config_kwargs` looks it up (with CLIP's `text_model.`), else alpha falls back to rank
+            out_alphas[f"{component}.{formats.canonical_module(component, name)}"] = alphas[target]
     if bad:
         apparent = guess_family(lora)
         if apparent and apparent != family and not (apparent == "sdxl" and family == "kolors"):
