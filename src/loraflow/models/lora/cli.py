@@ -9,6 +9,7 @@ from collections import Counter
 from typing import Literal, Optional
 
 from loraflow.config import Options, opt
+from loraflow.models.lora import tools_cli
 
 
 class InfoOptions(Options):
@@ -41,6 +42,7 @@ def register(subparsers) -> None:
     convert.add_argument("output")
     ConvertOptions.add_arguments(convert)
     convert.set_defaults(func=run_convert)
+    tools_cli.register(sub)  # resize, merge, extract
 
 
 def run_info(args: argparse.Namespace) -> int:

@@ -1,0 +1,122 @@
+"""`loraflow lora resize|merge|extract`: thin shells over `tools.py` and `bake.py` (no torch at import)."""
+from __future__ import annotations
+
+import argparse
+from typing import Optional
+
+from loraflow.config import Options, opt
+from loraflow.errors import InputError
+
+
+def _family_name(name: Optional[str]) -> Optional[str]:
+    if name is None:
+        return None
+    from loraflow.models.families import get_family
+
+    return get_family(name).name
+
+
+class ResizeOptions(Options):
+    rank: Optional[int] = opt(None, "new rank (with --kept-energy: the most a module may keep)")
+    kept_energy: Optional[float] = opt(None, "keep per module the fewest ranks holding this share of the "
+                                       "delta's squared Frobenius norm, e.g. 0.99")
+    family: Optional[str] = opt(None, "model family; guessed from the file if not given")
+    allow_pickle: bool = opt(False, "read a pickled .pt/.bin/.ckpt file (with torch.load(weights_only=True))")
+    verbose: bool = opt(False, "print every module's line, not only the first 20")
+
+
+class MergeOptions(Options):
+    base: Optional[str] = opt(None, "single-file checkpoint (.safetensors) to merge the LoRAs into; "
+                              "without it the LoRAs are merged into one LoRA of --rank")
+    rank: Optional[int] = opt(None, "rank of the merged LoRA (LoRA-into-LoRA merge)")
+    family: Optional[str] = opt(None, "model family; guessed from the first file if not given")
+    allow_pickle: bool = opt(False, "read pickled LoRA files (with torch.load(weights_only=True))")
+
+
+class ExtractOptions(Options):
+    rank: int = opt(16, "rank of the extracted LoRA")
+    text_encoders: bool = opt(False, "extract the text encoders' differences too (SD1.5/SDXL)")
+    min_diff: float = opt(0.0, "ignore modules whose weights differ by at most this much (max abs)")
+    allow_pickle: bool = opt(False, "read pickled single-file models (with torch.load(weights_only=True))")
+
+
+def register(sub) -> None:
+    """Add resize, merge and extract to the `loraflow lora` subcommands."""
+    resize = sub.add_parser("resize", help="SVD a LoRA to a lower rank (fixed, or by kept energy per module)")
+    resize.add_argument("input")
+    resize.add_argument("output")
+    ResizeOptions.add_arguments(resize)
+    resize.set_defaults(func=run_resize)
+
+    merge = sub.add_parser("merge", help="merge LoRAs into a single-file checkpoint, or into one LoRA by SVD")
+    merge.add_argument("output")
+    merge.add_argument("loras", nargs="+", metavar="LORA[:WEIGHT]")
+    MergeOptions.add_arguments(merge)
+    merge.set_defaults(func=run_merge)
+
+    extract = sub.add_parser("extract", help="a LoRA from a fine-tuned model minus its base model")
+    extract.add_argument("base", help="base model (diffusers folder or single file)")
+    extract.add_argument("tuned", help="fine-tuned model of the same architecture")
+    extract.add_argument("output")
+    ExtractOptions.add_arguments(extract)
+    extract.set_defaults(func=run_extract)
+
+
+def run_resize(args: argparse.Namespace) -> int:
+    from loraflow.models.lora.tools import format_report, resize_lora
+
+    options = ResizeOptions.from_cli(args)
+    rows = resize_lora(args.input, args.output, rank=options.rank, energy=options.kept_energy,
+                       family=_family_name(options.family), allow_pickle=options.allow_pickle)
+    print(format_report(rows, None if options.verbose else 20))
+    print(f"wrote {args.output}")
+    return 0
+
+
+def parse_weighted(spec: str) -> tuple[str, float]:
+    """`style.safetensors:0.7` -> (path, 0.7); no `:weight` means 1."""
+    path, sep, weight = spec.rpartition(":")
+    if not sep or not path:
+        return spec, 1.0
+    try:
+        return path, float(weight)
+    except ValueError:
+        return spec, 1.0  # a ':' that is part of the path
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    options = MergeOptions.from_cli(args)
+    loras = [parse_weighted(s) for s in args.loras]
+    if options.base:
+        from loraflow.models.lora.bake import bake_loras
+        from loraflow.models.lora.load import read_lora
+
+        files = [(read_lora(path, allow_pickle=options.allow_pickle), weight) for path, weight in loras]
+        out = bake_loras(options.base, files, args.output)
+        print(f"wrote {out} ({options.base} with {len(files)} LoRA(s) merged in)")
+        return 0
+    if options.rank is None:
+        raise InputError("lora merge: give --base CHECKPOINT (merge into a model) or --rank N (merge into one LoRA)")
+    from loraflow.models.lora.tools import format_report, merge_loras
+
+    rows = merge_loras(loras, args.output, rank=options.rank, family=_family_name(options.family),
+                       allow_pickle=options.allow_pickle)
+    print(format_report(rows, 20))
+    print(f"wrote {args.output}")
+    return 0
+
+
+def run_extract(args: argparse.Namespace) -> int:
+    from loraflow.models.loading import load_pipeline
+    from loraflow.models.lora.tools import extract_lora, format_report
+
+    options = ExtractOptions.from_cli(args)
+    base = load_pipeline(args.base, dtype="float32", device="cpu", allow_pickle=options.allow_pickle)
+    tuned = load_pipeline(args.tuned, family=base.family.name, dtype="float32", device="cpu",
+                          allow_pickle=options.allow_pickle)
+    components = ("unet", *base.family.text_encoder_names) if options.text_encoders else ("unet",)
+    rows = extract_lora(base.pipe, tuned.pipe, args.output, rank=options.rank, family=base.family.name,
+                        components=components, min_diff=options.min_diff)
+    print(format_report(rows, 20))
+    print(f"wrote {args.output}")
+    return 0
