@@ -161,3 +161,16 @@ def test_extract_recovers_a_known_low_rank_delta(pipe_of, tmp_path):
         assert (got[target] - delta).abs().max() < 1e-5
     assert read_lora(out).format == "kohya"
     assert set(module_deltas(read_lora(out))) == set(known)
+
+
+def test_info_shows_rank_and_alpha_per_block_and_the_base_model(pipe_of, trained, tmp_path, capsys):
+    pipe = pipe_of("sdxl")
+    _, _, unet_sd, _ = trained(pipe, rank=4, alpha=2)
+    path = save_lora(tmp_path / "i.safetensors", unet_sd, family="sdxl", rank=4, alpha=2,
+                     metadata={"ss_sd_model_name": "sd_xl_base_1.0.safetensors"})
+    _run("lora", "info", str(path))
+    out = capsys.readouterr().out
+    assert "base model:  sd_xl_base_1.0.safetensors" in out
+    attention = [m for m in read_lora(path).modules() if m.startswith("unet.down_blocks.1.")]
+    assert f"  unet down_blocks.1: {len(attention)} modules, rank 4, alpha 2" in out
+    assert "  unet mid_block:" in out and "  unet up_blocks.0:" in out

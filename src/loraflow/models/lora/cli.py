@@ -91,6 +91,9 @@ def format_info(lora) -> str:
         "modules:     " + ", ".join(f"{c} {n}" for c, n in counts.items()),
         f"keys:        unet {_keys(lora, 'unet')}, text encoders {len(lora.state_dict) - _keys(lora, 'unet')}",
         f"targets:     {', '.join(targets)}",
+        f"base model:  {tools_cli.base_model_line(lora.metadata)}",
+        "blocks:",
+        *tools_cli.block_table(modules),
     ]
     meta = {k: v for k, v in sorted(lora.metadata.items())
             if k.startswith(("ss_", "sshs_", "modelspec.")) or k == "lora_adapter_metadata"}
