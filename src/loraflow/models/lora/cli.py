@@ -65,10 +65,12 @@ def run_convert(args: argparse.Namespace) -> int:
         if options.to != "kohya":
             out = convert_lora(out, out, to=options.to, family=options.family)
         print(f"wrote {out} ({options.to}, from DiffSynth-Studio)")
+        tools_cli.check_after_export(out, options.family)
         return 0
     out = convert_lora(args.input, args.output, to=options.to, family=options.family,
                        allow_pickle=options.allow_pickle)
     print(f"wrote {out} ({options.to})")
+    tools_cli.check_after_export(out, options.family)
     return 0
 
 

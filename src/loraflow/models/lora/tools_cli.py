@@ -60,6 +60,7 @@ def register(sub) -> None:
     extract.add_argument("output")
     ExtractOptions.add_arguments(extract)
     extract.set_defaults(func=run_extract)
+    register_check(sub)
 
 
 def run_resize(args: argparse.Namespace) -> int:
@@ -70,6 +71,7 @@ def run_resize(args: argparse.Namespace) -> int:
                        family=_family_name(options.family), allow_pickle=options.allow_pickle)
     print(format_report(rows, None if options.verbose else 20))
     print(f"wrote {args.output}")
+    check_after_export(args.output, _family_name(options.family))
     return 0
 
 
@@ -103,6 +105,7 @@ def run_merge(args: argparse.Namespace) -> int:
                        allow_pickle=options.allow_pickle)
     print(format_report(rows, 20))
     print(f"wrote {args.output}")
+    check_after_export(args.output, _family_name(options.family))
     return 0
 
 
@@ -119,6 +122,9 @@ def run_extract(args: argparse.Namespace) -> int:
                         components=components, min_diff=options.min_diff)
     print(format_report(rows, 20))
     print(f"wrote {args.output}")
+    from loraflow.models.lora.compat import check_file, format_table
+
+    print(format_table(check_file(args.output, family=base.family.name, pipe=base.pipe)))
     return 0
 
 
@@ -151,3 +157,47 @@ def block_table(modules: dict[str, tuple[int, float]]) -> list[str]:
         alpha = "/".join(f"{a:g}" for a, _ in alphas.most_common())
         lines.append(f"  {name}: {len(values)} modules, rank {rank}, alpha {alpha}")
     return lines
+
+
+class CheckOptions(Options):
+    model: Optional[str] = opt(None, "check against this model and measure the LoRA's effect on it; without it "
+                               "the keys are checked against the family's full-size architecture")
+    family: Optional[str] = opt(None, "model family; guessed from the file if not given")
+    size: int = opt(64, "image size (px) for the effect measurement (2 steps, seed 0)")
+    store: bool = opt(True, "write the result into the file's metadata (loraflow_compat)")
+    allow_pickle: bool = opt(False, "read a pickled single-file --model (with torch.load(weights_only=True))")
+
+
+def register_check(sub) -> None:
+    check = sub.add_parser("check", help="which tools (ComfyUI, A1111, diffusers) load every module, shape "
+                                         "mismatches, and the LoRA's measured effect")
+    check.add_argument("file")
+    CheckOptions.add_arguments(check)
+    check.set_defaults(func=run_check)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from loraflow.models.lora.compat import check_file, format_table
+
+    options = CheckOptions.from_cli(args)
+    pipe, family = None, _family_name(options.family)
+    if options.model:
+        from loraflow.models.loading import load_pipeline
+
+        loaded = load_pipeline(options.model, family=family, dtype="float32", device="cpu",
+                               allow_pickle=options.allow_pickle)
+        pipe, family = loaded.pipe, loaded.family.name
+    report = check_file(args.file, family=family, pipe=pipe, size=options.size, store=options.store)
+    print(format_table(report))
+    return 0
+
+
+def check_after_export(path, family: Optional[str]) -> None:
+    """The key check, run after convert / merge / resize; printed and stored in the file."""
+    from loraflow.errors import InputError
+    from loraflow.models.lora.compat import check_file, format_table
+
+    try:
+        print(format_table(check_file(path, family=family)))
+    except InputError as e:  # no full-size architecture to check against: say so, the file is written
+        print(f"compatibility check skipped: {e}")
