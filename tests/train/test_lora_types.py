@@ -3,6 +3,7 @@
 stays exact for a LyCORIS type."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,6 @@ def test_conv_preset_and_text_encoder_mlps_as_kohya_trains_them(tmp_path, shapes
     assert any(t.startswith("text_encoder_2.") and t.endswith("mlp.fc2") for t in modules)
     report = check_file(path, pipe=build_tiny_pipeline("sdxl", seed=0), measure=False, store=False)
     assert report.tools["ComfyUI"].ignored == [] and report.tools["diffusers"].ignored == []
+    # training ran the same check against the model it trained, and stored it in the file
+    stored = json.loads(read_lora(path).metadata["loraflow_compat"])
+    assert stored["tools"]["ComfyUI"] == {"loaded": len(modules), "ignored": []}

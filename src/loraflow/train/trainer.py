@@ -405,6 +405,11 @@ def train(config: TrainConfig | dict, progress: Callable[[int, int], None] | Non
         result.lora_path, result.diffusers_path = write_outputs(config, model, data, accelerator, step, started)
         result.loss_curve = draw_loss_curve(logger.losses, output / "loss.png")
         print(f"saved {result.lora_path}", flush=True)
+        from loraflow.models.lora.compat import check_trained  # which tools load every module
+
+        models = {"unet": accelerator.unwrap_model(model.unet),
+                  **{n: getattr(model.pipe, n, None) for n in model.family.text_encoder_names}}
+        print(check_trained(result.lora_path, models), flush=True)
     _validate(config, model, accelerator, step, logger)
     logger.close()
     result.stats = {"vae_encode_calls": latents.encode_calls, "text_encode_calls": texts.encode_calls,

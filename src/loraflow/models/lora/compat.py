@@ -70,7 +70,8 @@ class CompatReport:
 
 # ---- the model's modules ------------------------------------------------------------------------
 def inventory(models: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-    """`<component>.<module>` (CLIP paths with `text_model.`) -> weight shape, for Linear / Conv2d."""
+    """`<component>.<module>` (CLIP paths with `text_model.`) -> weight shape, for Linear / Conv2d
+    (under peft adapters too: the wrapped layer counts, the adapter's own layers do not)."""
     import torch
 
     out = {}
@@ -78,6 +79,9 @@ def inventory(models: dict[str, Any]) -> dict[str, tuple[int, ...]]:
         if model is None:
             continue
         for name, module in model.named_modules():
+            if ".lora_" in name:  # a peft adapter's own layers (a model being trained)
+                continue
+            name = name.removesuffix(".base_layer")  # the layer a peft adapter wraps
             if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
                 if component != "unet" and not name.startswith(("text_model.", "text_projection")):
                     name = "text_model." + name
@@ -368,3 +372,14 @@ def check_file(path, *, family: str | None = None, pipe=None, measure: bool = Tr
     if store and lora.path is not None and lora.path.suffix == ".safetensors":
         store_report(lora.path, report)
     return report
+
+
+def check_trained(path, models: dict[str, Any]) -> str:
+    """The key check of a freshly trained file against the model it was trained on (adapters still
+    in place), stored in the file; returns the printed table. Effect: not measured here (the
+    training pipeline may hold no VAE / text encoder when their outputs were cached)."""
+    from loraflow.models.lora.load import read_lora
+
+    report = check_lora(read_lora(path), inventory(models))
+    store_report(path, report)
+    return format_table(report)
