@@ -4,10 +4,13 @@ A1111 / ComfyUI layout in, the same layout out, every other tensor copied as is.
 Where a LoRA module lands in the checkpoint is the rule ComfyUI applies when it loads a LoRA
 (`comfy/lora.py::model_lora_keys_unet/clip`) read backwards:
 
-    unet.<diffusers module>           model.diffusion_model.<SGM/LDM path>.weight   (kohya_keys.unet_to_sgm)
-    text_encoder (CLIP ViT-L)         <CLIP prefix>.text_model.<module>.weight      (HF layout inside)
-    text_encoder_2 (OpenCLIP bigG)    conditioner.embedders.1.model.transformer.resblocks.<i>.attn.in_proj_weight
-                                      rows [0:d] q, [d:2d] k, [2d:3d] v; out_proj, mlp.c_fc (fc1), mlp.c_proj (fc2)
+    unet.<diffusers module>     model.diffusion_model.<SGM/LDM path>.weight   (kohya_keys.unet_to_sgm)
+    a text encoder, HF layout   <its prefix>text_model.<module>.weight
+    OpenCLIP layout             <its prefix>transformer.resblocks.<i>.attn.in_proj_weight rows [0:d] q,
+                                [d:2d] k, [2d:3d] v; attn.out_proj, mlp.c_fc (fc1), mlp.c_proj (fc2)
+
+Each text encoder's prefix is the family's (`single_file_layout`); which layout it uses is read from
+the checkpoint's keys.
 
 The block layout (layers per level, which levels have attention) is read from the checkpoint's own
 keys, so any SD1.5/SDXL-shaped UNet works, tiny test models included. Deltas are computed by the same
@@ -22,7 +25,7 @@ from typing import Any
 
 from loraflow.errors import InputError
 from loraflow.models.lora import kohya_keys
-from loraflow.models.single_file import SD15_CLIP, SDXL_CLIP_L, SDXL_OPENCLIP_G, UNET
+from loraflow.models.single_file import UNET
 
 
 def layout_from_checkpoint(keys) -> kohya_keys.SgmLayout:
@@ -41,25 +44,30 @@ def layout_from_checkpoint(keys) -> kohya_keys.SgmLayout:
     return kohya_keys.SgmLayout(layers_per_block=n - 1, down_has_attention=down, up_has_attention=up)
 
 
-def checkpoint_target(target: str, keys: set[str], layout: kohya_keys.SgmLayout) -> tuple[str, int | None]:
-    """`<component>.<module>` -> (checkpoint key, which third of a fused qkv weight (0 q, 1 k, 2 v) or None)."""
+def checkpoint_target(target: str, keys: set[str], layout: kohya_keys.SgmLayout,
+                      prefixes: dict[str, str]) -> tuple[str, int | None]:
+    """`<component>.<module>` -> (checkpoint key, which third of a fused qkv weight (0 q, 1 k, 2 v) or None).
+
+    `prefixes`: component -> key prefix in the checkpoint (the family's `single_file_layout`)."""
     component, _, module = target.partition(".")
     if component == "unet":
         try:
             return f"{UNET}{kohya_keys.unet_to_sgm(module, layout)}.weight", None
         except kohya_keys.UnmappedModuleError as e:
             raise InputError(str(e)) from None
+    prefix = prefixes.get(component)
+    if prefix is None:
+        raise InputError(f"'{target}': this checkpoint has no {component}")
     if not module.startswith("text_model."):
         module = "text_model." + module
-    if component == "text_encoder":
-        prefix = next((p for p in (SD15_CLIP, SDXL_CLIP_L) if f"{p}{module}.weight" in keys), SD15_CLIP)
+    if not any(k.startswith(f"{prefix}transformer.resblocks.") for k in keys):  # HF CLIP layout
         return f"{prefix}{module}.weight", None
     match = re.fullmatch(r"text_model\.encoder\.layers\.(\d+)\.(self_attn\.([qkv])_proj|self_attn\.out_proj|mlp\.fc1|mlp\.fc2)",
                          module)
-    if component != "text_encoder_2" or match is None:
-        raise InputError(f"'{target}' has no place in a single-file checkpoint")
+    if match is None:
+        raise InputError(f"'{target}' has no place in the OpenCLIP text encoder of a single-file checkpoint")
     layer, part, qkv = match.groups()
-    base = f"{SDXL_OPENCLIP_G}transformer.resblocks.{layer}."
+    base = f"{prefix}transformer.resblocks.{layer}."
     if qkv:
         return base + "attn.in_proj_weight", "qkv".index(qkv)
     name = {"self_attn.out_proj": "attn.out_proj", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}[part]
@@ -71,12 +79,18 @@ def bake_loras(base: str | os.PathLike, loras: list[tuple[Any, float]], dst: str
     import torch
     from safetensors import safe_open
 
+    from loraflow.models.families import get_family
     from loraflow.models.lora.save import write_safetensors_atomic
     from loraflow.models.lora.tools import module_deltas
+    from loraflow.models.single_file import detect_checkpoint_family
 
     base = Path(base)
     if base.suffix.lower() != ".safetensors":
         raise InputError(f"{base}: merge writes into a .safetensors single-file checkpoint")
+    family = detect_checkpoint_family(base)
+    if family is None:
+        raise InputError(f"{base}: not a single-file checkpoint of a family loraflow knows")
+    prefixes = {c: prefix for c, (prefix, _) in get_family(family).single_file_layout.items()}
     with safe_open(str(base), framework="pt") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
         metadata = dict(f.metadata() or {})
@@ -85,7 +99,7 @@ def bake_loras(base: str | os.PathLike, loras: list[tuple[Any, float]], dst: str
     patched: dict[str, Any] = {}
     for lora, weight in loras:
         for target, (adapter, _) in module_deltas(lora).items():
-            key, third = checkpoint_target(target, keys, layout)
+            key, third = checkpoint_target(target, keys, layout, prefixes)
             if key not in tensors:
                 raise InputError(f"{lora.name}: '{target}' matches no weight of {base.name} (looked for {key})")
             full = patched.get(key)

@@ -9,6 +9,7 @@ from collections import Counter
 from typing import Literal, Optional
 
 from loraflow.config import Options, opt
+from loraflow.models.families import FamilyName
 from loraflow.models.lora import tools_cli
 
 
@@ -19,7 +20,7 @@ class InfoOptions(Options):
 class ConvertOptions(Options):
     to: Literal["kohya", "diffusers", "peft"] = opt("kohya", "output layout: kohya (A1111/ComfyUI), diffusers, "
                                                     "peft (UNet only)")
-    family: Optional[Literal["sdxl", "sd15", "kolors"]] = opt(None, "model family; guessed from the file if not given")
+    family: Optional[FamilyName] = opt(None, "model family; guessed from the file if not given")
     allow_pickle: bool = opt(False, "read a pickled .pt/.bin/.ckpt file (with torch.load(weights_only=True))")
     lora_alpha: Optional[float] = opt(None, "DiffSynth-Studio input: the lora_alpha it was trained with "
                                       "(scale alpha/rank; the 1.x tutorial's default is 4)")

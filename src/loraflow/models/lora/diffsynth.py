@@ -100,16 +100,18 @@ def convert_diffsynth(src: str | os.PathLike, dst: str | os.PathLike, *, family:
                       lora_alpha: float | None = None, lora_scale: float | None = None,
                       allow_pickle: bool = False) -> Path | None:
     """Write `src` (a DiffSynth-Studio LoRA) as a kohya file at `dst`; None if `src` is not one."""
+    from loraflow.models.families import FAMILIES
     from loraflow.models.lora.load import read_state_dict
-    from loraflow.models.lora.save import FAMILIES, save_lora
+    from loraflow.models.lora.save import save_lora
 
     state_dict, _ = read_state_dict(src, allow_pickle=allow_pickle)
     version = diffsynth_version(state_dict)
     if version is None:
         return None
-    if family not in FAMILIES:
+    families = [name for name, fam in FAMILIES.items() if fam.supported]
+    if family not in families:
         raise InputError(f"{src}: a DiffSynth-Studio LoRA does not say which model it is for; "
-                         f"pass --family ({', '.join(FAMILIES)})")
+                         f"pass --family ({', '.join(families)})")
     peft_sd = to_peft_state_dict(state_dict, version)
     ranks = formats.module_ranks({f"unet.{k}": v for k, v in peft_sd.items()})
     rank = formats.most_common(ranks.values())
