@@ -5,7 +5,6 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from loraflow.models.lora import cli, kohya_keys
 from loraflow.models.lora.compat import check_file, check_lora, full_size_inventory, inventory

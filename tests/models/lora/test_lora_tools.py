@@ -6,7 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 from loraflow.models.lora import cli

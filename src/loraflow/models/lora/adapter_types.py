@@ -21,6 +21,8 @@ from typing import Any
 
 from loraflow.errors import InputError
 from loraflow.models.lora import formats, kohya_keys
+from loraflow.models.lora.metadata import sshs_hashes, training_metadata
+from loraflow.models.lora.save import write_safetensors_atomic
 
 LORA_TYPES = ("lora", "locon", "loha", "lokr", "dora")
 LYCORIS_TYPES = ("loha", "lokr", "dora")  # written with LyCORIS keys (no diffusers/peft twin)
@@ -93,9 +95,6 @@ def save_adapter(path: str | os.PathLike, unet_state: dict, text_encoder_states:
     """Write a trained LoHa / LoKr / DoRA as one kohya-layout `.safetensors` (atomic), with kohya's
     training metadata and `ss_network_module = lycoris.kohya` + its `algo` as LyCORIS records them."""
     import torch
-
-    from loraflow.models.lora.metadata import sshs_hashes, training_metadata
-    from loraflow.models.lora.save import write_safetensors_atomic
 
     dtype = torch.float16 if dtype is None else dtype
     tensors = to_kohya(unet_state, "unet", family, rank=rank, alpha=alpha)

@@ -24,8 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from loraflow.errors import InputError
+from loraflow.models.families import get_family
 from loraflow.models.lora import kohya_keys
-from loraflow.models.single_file import UNET
+from loraflow.models.lora.save import write_safetensors_atomic
+from loraflow.models.lora.tools import module_deltas
+from loraflow.models.single_file import UNET, detect_checkpoint_family
 
 
 def layout_from_checkpoint(keys) -> kohya_keys.SgmLayout:
@@ -79,10 +82,6 @@ def bake_loras(base: str | os.PathLike, loras: list[tuple[Any, float]], dst: str
     import torch
     from safetensors import safe_open
 
-    from loraflow.models.families import get_family
-    from loraflow.models.lora.save import write_safetensors_atomic
-    from loraflow.models.lora.tools import module_deltas
-    from loraflow.models.single_file import detect_checkpoint_family
 
     base = Path(base)
     if base.suffix.lower() != ".safetensors":

@@ -28,7 +28,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from loraflow.models.lora import kohya_keys
+from loraflow.errors import InputError, ModelLoadError
+from loraflow.models.lora import formats, kohya_keys
+from loraflow.models.lora.apply import apply_loras, remove_loras
+from loraflow.models.lora.load import guess_family, read_lora, read_state_dict
+from loraflow.models.lora.save import write_safetensors_atomic
+from loraflow.models.lora.tools import delta_shape, module_deltas
+from loraflow.models.single_file import shipped_config_dir
 
 TOOLS = ("ComfyUI", "A1111", "diffusers")
 # adapter kinds each tool reads (`lycoris.Adapter.kind`, "dora" for anything with dora_scale, "locon_tucker")
@@ -235,7 +241,6 @@ def diffusers_resolve(key: str, modules) -> str | None:
 # ---- the check ----------------------------------------------------------------------------------
 def file_modules(lora) -> list[tuple[str, str, str, tuple[int, ...]]]:
     """(name as spelled in the file, target, adapter kind, delta shape) per module."""
-    from loraflow.models.lora.tools import delta_shape, module_deltas
 
     spelled: dict[str, str] = {}
     kohya = all(k.startswith(("lora_unet_", "lora_te")) for k in lora.state_dict)
@@ -259,7 +264,6 @@ def file_modules(lora) -> list[tuple[str, str, str, tuple[int, ...]]]:
 
 
 def _neutral_target(name: str, lora) -> str:
-    from loraflow.models.lora import formats
 
     name = name.removeprefix("base_model.model.")
     component, _, module = name.partition(".")
@@ -320,8 +324,6 @@ def measure_effect(pipe, lora, family: str, *, seed: int = 0, steps: int = 2, si
     """Mean |pixel change| (0..1) between weight 1 and weight 0 at a fixed seed on `pipe`."""
     import torch
 
-    from loraflow.models.lora.apply import apply_loras, remove_loras
-
     images = []
     try:
         for weight in (0.0, 1.0):
@@ -335,8 +337,6 @@ def measure_effect(pipe, lora, family: str, *, seed: int = 0, steps: int = 2, si
 
 def store_report(path, report: CompatReport) -> None:
     """Write the report into the file's metadata (`loraflow_compat`); tensors and hashes unchanged."""
-    from loraflow.models.lora.load import read_state_dict
-    from loraflow.models.lora.save import write_safetensors_atomic
 
     tensors, metadata = read_state_dict(path)
     metadata["loraflow_compat"] = report.to_json()
@@ -347,18 +347,14 @@ def check_file(path, *, family: str | None = None, pipe=None, measure: bool = Tr
                store: bool = True) -> CompatReport:
     """Check `path` against `pipe` (the model at hand; its effect measured too), or without one
     against the family's full-size architecture from the configs shipped with loraflow."""
-    from loraflow.errors import InputError, ModelLoadError
-    from loraflow.models.lora.load import guess_family, read_lora
 
     lora = read_lora(path)
     family = family or guess_family(lora)
     if pipe is not None:
-        from loraflow.models.lora.formats import COMPONENTS
 
-        modules = inventory({c: getattr(pipe, c, None) for c in COMPONENTS})
+        modules = inventory({c: getattr(pipe, c, None) for c in formats.COMPONENTS})
         effect, setup = measure_effect(pipe, lora, family, size=size) if measure else (None, "")
     else:
-        from loraflow.models.single_file import shipped_config_dir
 
         if family is None:
             raise InputError(f"{lora.name}: cannot tell which model family it is for; pass --family or --model")
@@ -378,7 +374,6 @@ def check_trained(path, models: dict[str, Any]) -> str:
     """The key check of a freshly trained file against the model it was trained on (adapters still
     in place), stored in the file; returns the printed table. Effect: not measured here (the
     training pipeline may hold no VAE / text encoder when their outputs were cached)."""
-    from loraflow.models.lora.load import read_lora
 
     report = check_lora(read_lora(path), inventory(models))
     store_report(path, report)

@@ -28,8 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from loraflow.errors import InputError
+from loraflow.models.families import FAMILIES
 from loraflow.models.lora import formats
 from loraflow.models.lora.kohya_keys import SDXL_LAYOUT, SgmLayout
+from loraflow.models.lora.load import read_state_dict
+from loraflow.models.lora.save import save_lora
 
 # DiffSynth 1.x names inside its blocks -> diffusers (suffix replacements, longest first)
 _INNER = ((".act_fn.proj", ".ff.net.0.proj"), (".to_out", ".to_out.0"), (".ff", ".ff.net.2"))
@@ -100,9 +103,6 @@ def convert_diffsynth(src: str | os.PathLike, dst: str | os.PathLike, *, family:
                       lora_alpha: float | None = None, lora_scale: float | None = None,
                       allow_pickle: bool = False) -> Path | None:
     """Write `src` (a DiffSynth-Studio LoRA) as a kohya file at `dst`; None if `src` is not one."""
-    from loraflow.models.families import FAMILIES
-    from loraflow.models.lora.load import read_state_dict
-    from loraflow.models.lora.save import save_lora
 
     state_dict, _ = read_state_dict(src, allow_pickle=allow_pickle)
     version = diffsynth_version(state_dict)

@@ -268,10 +268,9 @@ def check_fits(adapter: Adapter, module, target: str, source: str) -> None:
         if adapter.tensors:  # empty for a bias-only diff
             with torch.device("meta"):  # shapes only, no arithmetic
                 meta = {k: torch.empty(v.shape) for k, v in adapter.tensors.items()}
-            delta = Adapter(adapter.kind, meta, adapter.alpha).delta(weight.shape)
+            Adapter(adapter.kind, meta, adapter.alpha).delta(weight.shape)  # raises on a shape that cannot fit
             if adapter.dora_scale is not None and adapter.dora_scale.numel() not in weight.shape[:2]:
                 raise RuntimeError("dora_scale")
-            del delta
     except RuntimeError:
         shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in adapter.tensors.items())
         if adapter.dora_scale is not None:

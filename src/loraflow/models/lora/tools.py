@@ -17,6 +17,9 @@ from typing import Any
 
 from loraflow.errors import InputError
 from loraflow.models.lora import formats, kohya_keys, lycoris
+from loraflow.models.lora.load import guess_family, read_lora
+from loraflow.models.lora.metadata import sshs_hashes
+from loraflow.models.lora.save import write_safetensors_atomic
 
 
 @dataclass
@@ -93,8 +96,6 @@ def low_rank(delta, shape: tuple[int, ...], *, rank: int | None, energy: float |
 
 def _write_kohya(dst, neutral: dict[str, Any], alphas: dict[str, float], family: str,
                  metadata: dict[str, str], dtype) -> Path:
-    from loraflow.models.lora.metadata import sshs_hashes
-    from loraflow.models.lora.save import write_safetensors_atomic
 
     neutral = {k: v.to(dtype) for k, v in neutral.items()}
     tensors = formats.neutral_to_kohya(neutral, alphas, family)
@@ -108,7 +109,6 @@ def _write_kohya(dst, neutral: dict[str, Any], alphas: dict[str, float], family:
 
 
 def _family(lora, family: str | None) -> str:
-    from loraflow.models.lora.load import guess_family
 
     family = family or guess_family(lora)
     if family is None:
@@ -122,8 +122,6 @@ def resize_lora(src, dst, *, rank: int | None = None, energy: float | None = Non
     """Rewrite `src` at a lower rank (`rank`), or per module at the fewest ranks keeping `energy`
     (0..1) of its delta, capped by `rank` if both are given. The scale of every module is kept."""
     import torch
-
-    from loraflow.models.lora.load import read_lora
 
     if rank is None and energy is None:
         raise InputError("lora resize needs --rank, --kept-energy or both")
@@ -153,8 +151,6 @@ def merge_loras(files: list[tuple[str | os.PathLike, float]], dst, *, rank: int,
                 allow_pickle: bool = False) -> list[ModuleRank]:
     """sum_i weight_i * dW_i per module, back to a LoRA of `rank` by SVD (sd-scripts `svd_merge_lora.py`)."""
     import torch
-
-    from loraflow.models.lora.load import read_lora
 
     if not files:
         raise InputError("lora merge needs at least one LoRA")
