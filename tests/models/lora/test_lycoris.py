@@ -285,3 +285,26 @@ def test_info_names_the_types_and_convert_refuses_lycoris(tmp_path):
     assert "loha (1 modules)" in text and "diff (1 modules)" in text
     with pytest.raises(InputError, match="LyCORIS file \\(diff, loha\\)"):
         convert_lora(tmp_path / "mix.safetensors", tmp_path / "out.safetensors", to="diffusers", family="sd15")
+
+
+def test_generate_takes_a_lycoris_file_by_flag_and_by_prompt_tag(tiny_session, tmp_path):
+    """The generation path (CLI, storyboard, server and ComfyUI LoraLoader all go through it)."""
+    import numpy as np
+    from peft import LoHaConfig, get_peft_model_state_dict
+
+    from loraflow.generate.options import GenerateConfig
+
+    session = tiny_session("sdxl")
+    loha_unet = _peft_model(session.pipe.unet, LoHaConfig(r=2, alpha=2, target_modules=ATTENTION), seed=9)
+    path = _kohya_file(tmp_path / "lohastyle.safetensors", get_peft_model_state_dict(loha_unet), "sdxl", 2)
+
+    def image(**kw):
+        config = dict(model="x", prompt="a red circle", steps=2, height=64, width=64, seed=3, guidance_scale=4.0)
+        return np.asarray(session.generate(GenerateConfig(**{**config, **kw}))[0].image, dtype=np.int16)
+
+    base = image()
+    assert np.array_equal(image(lora=[f"{path}:0"]), base)
+    by_flag = image(lora=[f"{path}:0.8"])
+    assert np.abs(by_flag - base).max() > 0
+    assert np.array_equal(image(prompt="a red circle <lora:lohastyle:0.8>", lora_dir=[str(tmp_path)]), by_flag)
+    assert np.array_equal(image(), base)  # nothing left behind in the shared pipeline
