@@ -148,3 +148,21 @@ def test_check_measures_the_effect_and_stores_the_table(pipes, trained, tmp_path
     assert _run("lora", "check", str(path)) == 0
     out = capsys.readouterr().out
     assert "ComfyUI" in out and "A1111" in out and "diffusers" in out and "shape mismatch" in out
+
+
+def test_check_cli_with_a_model_measures_the_effect(pipes, trained, tmp_path, capsys):
+    from loraflow.models.lora.save import save_lora
+
+    _, _, unet_sd, _ = trained(pipes("sdxl"), rank=4, alpha=4)
+    path = save_lora(tmp_path / "x.safetensors", unet_sd, family="sdxl", rank=4, alpha=4, dtype=torch.float32)
+    assert _run("lora", "check", str(path), "--model", "tiny:sdxl") == 0
+    out = capsys.readouterr().out
+    assert "effect: mean pixel change" in out and "ComfyUI" in out
+    assert json.loads(read_lora(path).metadata["loraflow_compat"])["effect"] > 0
+
+
+def test_extract_cli_names_a_model_that_does_not_differ(tmp_path):
+    from loraflow.errors import InputError
+
+    with pytest.raises(InputError, match="does not differ from the base model"):
+        _run("lora", "extract", "tiny:sdxl", "tiny:sdxl", str(tmp_path / "e.safetensors"), "--rank", "2")

@@ -31,7 +31,7 @@ class LoraFile:
 
     state_dict: dict[str, Any]  # tensors exactly as in the file
     metadata: dict[str, str]  # safetensors metadata (`ss_*`, `modelspec.*`, `lora_adapter_metadata`, ...)
-    format: str  # "kohya" | "diffusers" | "peft"
+    format: str  # "kohya" | "diffusers" | "peft" | "lycoris" (LoHa/LoKr/DoRA/diff/Tucker LoCon: see `adapters`)
     rank: int  # most common rank over modules
     alpha: float  # most common alpha (kohya meaning: scale = alpha / rank)
     path: Path | None = None
