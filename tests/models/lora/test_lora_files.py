@@ -145,6 +145,32 @@ def test_pickle_is_refused_unless_allowed(pipes, trained, tmp_path):
     assert read_lora(pt, allow_pickle=True).alphas == read_lora(path).alphas
 
 
+class _RunsCodeWhenUnpickled:
+    """Unpickling this calls `open(marker, "w")`: a stand-in for any code a pickle can run."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pickle_that_would_run_code_is_refused_even_when_allowed(tmp_path, capsys):
+    """allow_pickle means torch.load(weights_only=True): tensors only, never arbitrary globals."""
+    from loraflow.cli import main
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"lora_unet_x.lora_down.weight": torch.zeros(2, 2), "payload": _RunsCodeWhenUnpickled(marker)}, evil)
+    with pytest.raises(ModelLoadError, match="evil.pt: cannot read") as err:
+        read_lora(evil, allow_pickle=True)
+    assert "\n" not in str(err.value)
+    assert main(["lora", "info", str(evil), "--allow-pickle"]) == 2
+    assert main(["lora", "convert", str(evil), str(tmp_path / "out.safetensors"), "--allow-pickle"]) == 2
+    assert "evil.pt" in capsys.readouterr().err
+    assert not marker.exists() and not (tmp_path / "out.safetensors").exists()
+
+
 def test_bad_files_are_one_line_errors(tmp_path):
     with pytest.raises(ModelLoadError, match="not found"):
         read_lora(tmp_path / "missing.safetensors")
