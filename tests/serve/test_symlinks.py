@@ -19,9 +19,14 @@ REFUSED = (400, 403, 404, 422)
 SECRET_COLOUR = (1, 2, 3)  # the outside picture; its bytes must never come back
 
 
-@pytest.fixture
-def linked(start_server, models_dir, tmp_path):
-    """A server whose folders hold links to `outside/`; yields (client, outside folder, job id)."""
+@pytest.fixture(scope="module")
+def linked(models_dir, tmp_path_factory):
+    """One server (for the module: starting one per test costs seconds) whose folders hold links to
+    `outside/`; yields (client, outside folder, job id). Tests must not change the links."""
+    from loraflow.serve.options import ServeOptions
+    from loraflow.serve.server import ServerThread
+
+    tmp_path = tmp_path_factory.mktemp("linked")
     outside = tmp_path / "outside"
     (outside / "dataset" / "train").mkdir(parents=True)
     Image.new("RGB", (32, 32), SECRET_COLOUR).save(outside / "secret.png")
@@ -41,6 +46,7 @@ def linked(start_server, models_dir, tmp_path):
         outputs / "evil.png": outside / "secret.png",
         outputs / "evil_dir": outside,
         outputs / "input" / "evil.png": outside / "secret.png",
+        outputs / "input" / "evil-upload.png": outside / "secret.png",  # the upload test replaces this one
         outputs / "input" / "evil_dir": outside,
         outputs / "temp" / "evil.png": outside / "secret.png",
         data / "evil": outside / "dataset",
@@ -49,14 +55,18 @@ def linked(start_server, models_dir, tmp_path):
     for link, target in links.items():
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(target, target_is_directory=target.is_dir())
-    url, thread = start_server(models_dir=str(models), outputs_dir=str(outputs), data_dir=str(data))
-    with httpx.Client(base_url=url, timeout=60) as client:
-        job_id = client.post("/api/jobs/generate", json={"model": "tiny:sdxl", "prompt": "a", "width": 64, "height": 64,
-                                                          "num_inference_steps": 1, "seed": 1}).json()["id"]
-        job_dir = outputs / "jobs" / job_id
-        job_dir.mkdir(parents=True, exist_ok=True)
-        (job_dir / "evil.png").symlink_to(outside / "secret.png")
-        yield client, outside, job_id
+    server = ServerThread(ServeOptions(port=0, models_dir=str(models), outputs_dir=str(outputs), data_dir=str(data),
+                                       device="cpu"))
+    try:
+        with httpx.Client(base_url=server.start(), timeout=60) as client:
+            job = {"model": "tiny:sdxl", "prompt": "a", "width": 64, "height": 64, "num_inference_steps": 1, "seed": 1}
+            job_id = client.post("/api/jobs/generate", json=job).json()["id"]
+            job_dir = outputs / "jobs" / job_id
+            job_dir.mkdir(parents=True, exist_ok=True)
+            (job_dir / "evil.png").symlink_to(outside / "secret.png")
+            yield client, outside, job_id
+    finally:
+        server.stop()
 
 
 def secret_bytes(outside) -> bytes:
@@ -152,7 +162,7 @@ def test_uploads_never_write_through_an_outward_link(linked):
     assert_refused(client.post("/upload/image", files={"image": ("x.png", png.getvalue())},
                                data={"subfolder": "evil_dir"}), outside)
     # replacing the link itself is fine; writing through it into outside/ is not
-    client.post("/upload/image", files={"image": ("evil.png", png.getvalue())}, data={"overwrite": "true"})
+    client.post("/upload/image", files={"image": ("evil-upload.png", png.getvalue())}, data={"overwrite": "true"})
     assert {p.name: p.read_bytes() for p in outside.iterdir() if p.is_file()} == before
 
 
