@@ -1,4 +1,5 @@
-"""Weighted prompt encoding: equals diffusers at weight 1, weights change it, long prompts are kept."""
+"""Weighted prompt encoding: equals diffusers at weight 1, equals A1111's weighting computed by hand
+from the unweighted states (right tokens, mean kept), long prompts are kept."""
 from __future__ import annotations
 
 import pytest

@@ -1,5 +1,5 @@
-"""Scores from tiny CLIP models: ranges, determinism, batching, flips, every head layout, and a
-reference aesthetic pipeline computed by hand from the same weights."""
+"""Scores from tiny CLIP models: CLIP and aesthetic scores against a hand computation from the same
+weights, determinism, batching, flips, every head layout."""
 from __future__ import annotations
 
 import numpy as np
