@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageOps
+from PIL import ImageOps
 
 from loraflow.errors import ModelLoadError
 from loraflow.score import ImageScore, Scorer, reduce_scores

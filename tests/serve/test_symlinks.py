@@ -8,7 +8,6 @@ module does the path check."""
 from __future__ import annotations
 
 import io
-import os
 import shutil
 
 import httpx
