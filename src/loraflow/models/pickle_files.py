@@ -3,16 +3,14 @@ them unless the user allowed pickle, and then reads them only through torch's re
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from loraflow.errors import ModelLoadError
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-
-
-def is_pickle(path: str | os.PathLike) -> bool:
-    return Path(path).suffix.lower() in PICKLE_SUFFIXES
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def load_pickle_state_dict(path: str | os.PathLike) -> dict[str, Any]:
@@ -29,9 +27,9 @@ def load_pickle_state_dict(path: str | os.PathLike) -> dict[str, Any]:
                 raise
             state = torch.load(path, map_location="cpu", weights_only=True)  # pre-zip (torch < 1.6) format
     except Exception as e:  # weights_only refuses anything but tensors/containers; zip errors if cut short
-        reason = (str(e).strip().splitlines() or [""])[0][:200]
+        reason = _ANSI.sub("", (str(e).strip().splitlines() or [""])[0])[:200]  # torch bolds its advice
         raise ModelLoadError(
-            f"{path}: cannot be read as a weights-only torch checkpoint ({e.__class__.__name__}: {reason})"
+            f"{path}: cannot read as a weights-only torch checkpoint ({e.__class__.__name__}: {reason})"
         ) from None
     while isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]  # Lightning checkpoints: {"state_dict": {...}, "global_step": ...}
