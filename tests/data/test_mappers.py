@@ -112,6 +112,72 @@ def test_prompt_prefix_image_tokens_and_no_original(tmp_path, tiny_blip):
     assert "original_text" not in row
 
 
+@pytest.fixture(scope="module")
+def tiny_chat_vlm(tmp_path_factory) -> Path:
+    """A random 1-layer LLaVA (tiny CLIP vision + Llama) with a chat template: the chat-VLM path that
+    Qwen2-VL takes too (Qwen2-VL's own processor needs torchvision for its video half, not installed)."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor,
+                              PreTrainedTokenizerFast)
+
+    words = ["<unk>", "<pad>", "<s>", "</s>", "<image>", "USER:", "ASSISTANT:", "一只", "猫", "在", "沙发", "上"]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>", bos_token="<s>",
+                                  eos_token="</s>")
+    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    template = ("{% for m in messages %}{{ m['role'] | upper }}: {% for c in m['content'] %}"
+                "{% if c['type'] == 'image' %}<image> {% else %}{{ c['text'] }}{% endif %}{% endfor %} {% endfor %}"
+                "{% if add_generation_prompt %}ASSISTANT: {% endif %}")
+    processor = LlavaProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 16},
+                                                                  crop_size={"height": 16, "width": 16}),
+                               tokenizer=tok, chat_template=template, patch_size=8,
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1)
+    config = LlavaConfig(
+        text_config=dict(model_type="llama", vocab_size=len(words), hidden_size=32, intermediate_size=37,
+                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                         max_position_embeddings=128, bos_token_id=2, eos_token_id=3, pad_token_id=1),
+        vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                           num_attention_heads=2, image_size=16, patch_size=8, projection_dim=16),
+        image_token_id=4, vision_feature_layer=-1, vision_feature_select_strategy="default")
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("llava") / "model"
+    LlavaForConditionalGeneration(config).eval().save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+def test_chat_vlm_answers_the_chinese_instruction(tmp_path, tiny_chat_vlm):
+    import torch
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from loraflow.data.captioner import CHAT_PROMPTS
+
+    paths = [save(noise_image(24, 20 + 4 * i, seed=20 + i), tmp_path / f"{i}.png") for i in range(3)]
+    rows = [{"text": "二次元", "image": [str(p)]} for p in paths]
+    recipe = write_recipe(tmp_path, rows, [{"image_captioning_mapper": {
+        "hf_img2seq": str(tiny_chat_vlm), "language": "zh", "max_new_tokens": 5, "batch_size": 2}}])
+
+    filter_dataset(recipe, progress=False)
+
+    # reference: one image at a time, the Chinese instruction in a user turn, only the answer decoded
+    assert any("\u4e00" <= ch <= "\u9fff" for ch in CHAT_PROMPTS["zh"]) and CHAT_PROMPTS["zh"] != CHAT_PROMPTS["en"]
+    model = LlavaForConditionalGeneration.from_pretrained(tiny_chat_vlm).eval()
+    proc = AutoProcessor.from_pretrained(tiny_chat_vlm)
+    turn = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": CHAT_PROMPTS["zh"]}]}]
+    prompt = proc.apply_chat_template(turn, add_generation_prompt=True, tokenize=False)
+    expected = []
+    for p in paths:
+        inputs = proc(images=[Image.open(p).convert("RGB")], text=[prompt], return_tensors="pt")
+        with torch.no_grad():
+            ids = model.generate(**inputs, max_new_tokens=5, do_sample=False)
+        expected.append(proc.batch_decode(ids[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0].strip())
+    kept = read(tmp_path / "out" / "kept.jsonl")
+    assert [row["text"] for row in kept] == expected and all(expected)
+    assert all(row["original_text"] == "二次元" for row in kept)
+
+
 # --- the WD14-style tagger ------------------------------------------------------------------------
 
 TAGS = [("long_hair", 0), ("smile", 0), ("^_^", 0), ("hatsune_miku", 4), ("solo", 0), ("general", 9)]

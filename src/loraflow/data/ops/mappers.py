@@ -134,7 +134,7 @@ class ImageCaptioningMapper(MapperOp):
     def load_model(self):
         p = self.p
         return captioner.Captioner.load(p.hf_img2seq, language=p.language, device=p.device,
-                              max_new_tokens=p.max_new_tokens, seed=p.seed)
+                                        max_new_tokens=p.max_new_tokens, seed=p.seed)
 
     def prompt_of(self, sample: dict) -> str | None:
         if self.p.prompt_key and isinstance(sample.get(self.p.prompt_key), str):
