@@ -23,8 +23,7 @@ from typing import Any, ClassVar, Literal
 
 from loraflow.config import opt
 from loraflow.data import captioner, tagger
-from loraflow.data.images import ImageError
-from loraflow.data.ops.base import Op, OpParams, SampleImages
+from loraflow.data.ops.base import ImageError, Op, OpParams, SampleImages  # ImageError: what SampleImages raises
 from loraflow.errors import ConfigError
 
 META_KEY = "__dj__meta__"  # data_juicer/utils/constant.py Fields.meta
