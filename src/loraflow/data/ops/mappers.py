@@ -101,7 +101,8 @@ class CaptioningParams(OpParams):
     batch_size: int | None = opt(None, "images per model call (default 8)", ge=1)
     gpu_batch_size: int | None = opt(None, "data-juicer's name for batch_size", ge=1)
     original_text_key: str = opt("original_text", "loraflow: field that keeps the previous text")
-    language: Literal["en", "zh"] = opt("en", "loraflow: caption language (zh needs a chat VLM such as Qwen2-VL)")
+    language: Literal["en", "zh"] = opt(
+        "en", "loraflow: language of the default VLM instruction (zh needs a chat VLM; a `prompt` replaces it)")
     max_new_tokens: int = opt(128, "loraflow: longest caption, in tokens (data-juicer's fixed 128)", ge=1)
     seed: int = opt(0, "loraflow: seed of the sampling and of random_any")
     device: str = opt("auto", "loraflow: cpu, cuda or auto")
