@@ -5,6 +5,7 @@ import argparse
 
 from loraflow.generate.options import GenerateConfig
 from loraflow.generate.storyboard import StoryboardConfig
+from loraflow.progress import step_bar
 
 
 def register(subparsers) -> None:
@@ -21,30 +22,12 @@ def register(subparsers) -> None:
     s.set_defaults(func=run_storyboard_cmd)
 
 
-def _progress_bar(desc: str):
-    from tqdm import tqdm
-
-    bar = tqdm(total=None, desc=desc, unit="step")
-
-    def update(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
-    return bar, update
-
-
 def run_generate(args: argparse.Namespace) -> int:
     from loraflow.generate.session import GenerationSession, save_results
 
-    config = GenerateConfig.from_cli(args, args.config)
-    if not config.prompt:
-        from loraflow.errors import ConfigError
-
-        raise ConfigError("no prompt: pass --prompt TEXT")
+    config = GenerateConfig.from_cli(args, args.config).require_prompt()
     session = GenerationSession.from_options(config)
-    bar, update = _progress_bar("generate")
-    with bar:
+    with step_bar("generate") as update:
         results = session.generate(config, progress=update)
     for path in save_results(results, config.out):
         print(path)
@@ -55,8 +38,7 @@ def run_storyboard_cmd(args: argparse.Namespace) -> int:
     from loraflow.generate.storyboard import run_storyboard
 
     config = StoryboardConfig.from_cli(args, None, story=args.story)
-    bar, update = _progress_bar("storyboard")
-    with bar:
+    with step_bar("storyboard") as update:
         index = run_storyboard(config, progress=update)
     print(f"{len(index['scenes'])} scenes -> {config.out}/{index['grid']} ({index['grid_size'][0]}x{index['grid_size'][1]})")
     return 0
