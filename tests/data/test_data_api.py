@@ -51,3 +51,27 @@ def test_bad_options_name_the_key(tmp_path):
         loraflow.data.ingest(tmp_path, out=tmp_path / "o", captoin="x")
     with pytest.raises(ConfigError, match="give --config RECIPE"):
         loraflow.data.filter("")
+
+
+def test_histograms_read_back_from_the_figure():
+    """Bar heights equal numpy's histogram of the values; x labels carry units; counts are integers."""
+    import numpy as np
+
+    from loraflow.data.stats_plot import BINS, histogram_figure
+    from loraflow.data.stats_run import DatasetStats
+
+    stats = DatasetStats()
+    widths = [512, 768, 768, 1024, 1024, 1024]
+    for w in widths:
+        for key, v in zip(("width", "height", "aspect", "file_kb", "caption_chars"), (w, 512, w / 512, w / 10, 12)):
+            stats.values[key].append(v)
+    axes = histogram_figure(stats).axes
+    width_ax = axes[0]
+    expected, _ = np.histogram(widths, bins=BINS, range=(512, 1024))
+    assert [p.get_height() for p in width_ax.patches] == list(expected)
+    assert [ax.get_xlabel() for ax in axes[:5]] == ["width (px)", "height (px)", "aspect ratio (width / height)",
+                                                   "file size (KiB)", "caption length (characters)"]
+    assert all(ax.get_ylabel() == "images" and len(ax.get_xticks()) > 2 for ax in axes[:5])
+    assert all(float(t).is_integer() for t in width_ax.get_yticks())
+    # one value everywhere (every caption 12 characters): one bar holding all of them
+    assert sorted(p.get_height() for p in axes[4].patches)[-1] == len(widths)

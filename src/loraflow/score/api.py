@@ -18,7 +18,7 @@ from loraflow.score.run import ScoreOptions, format_table, gate_failure, run_sco
 @dataclass
 class ScoreReport:
     """The report of `loraflow score` (`report`: the `--json` dict) with its parts by name. Prints as
-    the command's table."""
+    the command's table; shows as the bar chart in Jupyter."""
 
     report: dict
     written: list[Path] = field(default_factory=list)  # the json / chart files asked for
@@ -42,6 +42,16 @@ class ScoreReport:
 
     def table(self) -> str:
         return format_table(self.report)
+
+    @property
+    def figure(self):
+        """The scores as a bar chart (matplotlib Figure), as `chart=` writes it."""
+        from loraflow.score.chart import score_figure
+
+        return score_figure(self.report)
+
+    def _repr_png_(self) -> bytes:
+        return self.figure._repr_png_()
 
     def __str__(self) -> str:
         return self.table()
