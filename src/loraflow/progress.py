@@ -7,22 +7,28 @@ from contextlib import contextmanager
 ProgressFn = Callable[[int, int], None]  # (done, total)
 
 
-@contextmanager
-def step_bar(desc: str, unit: str = "step") -> Iterator[ProgressFn]:
-    """A bar fed by `update(done, total)` callbacks (the total is known only once work starts)."""
-    from tqdm.auto import tqdm
+class StepBar:
+    """A bar fed by `update(done, total)` callbacks, opened at the first step, so notices printed
+    while the model loads or prompts are encoded (unknown words, the demo model) come before it
+    instead of through it."""
 
-    bar = tqdm(total=None, desc=desc, unit=unit)
+    def __init__(self, desc: str, unit: str = "step"):
+        self.desc, self.unit, self.bar = desc, unit, None
 
-    def update(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            from tqdm.auto import tqdm
 
-    try:
-        yield update
-    finally:
-        bar.close()
+            self.bar = tqdm(total=total, desc=self.desc, unit=self.unit)
+        self.bar.total = total  # a storyboard with best-of or references may learn its total late
+        self.bar.update(done - self.bar.n)  # tqdm's own rate and ETA
+
+    def __enter__(self) -> "StepBar":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 @contextmanager
@@ -31,7 +37,7 @@ def progress_for(progress: bool | ProgressFn | None, desc: str, unit: str = "ste
     if callable(progress):
         yield progress
     elif progress:
-        with step_bar(desc, unit) as update:
+        with StepBar(desc, unit) as update:
             yield update
     else:
         yield None

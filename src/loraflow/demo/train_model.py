@@ -274,10 +274,13 @@ def write_model_card(out: Path, cfg: DemoTrainConfig, seconds: float, log: dict 
 
     import torch
 
+    from loraflow.demo.shapes import caption_vocabulary
+
     card = {
         "label": "loraflow demo model: 64 px coloured shapes, trained from scratch by `loraflow demo train` "
                  "(not a general text-to-image model)",
         "defaults": {"height": cfg.size, "width": cfg.size, "num_inference_steps": 20, "guidance_scale": 5.0},
+        "vocabulary": caption_vocabulary(),  # prompts with other words get a notice (models/vocabulary.py)
         "command": f"loraflow demo train --out {cfg.out} --images {cfg.images} --vae-steps {cfg.vae_steps} "
                    f"--unet-steps {cfg.unet_steps} --batch-size {cfg.batch_size} --seed {cfg.seed} --threads {cfg.threads}"
                    + (f" --vae-from {Path(cfg.vae_from).name}" if cfg.vae_from else ""),

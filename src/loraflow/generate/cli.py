@@ -5,7 +5,7 @@ import argparse
 
 from loraflow.generate.options import GenerateConfig
 from loraflow.generate.storyboard import StoryboardConfig
-from loraflow.progress import step_bar
+from loraflow.progress import StepBar
 
 
 def register(subparsers) -> None:
@@ -27,7 +27,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
     config = GenerateConfig.from_cli(args, args.config).require_prompt()
     session = GenerationSession.from_options(config)
-    with step_bar("generate") as update:
+    with StepBar("generate") as update:
         results = session.generate(config, progress=update)
     for path in save_results(results, config.out):
         print(path)
@@ -38,7 +38,7 @@ def run_storyboard_cmd(args: argparse.Namespace) -> int:
     from loraflow.generate.storyboard import run_storyboard
 
     config = StoryboardConfig.from_cli(args, None, story=args.story)
-    with step_bar("storyboard") as update:
+    with StepBar("storyboard") as update:
         index = run_storyboard(config, progress=update)
     print(f"{len(index['scenes'])} scenes -> {config.out}/{index['grid']} ({index['grid_size'][0]}x{index['grid_size'][1]})")
     return 0

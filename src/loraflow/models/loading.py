@@ -23,6 +23,7 @@ from loraflow.models.families import FAMILIES, TINY_MODELS, ModelFamily, get_fam
 from loraflow.models.families.base import FamilyDefaults
 from loraflow.models.single_file import detect_checkpoint_family, load_single_file, load_single_file_vae
 from loraflow.models.tiny import build_tiny_pipeline
+from loraflow.models.vocabulary import Vocabulary
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 WEIGHT_NAMES = ("diffusion_pytorch_model", "model")  # diffusers / transformers weight file stems
@@ -41,10 +42,13 @@ class LoadedModel:
     path: Path | None = None  # file/folder on disk (None for tiny models)
     extras: dict = field(default_factory=dict)
     defaults: FamilyDefaults | None = None  # size/steps/guidance when not given; the family's unless the folder says
+    vocabulary: Vocabulary | None = None  # the words it was trained on, when the folder declares them (demo)
 
     def __post_init__(self):
         if self.defaults is None:
             self.defaults = model_defaults(self.path, self.family)
+        if self.vocabulary is None:
+            self.vocabulary = Vocabulary.from_model_dir(self.path)
 
 
 def model_defaults(path: Path | None, family: type[ModelFamily]) -> FamilyDefaults:
