@@ -91,8 +91,10 @@ class Options(BaseModel):
         return amap
 
     def merged(self, overrides: dict[str, Any], source: str = "command line"):
-        """A copy with `overrides` (canonical or alias keys) applied and re-validated."""
-        data = self.model_dump()
+        """A copy with `overrides` (canonical or alias keys) applied and re-validated. Only the values
+        that were set are carried over: a default is no input, and some defaults (None for "not
+        chosen yet") would not validate as one."""
+        data = self.model_dump(exclude_unset=True)
         data.update(self._canonical_keys(overrides, source))
         return type(self).from_dict(data, source)
 

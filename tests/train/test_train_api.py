@@ -26,3 +26,10 @@ def test_bad_option_names_the_key(tmp_path, shapes_dataset):
         loraflow.train(base_config(tmp_path, shapes_dataset), lora_rank=0)
     with pytest.raises(ConfigError, match="unknown key 'max_stepz'"):
         loraflow.train(max_stepz=3)
+
+
+def test_model_none_keeps_the_files_model(tmp_path, shapes_dataset):
+    from loraflow.train.api import train_config
+
+    assert train_config(base_config(tmp_path, shapes_dataset), model=None).model == "tiny:sdxl"
+    assert train_config(model=None).model is None  # nothing chosen: the trainer takes the demo model

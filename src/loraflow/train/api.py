@@ -19,7 +19,10 @@ from loraflow.train.config import TrainConfig
 
 def train_config(config: str | Path | dict | TrainConfig | None = None, **options: Any) -> TrainConfig:
     """Defaults < `config` (a YAML/JSON/TOML file, a dict or a TrainConfig) < keyword options,
-    as `loraflow train --config FILE --flag ...` merges them; errors name the key."""
+    as `loraflow train --config FILE --flag ...` merges them; errors name the key. `model=None` is
+    no choice, as in `loraflow.load(None)`: the config's model, else the demo model."""
+    if "model" in options and options["model"] is None:
+        options = {k: v for k, v in options.items() if k != "model"}
     if config is None:
         base = TrainConfig.from_dict({}, "train")
     elif isinstance(config, TrainConfig):
