@@ -37,9 +37,11 @@ def histogram_figure(stats: DatasetStats):
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="gray")
             continue
         lo, hi = float(values.min()), float(values.max())
-        # one value everywhere (all 1024 px): a bar around it, not a zero-width range
-        span = (lo - 0.5, hi + 0.5) if hi == lo else (lo, hi)
-        ax.hist(values, bins=BINS, range=span, color="#4278c8", edgecolor="white")
+        if hi > lo:
+            ax.hist(values, bins=BINS, range=(lo, hi), color="#4278c8", edgecolor="white")
+        else:  # one value everywhere (all 1024 px): one bar centred on it, not a zero-width range
+            ax.hist(values, bins=1, range=(lo - 0.25, lo + 0.25), color="#4278c8", edgecolor="white")
+            ax.set_xlim(lo - 1, lo + 1)
         ax.axvline(float(np.median(values)), color="#c03030", linestyle="--", linewidth=1,
                    label=f"median {np.median(values):.4g}")
         ax.legend(loc="upper right", fontsize="small")
