@@ -107,3 +107,10 @@ def test_packages_stay_packages():
 
     assert loraflow.train.TrainConfig is loraflow.train.config.TrainConfig
     assert loraflow.data.filter.__module__ == "loraflow.data.api"
+
+
+def test_out_writes_the_pngs(demo, tmp_path):
+    images = demo.generate(PROMPT, seed=1, out=tmp_path / "o", progress=False)
+    assert images.paths == [tmp_path / "o" / "00000-1.png"]  # A1111 numbering: index-seed
+    with Image.open(images.paths[0]) as saved:
+        assert saved.info["parameters"] == images.infotexts[0]
