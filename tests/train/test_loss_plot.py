@@ -55,3 +55,10 @@ def test_short_run_has_no_one_step_average():
 def test_nothing_to_draw(losses, tmp_path):
     assert draw_loss_curve(losses, tmp_path / "loss.png") == (None, None)
     assert not (tmp_path / "loss.png").exists()
+
+
+def test_title_names_the_smoothed_end():
+    losses, _ = _run(40)  # window 2: the mean of the last two losses
+    expected = (losses[-1][1] + losses[-2][1]) / 2
+    assert loss_figure(losses).axes[0].get_title() == f"LoRA training: 40 steps, loss {expected:.4g} (average of the last 2 steps)"
+    assert loss_figure(losses[:20]).axes[0].get_title() == f"LoRA training: 20 steps, last loss {losses[19][1]:.4g}"

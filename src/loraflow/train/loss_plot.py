@@ -41,9 +41,11 @@ def loss_figure(losses: Sequence[tuple[int, float]], learning_rates: Sequence[tu
     ax = figure.add_subplot()
     ax.plot(steps, values, color="#9db4e0", linewidth=1, label="loss per step")
     window = smoothing_window(len(values))
+    last = f"last loss {values[-1]:.4g}"
     if window >= 2:
-        ax.plot(steps, moving_average(values, window), color="#143c9c", linewidth=2,
-                label=f"moving average over {window} steps")
+        smooth = moving_average(values, window)
+        ax.plot(steps, smooth, color="#143c9c", linewidth=2, label=f"moving average over {window} steps")
+        last = f"loss {smooth[-1]:.4g} (average of the last {window} steps)"
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss (diffusion MSE)")
     ax.set_xlim(steps[0], steps[-1])
@@ -55,7 +57,8 @@ def loss_figure(losses: Sequence[tuple[int, float]], learning_rates: Sequence[tu
                    linewidth=1.2, linestyle="--", label="learning rate")
         lr_ax.set_ylabel("learning rate")
         lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
-        lr_ax.set_ylim(bottom=0)
+        # headroom above the largest rate, so a constant schedule is not drawn under the legend
+        lr_ax.set_ylim(0, 1.4 * max(lr for _, lr in learning_rates) or 1.0)
         more = lr_ax.get_legend_handles_labels()
         handles, labels = handles + more[0], labels + more[1]
     for k, (step, scores) in enumerate(validations):
@@ -68,7 +71,7 @@ def loss_figure(losses: Sequence[tuple[int, float]], learning_rates: Sequence[tu
             ax.annotate(text, (step, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -3),
                         textcoords="offset points", va="top", fontsize="x-small", color="#2e8b57")
     ax.legend(handles, labels, loc="upper right", fontsize="small")
-    ax.set_title(f"LoRA training: {steps[-1]} steps, last loss {values[-1]:.4g}")
+    ax.set_title(f"LoRA training: {steps[-1]} steps, {last}")
     return figure
 
 
