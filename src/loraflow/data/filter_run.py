@@ -15,8 +15,10 @@ from pathlib import Path
 from loraflow.data.executors import MAPPERS
 from loraflow.data.images import ImageError
 from loraflow.data.jsonl import read_jsonl, write_jsonl
+from loraflow.data.options import FilterOptions
 from loraflow.data.ops.base import STATS_KEY, Op, Rejection, SampleError, SampleImages
 from loraflow.data.recipe import Recipe
+from loraflow.errors import ConfigError
 
 log = logging.getLogger(__name__)
 LORAFLOW_KEY = "__loraflow__"  # our per-item verdict in the rejected/errored files
@@ -247,3 +249,11 @@ def filter_dataset(recipe_path: str | Path, backend: str = "local", np: int | No
     result.outputs = {"kept": recipe.export_path, "rejected": str(recipe.rejected_path),
                       "errored": str(recipe.errored_path)}
     return result
+
+
+def filter_with_options(opts: FilterOptions) -> FilterResult:
+    """`loraflow data filter` and `loraflow.data.filter`: the options checked, then the recipe run."""
+    if not opts.config:
+        raise ConfigError("filter: give --config RECIPE.yaml (a data-juicer recipe)")
+    return filter_dataset(opts.config, backend=opts.backend, np=opts.np, verify=opts.verify_images,
+                          progress=opts.progress, dj_process=opts.dj_process)
