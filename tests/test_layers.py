@@ -13,16 +13,18 @@ import loraflow
 SRC = Path(loraflow.__file__).parent
 
 # Lowest first. A module may import from its own group or from any lower layer; groups that share
-# a layer are independent of each other. `*.cli` modules are command shells and sit at the top.
+# a layer are independent of each other. `*.cli` modules (command shells) and `loraflow.api` (the
+# Python API) sit at the top.
 LAYERS: list[list[tuple[str, ...]]] = [
-    [("loraflow", "loraflow.errors", "loraflow.atomic", "loraflow.config", "loraflow.images", "loraflow.quiet")],
+    [("loraflow", "loraflow.errors", "loraflow.atomic", "loraflow.config", "loraflow.images", "loraflow.quiet",
+      "loraflow.plots", "loraflow.progress")],
     [("loraflow.models",)],
     [("loraflow.generate",)],
     [("loraflow.score",)],
     [("loraflow.data",), ("loraflow.generate.storyboard", "loraflow.generate.story_scoring")],
     [("loraflow.train",)],
     [("loraflow.serve",), ("loraflow.demo",)],
-    [("loraflow.__main__", "loraflow.cli", "*.cli")],
+    [("loraflow.__main__", "loraflow.cli", "*.cli", "loraflow.api")],
 ]
 
 

@@ -15,6 +15,7 @@ LORAFLOW_KEY = "__loraflow__"  # our per-item verdict in the rejected/errored fi
 @dataclass
 class Kept:
     stats: dict
+    sample: dict | None = None  # a mapper's rewritten sample; None keeps the input as it was
 
 
 @dataclass

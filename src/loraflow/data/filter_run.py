@@ -16,10 +16,12 @@ from loraflow.data.dj_backend import run_dj_process
 from loraflow.data.executors import MAPPERS
 from loraflow.data.filter_result import (Errored, FilterResult, Kept, Keyed, Rejected, Verdict,
                                          absolute_paths)
-from loraflow.images import ImageError
 from loraflow.data.jsonl import read_jsonl, write_jsonl
 from loraflow.data.ops.base import STATS_KEY, Op, SampleError, SampleImages
+from loraflow.data.options import FilterOptions
 from loraflow.data.recipe import Recipe, load_recipe
+from loraflow.errors import ConfigError
+from loraflow.images import ImageError
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,8 @@ def evaluate(task: Task, batch: list[tuple[int, dict, dict]]) -> list[Verdict]:
     """One verdict per (line, sample, stats) of `batch`, in order."""
     if task.ops[0].kind == "model":
         return _evaluate_model(task, batch)
+    if task.ops[0].kind == "mapper":
+        return _evaluate_mapper(task, batch)
     return [_evaluate_one(task, sample, stats) for _, sample, stats in batch]
 
 
@@ -93,10 +97,30 @@ def _evaluate_model(task: Task, batch: list[tuple[int, dict, dict]]) -> list[Ver
     return out
 
 
+def _evaluate_mapper(task: Task, batch: list[tuple[int, dict, dict]]) -> list[Verdict]:
+    """A mapper rewrites the whole chunk with one batched model call: each sample is kept as its
+    rewritten self, or errored; the new sample travels back like the stats do."""
+    op = task.ops[0]
+    out: list[Verdict | None] = []  # None: waits for the batched call
+    ready = []
+    for _, sample, stats in batch:
+        try:
+            ready.append((SampleImages(sample_paths(sample, op.image_key), task.check_tail, task.verify), sample))
+            out.append(None)
+        except SampleError as e:
+            out.append(Errored(str(e), stats))
+    mapped = iter(op.map_batch(ready) if ready else [])
+    for i, (_, _, stats) in enumerate(batch):
+        if out[i] is None:
+            new = next(mapped)
+            out[i] = Kept(stats, sample=new) if isinstance(new, dict) else Errored(new, stats)
+    return out
+
+
 def _segments(ops: list[Op]) -> list[list[Op]]:
     segs: list[list[Op]] = []
     for op in ops:
-        if op.kind in ("dedup", "model"):  # each alone: a barrier, or one batched model call
+        if op.kind in ("dedup", "model", "mapper"):  # each alone: a barrier, or one batched model call
             segs.append([op])
         elif segs and segs[-1][0].kind == "filter":
             segs[-1].append(op)
@@ -122,7 +146,7 @@ def run_filter(recipe: Recipe, ops: list[Op], backend: str = "local", np: int | 
     _warn_if_image_key_unused(recipe, ops, alive)
     for seg in _segments(ops):
         desc = seg[0].name if len(seg) == 1 else f"{len(seg)} filters"
-        seg_workers = 1 if seg[0].kind == "model" else workers  # one model in memory, batched
+        seg_workers = 1 if seg[0].kind in ("model", "mapper") else workers  # one model in memory, batched
         verdicts = mapper(evaluate, Task(seg, verify=verify), alive, seg_workers, desc, progress)
         survivors = []
         first_seen: dict[object, int] = {}
@@ -135,8 +159,8 @@ def run_filter(recipe: Recipe, ops: list[Op], backend: str = "local", np: int | 
                     if key:
                         first_seen[key] = number
                     verdict = Kept(verdict.stats)
-            if isinstance(verdict, Kept):
-                survivors.append((number, sample, verdict.stats))
+            if isinstance(verdict, Kept):  # a mapper's verdict carries the rewritten sample
+                survivors.append((number, verdict.sample if verdict.sample is not None else sample, verdict.stats))
             elif isinstance(verdict, Rejected):
                 result.reject(number, sample, verdict.rejection, verdict.stats)
             else:
@@ -186,3 +210,11 @@ def filter_dataset(recipe_path: str | Path, backend: str = "local", np: int | No
     result.outputs = {"kept": recipe.export_path, "rejected": str(recipe.rejected_path),
                       "errored": str(recipe.errored_path)}
     return result
+
+
+def filter_with_options(opts: FilterOptions) -> FilterResult:
+    """`loraflow data filter` and `loraflow.data.filter`: the options checked, then the recipe run."""
+    if not opts.config:
+        raise ConfigError("filter: give --config RECIPE.yaml (a data-juicer recipe)")
+    return filter_dataset(opts.config, backend=opts.backend, np=opts.np, verify=opts.verify_images,
+                          progress=opts.progress, dj_process=opts.dj_process)

@@ -159,6 +159,8 @@ def write_outputs(report: dict[str, Any], options: ScoreOptions) -> list[Path]:
         atomic_write_text(options.json_out, json.dumps(report, ensure_ascii=False, indent=2))
         written.append(Path(options.json_out))
     if options.chart:
-        atomic_save_image(score_chart(report), options.chart)
+        from loraflow.score.chart import save_score_chart  # matplotlib: imported only when asked
+
+        save_score_chart(report, options.chart)
         written.append(Path(options.chart))
     return written

@@ -126,7 +126,7 @@ class SampleImages:
             raise ImageError(f"{self.paths[i]}: {e.strerror or e}") from None
 
 
-OpKind = Literal["filter", "dedup", "model"]
+OpKind = Literal["filter", "dedup", "model", "mapper"]
 
 
 class Op:
@@ -139,6 +139,8 @@ class Op:
       sample with the same key. The run keeps the first of each key in input order.
     * "model":  `compute_batch` fills the stats of a whole chunk with one batched model call in
       the main process, then `decide` as for a filter.
+    * "mapper": `map_batch` rewrites a whole chunk (one batched model call in the main process);
+      every sample is kept as rewritten, or errored.
     """
 
     name: ClassVar[str]
@@ -172,6 +174,11 @@ class Op:
         """kind "model": fill the stats of every (images, sample, stats); returns per item None or
         the one-line error that makes it errored."""
         raise NotImplementedError(f"{type(self).__name__} ({self.kind}) has no compute_batch")
+
+    def map_batch(self, items: list[tuple[SampleImages, dict]]) -> list[dict | str]:
+        """kind "mapper": per (images, sample), the rewritten sample, or the one-line error that
+        makes it errored."""
+        raise NotImplementedError(f"{type(self).__name__} ({self.kind}) has no map_batch")
 
     def range_verdict(self, stat: str, stats: dict, low: Any, high: Any, label: str,
                       fmt: str = "{:.3f}") -> Rejection | None:
