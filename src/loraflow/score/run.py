@@ -16,11 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from loraflow.atomic import atomic_save_image, atomic_write_text
+from loraflow.atomic import atomic_write_text
 from loraflow.config import Options, opt
 from loraflow.errors import ConfigError, InputError
 from loraflow.images import ImageError, load_rgb
-from loraflow.score.chart import score_chart
+from loraflow.score.chart import save_score_chart
 from loraflow.score.prompts import prompts_for
 from loraflow.score.scorer import Scorer, reduce_scores
 
@@ -159,8 +159,6 @@ def write_outputs(report: dict[str, Any], options: ScoreOptions) -> list[Path]:
         atomic_write_text(options.json_out, json.dumps(report, ensure_ascii=False, indent=2))
         written.append(Path(options.json_out))
     if options.chart:
-        from loraflow.score.chart import save_score_chart  # matplotlib: imported only when asked
-
         save_score_chart(report, options.chart)
         written.append(Path(options.chart))
     return written
