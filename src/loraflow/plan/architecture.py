@@ -118,10 +118,13 @@ def _tiny(fam) -> Architecture:
         def build():
             import tempfile
 
+            import torch
+
             from loraflow.models.tiny import build_tiny_components
 
-            with tempfile.TemporaryDirectory() as workdir:  # the tiny tokenizers' files; not kept
-                return build_tiny_components(fam.name, workdir=workdir)[name]
+            # built for real (a few kB; its scheduler cannot be made on meta), then moved to meta
+            with tempfile.TemporaryDirectory() as workdir, torch.device("cpu"):  # tokenizer files: not kept
+                return build_tiny_components(fam.name, workdir=workdir)[name].to("meta")
         return build
 
     for name in ("unet", "vae", *fam.text_encoder_names):
