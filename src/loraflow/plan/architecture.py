@@ -34,6 +34,8 @@ class Architecture:
 
         with torch.device("meta"):
             module = self.builders[name]()
+        if any(p.device.type != "meta" for p in module.parameters()):  # tiny models are built for real
+            module = module.to("meta")
         module.requires_grad_(False)
         return module.to(dtype) if dtype is not None else module
 
@@ -122,9 +124,9 @@ def _tiny(fam) -> Architecture:
 
             from loraflow.models.tiny import build_tiny_components
 
-            # built for real (a few kB; its scheduler cannot be made on meta), then moved to meta
+            # built for real on the CPU (a few kB; its scheduler cannot be made on meta)
             with tempfile.TemporaryDirectory() as workdir, torch.device("cpu"):  # tokenizer files: not kept
-                return build_tiny_components(fam.name, workdir=workdir)[name].to("meta")
+                return build_tiny_components(fam.name, workdir=workdir)[name]
         return build
 
     for name in ("unet", "vae", *fam.text_encoder_names):

@@ -35,21 +35,21 @@ def encode_prompt(family, encoder, batch: int) -> None:
     return embeds, pooled
 
 
-def conditioning(family, unet, batch: int, dtype):
+def conditioning(family, unet, batch: int, dtype, device="meta"):
     """The UNet's text inputs as the caches hand them over: (B, L, D) embeds, (B, P) pooled or None."""
     config = unet.config
     width = config.encoder_hid_dim if config.encoder_hid_dim_type == "text_proj" else config.cross_attention_dim
-    embeds = torch.empty(batch, family.prompt_tokens, width, dtype=dtype, device="meta")
+    embeds = torch.randn(batch, family.prompt_tokens, width, dtype=dtype, device=device)
     if not family.uses_time_ids:
         return embeds, None
     pooled_dim = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
-    return embeds, torch.empty(batch, pooled_dim, dtype=dtype, device="meta")
+    return embeds, torch.randn(batch, pooled_dim, dtype=dtype, device=device)
 
 
 def unet_kwargs(family, pooled, batch: int) -> dict:
     if not family.uses_time_ids:
         return {}
-    time_ids = torch.empty(batch, 6, dtype=torch.float32, device="meta")
+    time_ids = torch.full((batch, 6), 1024.0, dtype=torch.float32, device=pooled.device)
     return {"added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids}}
 
 

@@ -27,6 +27,7 @@ class Workload:
     text_in_loop: bool  # captions are encoded every step (no text cache)
     encoders_resident: bool  # VAE and text encoders stay on the device during the loop
     text_dtype: str | None = None  # text encoders' dtype when not the weights' (DiffSynth: float16)
+    vae_dtype: str | None = None  # the VAE's when not loraflow's choice (diffusers' SDXL script: float32)
 
     @classmethod
     def from_config(cls, config: TrainConfig) -> "Workload":
@@ -69,7 +70,8 @@ def plan_train(config: TrainConfig, workload: Workload | None = None) -> Plan:
         with acct.category("weights"):
             pipe = SimpleNamespace(unet=arch.build("unet", weight_dtype))
             vae_config = arch.config("vae")
-            pipe.vae = arch.build("vae", getattr(torch, vae_dtype(vae_config, WEIGHT_DTYPES[config.mixed_precision])))
+            vae_dtype_name = workload.vae_dtype or vae_dtype(vae_config, WEIGHT_DTYPES[config.mixed_precision])
+            pipe.vae = arch.build("vae", getattr(torch, vae_dtype_name))
             text_dtype = getattr(torch, workload.text_dtype) if workload.text_dtype else weight_dtype
             on_device = [] if config.text_encoders_on_cpu else list(arch.text_encoder_names)
             for name in on_device:
@@ -99,7 +101,7 @@ def plan_train(config: TrainConfig, workload: Workload | None = None) -> Plan:
 
         def step():
             _encode(family, pipe, on_device, batch, resolution, workload.vae_in_loop, workload.text_in_loop)
-            _train_step(model, config, optimizer, params, shape)
+            train_step(model, config, optimizer, params, shape)
 
         with acct.saved_for_backward(), acct.counting_flops():
             measure("training step", step)
@@ -124,20 +126,21 @@ def _encode(family, pipe, encoders, batch, resolution, images: bool, text: bool)
                 phases.encode_prompt(family, getattr(pipe, name), batch)
 
 
-def _train_step(model, config: TrainConfig, optimizer, params, shape) -> None:
-    """trainer.micro_batch_loss + optimizer_step on meta inputs of `shape` (B, C, h, w)."""
+def train_step(model, config: TrainConfig, optimizer, params, shape, device="meta") -> None:
+    """trainer.micro_batch_loss + optimizer_step on inputs of `shape` (B, C, h, w) (bench/plan_vs_cuda.py
+    runs it on CUDA tensors)."""
     import torch
 
     from loraflow.plan import phases
     from loraflow.train import objective
 
     unet, family = model.unet, model.family
-    x0 = torch.empty(shape, dtype=torch.float32, device="meta")  # LatentStore.sample: fp32 latents
-    noise = torch.empty_like(x0)
-    timesteps = torch.zeros(shape[0], dtype=torch.long, device="meta")
+    x0 = torch.randn(shape, dtype=torch.float32, device=device)  # LatentStore.sample: fp32 latents
+    noise = torch.randn_like(x0)
+    timesteps = torch.randint(0, model.noise_scheduler.config.num_train_timesteps, (shape[0],), device=device)
     noisy, target = objective.noisy_input_and_target(model.noise_scheduler, x0, noise, timesteps,
                                                      model.prediction_type)
-    embeds, pooled = phases.conditioning(family, unet, shape[0], torch.float32)
+    embeds, pooled = phases.conditioning(family, unet, shape[0], torch.float32, device)
     pred = unet(noisy, timesteps, encoder_hidden_states=embeds, **phases.unet_kwargs(family, pooled, shape[0])).sample
     loss = objective.diffusion_loss(pred, target, timesteps, model.noise_scheduler, model.prediction_type,
                                     config.min_snr_gamma)

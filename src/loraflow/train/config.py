@@ -86,8 +86,8 @@ class TrainConfig(Options):
                                        aliases=("use_gradient_checkpointing",))
     seed: int = opt(0, "random seed: data order, crops, flips, noise, timesteps")
     # ---- device memory (`loraflow plan train` shows what each setting costs) ----------------
-    base_fp8: bool = opt(False, "store the frozen UNet weights in fp8 (e4m3) and compute each layer in the mixed "
-                                "precision dtype (diffusers layerwise casting); needs fp16 or bf16")
+    base_fp8: bool = opt(False, "store the frozen UNet Linear/Conv weights in fp8 (e4m3) and compute each layer in "
+                                "the mixed-precision dtype; needs fp16 or bf16")
     text_encoders_on_cpu: bool = opt(False, "keep the text encoders on the CPU: captions (and validation prompts) "
                                             "are encoded there once, into the cache")
     vram: float | None = opt(None, "device memory in GiB to plan for: picks the fastest set of gradient_checkpointing, "

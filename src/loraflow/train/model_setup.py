@@ -85,9 +85,10 @@ def prepare_unet(model: TrainModel, config: TrainConfig) -> None:
 
     from loraflow.train.activation_memory import recompute_feed_forward_gates
 
-    if config.base_fp8:
-        # before the adapters, so the fp32 LoRA layers are never cast; norms stay in the compute dtype
-        model.unet.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=model.weight_dtype)
+    if config.base_fp8:  # before the adapters, so the LoRA layers stay fp32
+        from loraflow.train.fp8_base import store_base_in_fp8
+
+        store_base_in_fp8(model.unet, model.weight_dtype)
     torch.manual_seed(config.seed)  # LoRA A matrices are drawn from the global RNG
     add_lora(model, config)
     if config.gradient_checkpointing:
