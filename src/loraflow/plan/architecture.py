@@ -102,14 +102,15 @@ def _builder(library: str, class_name: str, config: dict):
 
             cls = getattr(transformers, class_name)
             return cls(cls.config_class(**{k: v for k, v in config.items() if not k.startswith("_")}))
-    elif library == "kolors":
+    else:  # a model kept inside a diffusers pipeline package (model_index.json names the package)
         def build():
-            from diffusers.pipelines.kolors import text_encoder
+            import importlib
+            import inspect
 
-            # empty_init=False: its default `skip_init` would allocate real (uninitialised) CPU memory for 6B weights
-            return getattr(text_encoder, class_name)(text_encoder.ChatGLMConfig(**config), empty_init=False)
-    else:
-        raise ConfigError(f"plan: cannot build {class_name} from library '{library}'")
+            cls = getattr(importlib.import_module(f"diffusers.pipelines.{library}"), class_name)
+            # ChatGLM's default `empty_init` (skip_init) would allocate real, uninitialised CPU memory
+            extra = {"empty_init": False} if "empty_init" in inspect.signature(cls.__init__).parameters else {}
+            return cls(cls.config_class(**config), **extra)
     return build
 
 
