@@ -37,19 +37,23 @@ def train_rows(family: str) -> list[tuple[str, object]]:
     diffsynth = Workload(vae_in_loop=True, text_in_loop=True, encoders_resident=True, text_dtype="float16")
     rows = [
         ("loraflow", plan_train(cfg())),
+        ("loraflow, checkpointing", plan_train(cfg(gradient_checkpointing=True))),
         ("loraflow, text encoders on CPU", plan_train(cfg(text_encoders_on_cpu=True))),
         ("loraflow, + checkpointing", plan_train(cfg(text_encoders_on_cpu=True, gradient_checkpointing=True))),
         ("loraflow, + fp8 base + ckpt", plan_train(cfg(text_encoders_on_cpu=True, gradient_checkpointing=True,
                                                        base_fp8=True))),
         ("diffusers script", plan_train(cfg(), script)),
         ("diffusers script, ckpt", plan_train(cfg(gradient_checkpointing=True), script)),
-        ("DiffSynth 1.x style", plan_train(cfg(mixed_precision="fp16", gradient_checkpointing=True), diffsynth)),
     ]
-    for vram in (12, 8, 6):
-        from loraflow.plan.modes import TRAIN_STEPS, budget_from_vram, choose, flags
+    if family == "kolors":  # DiffSynth-Studio's trainer of this kind is Kolors'
+        rows.append(("DiffSynth 1.x style", plan_train(cfg(mixed_precision="fp16", gradient_checkpointing=True),
+                                                       diffsynth)))
+    from loraflow.plan.modes import TRAIN_STEPS, budget_from_vram, choose, flags
 
+    for vram in (12, 8, 6):
         chosen, plan, changes = choose(cfg(), budget_from_vram(vram), plan_train, TRAIN_STEPS)
-        rows.append((f"--vram {vram}: {flags(changes) or 'as is'}", plan))
+        rows.append((f"--vram {vram}: {flags(changes) or 'as is'}".replace("--text-encoders-on-cpu", "--te-cpu")
+                     .replace("--optimizer ", "").replace("--gradient-checkpointing", "--ckpt"), plan))
     return rows
 
 
@@ -79,7 +83,8 @@ def main(argv=None) -> int:
         started = time.time()
         rows = train_rows(family)
         reference = next(plan for label, plan in rows if label.startswith("diffusers script")).peak_bytes
-        diffsynth = next(plan for label, plan in rows if label.startswith("DiffSynth")).peak_bytes
+        diffsynth = next((plan for label, plan in rows if label.startswith("DiffSynth")), None)
+        diffsynth = diffsynth.peak_bytes if diffsynth else float("nan")
         print(f"\n{family}: training, 1024^2, batch 1, rank 16, bf16 (planned on meta; no GPU)")
         print(f"  {'run':<52}{'peak GiB':>9}{'step GiB':>9}{'x script':>9}{'x DiffSynth':>12}{'TFLOP':>8}")
         for label, plan in rows:
@@ -94,7 +99,7 @@ def main(argv=None) -> int:
             print(f"  {label:<52}{plan.peak_bytes / GiB:9.2f}{'':9}{plan.peak_bytes / resident:9.2f}"
                   f"{'':12}{plan.flops_per_image / 1e12:8.0f}")
             out.append({"family": family, "run": label, **plan.to_dict()})
-        print(f"  ({time.time() - started:.0f} s of planning)")
+        print(f"  ({time.time() - started:.0f} s of planning)", flush=True)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(out, f, indent=2)

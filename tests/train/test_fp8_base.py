@@ -2,6 +2,7 @@
 weight rounded to fp8 and cast back, with and without gradient checkpointing."""
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -33,15 +34,26 @@ def test_linear_and_conv_match_fp8_rounded_weights():
     assert torch.allclose(x.grad, x_ref.grad, atol=1e-5)
 
 
-def test_training_with_fp8_base_and_checkpointing(tmp_path, shapes_dataset):
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate keeps one process-wide state: a bf16 run after an fp32 one (or before) is refused."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    yield
+    AcceleratorState._reset_state()
+
+
+def test_training_with_fp8_base_and_checkpointing(tmp_path, shapes_dataset, fresh_accelerate_state):
     import yaml
 
     from loraflow.train.trainer import train
 
     result = train(dict(model="tiny:sdxl", dataset=str(shapes_dataset), output=str(tmp_path / "out"), resolution=64,
                         lora_rank=4, batch_size=2, max_steps=2, cache_dir=str(tmp_path / "cache"), device="cpu",
-                        mixed_precision="bf16", base_fp8=True, gradient_checkpointing=True))
+                        mixed_precision="bf16", base_fp8=True, gradient_checkpointing=True,
+                        text_encoders_on_cpu=True))
     assert result.lora_path.is_file() and all(torch.isfinite(torch.tensor(loss)) for _, loss in result.losses)
     assert result.model.unet.conv_in.weight.dtype == STORAGE_DTYPE
     saved = yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())
-    assert saved["base_fp8"] is True and saved["gradient_checkpointing"] is True
+    assert saved["base_fp8"] is True and saved["gradient_checkpointing"] is True and saved["text_encoders_on_cpu"]

@@ -66,9 +66,10 @@ def plan_train(config: TrainConfig, workload: Workload | None = None) -> Plan:
         phases.append(Phase(name, acct.peak, dict(acct.peak_by_category)))
 
     with acct, cuda_rules(autocast):
-        # 1. frozen components
+        # 1. frozen components (text_encoders_on_cpu: the UNet comes after the cache pass, model_setup)
+        unet_first = not config.text_encoders_on_cpu
         with acct.category("weights"):
-            pipe = SimpleNamespace(unet=arch.build("unet", weight_dtype))
+            pipe = SimpleNamespace(unet=arch.build("unet", weight_dtype) if unet_first else None)
             vae_config = arch.config("vae")
             vae_dtype_name = workload.vae_dtype or vae_dtype(vae_config, WEIGHT_DTYPES[config.mixed_precision])
             pipe.vae = arch.build("vae", getattr(torch, vae_dtype_name))
@@ -79,13 +80,20 @@ def plan_train(config: TrainConfig, workload: Workload | None = None) -> Plan:
         scheduler = family.noise_scheduler()
         model = TrainModel(pipe, family, arch.source, arch.source, None, weight_dtype, scheduler,
                            config.prediction_type or scheduler.config.prediction_type)
-        # 2. the training's own setup
-        with acct.category("lora"):
-            prepare_unet(model, config)
-        params = model.trainable_parameters()
-        acct.tag(params, "lora")
-        for p in params:
-            p.register_post_accumulate_grad_hook(lambda p: acct.tag([p.grad], "gradients"))
+
+        def setup_unet():  # 2. the training's own setup
+            if pipe.unet is None:
+                with acct.category("weights"):
+                    pipe.unet = arch.build("unet", weight_dtype)
+            with acct.category("lora"):
+                prepare_unet(model, config)
+            params = model.trainable_parameters()
+            acct.tag(params, "lora")
+            for p in params:
+                p.register_post_accumulate_grad_hook(lambda p: acct.tag([p.grad], "gradients"))
+            return params
+
+        params = setup_unet() if unet_first else None
         batch, scale = config.batch_size, 2 ** (len(pipe.vae.config.block_out_channels) - 1)
         # 3. cache pass
         if not (workload.vae_in_loop and workload.text_in_loop):
@@ -95,6 +103,7 @@ def plan_train(config: TrainConfig, workload: Workload | None = None) -> Plan:
         if not workload.encoders_resident:
             for name in ("vae", *on_device):
                 setattr(pipe, name, None)
+        params = params or setup_unet()
         # 5. optimizer state, then one measured step
         optimizer = _optimizer(params, config, acct)
         shape = (batch, pipe.unet.config.in_channels, resolution // scale, resolution // scale)

@@ -56,15 +56,13 @@ def load_for_training(config: TrainConfig, device: str, encoders: bool = True) -
 
     weight_dtype = WEIGHT_DTYPES[config.mixed_precision]
     skip = () if encoders else ("vae", *dict.fromkeys(n for f in FAMILIES.values() for n in f.text_encoder_names))
-    # text_encoders_on_cpu: load everything on the CPU and move only the UNet and VAE, so the encoders
-    # never pass through device memory
+    # text_encoders_on_cpu: load everything on the CPU and move only the VAE, so the encoders never pass
+    # through device memory; the UNet follows after the cache pass (accelerator.prepare places it)
     loaded = load_pipeline(config.model, family=config.family, vae=config.vae, dtype=weight_dtype,
                            device="cpu" if config.text_encoders_on_cpu else device, skip=skip)
     pipe, family = loaded.pipe, loaded.family
-    if config.text_encoders_on_cpu:
-        for name in ("unet", "vae"):
-            if getattr(pipe, name) is not None:
-                getattr(pipe, name).to(device)
+    if config.text_encoders_on_cpu and pipe.vae is not None:
+        pipe.vae.to(device)
     for name in ("unet", "vae", *family.text_encoder_names):
         if getattr(pipe, name) is not None:
             getattr(pipe, name).requires_grad_(False)
