@@ -56,6 +56,8 @@ def _possible(config, key: str, value) -> bool:
         return not config.train_text_encoder
     if key == "base_fp8":
         return config.mixed_precision != "no"
+    if key == "optimizer":  # bitsandbytes' 8-bit AdamW runs on CUDA only
+        return getattr(config, "device", "auto") != "cpu"
     return True
 
 

@@ -59,6 +59,7 @@ def plan_train(config: TrainConfig, workload: Workload | None = None) -> Plan:
     autocast = None if config.mixed_precision == "no" else weight_dtype  # accelerator.autocast()
     acct = MemoryAccountant("meta")
     phases: list[Phase] = []
+    notes: list[str] = []
 
     def measure(name, fn):
         acct.reset_peak()
@@ -70,7 +71,7 @@ def plan_train(config: TrainConfig, workload: Workload | None = None) -> Plan:
         unet_first = not config.text_encoders_on_cpu
         with acct.category("weights"):
             pipe = SimpleNamespace(unet=arch.build("unet", weight_dtype) if unet_first else None)
-            vae_config = arch.config("vae")
+            vae_config = _vae_config(arch, config.vae, notes)
             vae_dtype_name = workload.vae_dtype or vae_dtype(vae_config, WEIGHT_DTYPES[config.mixed_precision])
             pipe.vae = arch.build("vae", getattr(torch, vae_dtype_name))
             text_dtype = getattr(torch, workload.text_dtype) if workload.text_dtype else weight_dtype
@@ -117,11 +118,26 @@ def plan_train(config: TrainConfig, workload: Workload | None = None) -> Plan:
         # 6. validation images (no text encoding when the encoders are off the device: embeddings are reused)
         if config.validation_prompt and pipe.vae is not None:
             measure("validation", lambda: _validation(family, pipe, on_device, resolution, scale))
-    notes = []
     if config.optimizer != "adamw":
         notes.append(f"{config.optimizer}: optimizer state planned from its layout; the optimizer itself was not run")
     return Plan("train", arch.source, {**memory_settings(config), "resolution": resolution}, phases,
                 acct.flops, notes=notes)
+
+
+def _vae_config(arch, override: str | None, notes: list[str]) -> dict:
+    """The VAE's config, with a replacement VAE's (e.g. sdxl-vae-fp16-fix: no fp32 upcast) when its
+    config.json is on this machine; the layout is the family's either way."""
+    import json
+    from pathlib import Path
+
+    config = arch.config("vae")
+    if override:
+        path = Path(override).expanduser()
+        file = path / "config.json" if path.is_dir() else path.parent / "config.json"
+        if file.is_file():
+            return {**config, **json.loads(file.read_text(encoding="utf-8"))}
+        notes.append(f"vae {override} is not on this machine: planned with the family's VAE config")
+    return config
 
 
 def _encode(family, pipe, encoders, batch, resolution, images: bool, text: bool) -> None:
