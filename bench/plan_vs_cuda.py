@@ -79,9 +79,9 @@ def main(argv=None) -> int:
     print(f"{'run':<34}{'planned GiB':>12}{'measured GiB':>13}{'plan/meas':>10}{'s/step':>8}{'TFLOP':>7}{'MFU':>6}")
     for family in families:
         for ckpt in (False, True):
-            config = TrainConfig(model=args.model, family=family, dataset="unused", resolution=args.resolution,
-                                 batch_size=1, lora_rank=16, mixed_precision="bf16", gradient_checkpointing=ckpt,
-                                 device=args.device)
+            source = {"model": args.model} if args.model else {"family": family}
+            config = TrainConfig(**source, dataset="unused", resolution=args.resolution, batch_size=1, lora_rank=16,
+                                 mixed_precision="bf16", gradient_checkpointing=ckpt, device=args.device)
             plan = plan_train(config)
             planned = next(p.peak_bytes for p in plan.phases if p.name == "training step")
             measured, seconds = measure(config, args.device, args.steps)
