@@ -34,7 +34,9 @@ def train_rows(family: str) -> list[tuple[str, object]]:
         return TrainConfig(**{**base, **kw})
 
     script = Workload(vae_in_loop=True, text_in_loop=True, encoders_resident=True, vae_dtype="float32")
-    diffsynth = Workload(vae_in_loop=True, text_in_loop=True, encoders_resident=True, text_dtype="float16")
+    # the tutorial trains with sdxl-vae-fp16-fix: the VAE runs in fp16
+    diffsynth = Workload(vae_in_loop=True, text_in_loop=True, encoders_resident=True, text_dtype="float16",
+                         vae_dtype="float16")
     rows = [
         ("loraflow", plan_train(cfg())),
         ("loraflow, checkpointing", plan_train(cfg(gradient_checkpointing=True))),

@@ -1,9 +1,10 @@
 """`plan_train(config)`: one LoRA training run of `config` on the meta device, phase by phase.
 
-    1. build the frozen components at full size in the run's dtypes (weights)
-    2. `prepare_unet` — the training's own fp8 storage / LoRA / checkpointing setup (LoRA parameters)
-    3. cache pass: VAE encode of one batch, one caption through every text encoder on the device
-    4. encoders the loop does not need are released, as `trainer._release_encoders` does
+    1. build the VAE and text encoders at full size in the run's dtypes (weights)
+    2. cache pass: VAE encode of one batch, one caption through every text encoder on the device
+    3. encoders the loop does not need are released, as `trainer._release_encoders` does
+    4. the UNet arrives (model_setup keeps it on the CPU until accelerator.prepare), then
+       `prepare_unet` — the training's own fp8 storage / LoRA / checkpointing setup
     5. optimizer state exists (a first step has been taken), then one optimizer step is measured:
        [prompts and images encoded when not cached] -> noise -> UNet -> loss -> backward -> clip -> step
     6. validation images: one guided denoising step and a VAE decode at the training resolution
@@ -67,10 +68,9 @@ def plan_train(config: TrainConfig, workload: Workload | None = None) -> Plan:
         phases.append(Phase(name, acct.peak, dict(acct.peak_by_category)))
 
     with acct, cuda_rules(autocast):
-        # 1. frozen components (text_encoders_on_cpu: the UNet comes after the cache pass, model_setup)
-        unet_first = not config.text_encoders_on_cpu
+        # 1. frozen components; the UNet comes to the device after the cache pass (model_setup)
         with acct.category("weights"):
-            pipe = SimpleNamespace(unet=arch.build("unet", weight_dtype) if unet_first else None)
+            pipe = SimpleNamespace(unet=None)
             vae_config = _vae_config(arch, config.vae, notes)
             vae_dtype_name = workload.vae_dtype or vae_dtype(vae_config, WEIGHT_DTYPES[config.mixed_precision])
             pipe.vae = arch.build("vae", getattr(torch, vae_dtype_name))
@@ -82,10 +82,9 @@ def plan_train(config: TrainConfig, workload: Workload | None = None) -> Plan:
         model = TrainModel(pipe, family, arch.source, arch.source, None, weight_dtype, scheduler,
                            config.prediction_type or scheduler.config.prediction_type)
 
-        def setup_unet():  # 2. the training's own setup
-            if pipe.unet is None:
-                with acct.category("weights"):
-                    pipe.unet = arch.build("unet", weight_dtype)
+        def setup_unet():  # 4. the UNet and the training's own setup
+            with acct.category("weights"):
+                pipe.unet = arch.build("unet", weight_dtype)
             with acct.category("lora"):
                 prepare_unet(model, config)
             params = model.trainable_parameters()
@@ -94,17 +93,16 @@ def plan_train(config: TrainConfig, workload: Workload | None = None) -> Plan:
                 p.register_post_accumulate_grad_hook(lambda p: acct.tag([p.grad], "gradients"))
             return params
 
-        params = setup_unet() if unet_first else None
         batch, scale = config.batch_size, 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-        # 3. cache pass
+        # 2. cache pass
         if not (workload.vae_in_loop and workload.text_in_loop):
             measure("cache pass", lambda: _encode(family, pipe, on_device, batch, resolution,
                                                   not workload.vae_in_loop, not workload.text_in_loop))
-        # 4. release what the loop does not use
+        # 3. release what the loop does not use
         if not workload.encoders_resident:
             for name in ("vae", *on_device):
                 setattr(pipe, name, None)
-        params = params or setup_unet()
+        params = setup_unet()
         # 5. optimizer state, then one measured step
         optimizer = _optimizer(params, config, acct)
         shape = (batch, pipe.unet.config.in_channels, resolution // scale, resolution // scale)

@@ -91,8 +91,7 @@ class TrainConfig(Options):
     base_fp8: bool = opt(False, "store the frozen UNet Linear/Conv weights in fp8 (e4m3) and compute each layer in "
                                 "the mixed-precision dtype; needs fp16 or bf16")
     text_encoders_on_cpu: bool = opt(False, "keep the text encoders on the CPU: captions (and validation prompts) "
-                                            "are encoded there once, into the cache; the UNet comes to the device "
-                                            "after the cache pass")
+                                            "are encoded there once, into the cache")
     vram: float | None = opt(None, "device memory in GiB to plan for: picks the fastest set of gradient_checkpointing, "
                                    "base_fp8, adamw8bit, text_encoders_on_cpu that fits (auto on CUDA: free memory)", gt=0)
     # ---- objective ----------------------------------------------------------------------

@@ -56,13 +56,16 @@ def load_for_training(config: TrainConfig, device: str, encoders: bool = True) -
 
     weight_dtype = WEIGHT_DTYPES[config.mixed_precision]
     skip = () if encoders else ("vae", *dict.fromkeys(n for f in FAMILIES.values() for n in f.text_encoder_names))
-    # text_encoders_on_cpu: load everything on the CPU and move only the VAE, so the encoders never pass
-    # through device memory; the UNet follows after the cache pass (accelerator.prepare places it)
-    loaded = load_pipeline(config.model, family=config.family, vae=config.vae, dtype=weight_dtype,
-                           device="cpu" if config.text_encoders_on_cpu else device, skip=skip)
+    # Loaded on the CPU; the VAE and text encoders go to the device for the cache pass, the UNet only after
+    # it (accelerator.prepare places it), so a ChatGLM and a UNet never share device memory.
+    # text_encoders_on_cpu: the encoders never come to the device at all.
+    loaded = load_pipeline(config.model, family=config.family, vae=config.vae, dtype=weight_dtype, device="cpu",
+                           skip=skip)
     pipe, family = loaded.pipe, loaded.family
-    if config.text_encoders_on_cpu and pipe.vae is not None:
-        pipe.vae.to(device)
+    encoders = () if config.text_encoders_on_cpu else family.text_encoder_names
+    for name in ("vae", *encoders):
+        if getattr(pipe, name) is not None:
+            getattr(pipe, name).to(device)
     for name in ("unet", "vae", *family.text_encoder_names):
         if getattr(pipe, name) is not None:
             getattr(pipe, name).requires_grad_(False)
