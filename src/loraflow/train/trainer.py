@@ -29,6 +29,7 @@ from typing import Callable
 from loraflow.errors import ConfigError, LoraflowError
 from loraflow.train import checkpoint, objective
 from loraflow.train.config import TrainConfig
+from loraflow.train.ema import LoraEMA
 
 
 class TrainingDiverged(LoraflowError):
@@ -43,6 +44,7 @@ class TrainResult:
     steps: int  # optimizer steps done in total
     losses: list[tuple[int, float]] = field(default_factory=list)  # (step, loss), also from before a resume
     loss_curve: Path | None = None
+    ema_path: Path | None = None  # OUTPUT/NAME-ema.safetensors when ema is on
     stats: dict = field(default_factory=dict)  # encoder call counts, cache settings, timings
     model: object = None  # the trained TrainModel in memory (pipeline with adapters)
 
@@ -53,6 +55,7 @@ class RunData:
     sizes: list[tuple[int, int]]  # (w, h) per item
     hashes: list[str]  # file SHA-256 per item
     plan: object  # buckets.BatchPlan
+    captions: object  # captions.Captions: the caption of every sighting
 
 
 def _generator(seed: int, m: int):
@@ -75,8 +78,9 @@ def _say(accelerator, text: str) -> None:
         print(text, flush=True)
 
 
-def read_data(config: TrainConfig) -> RunData:
+def read_data(config: TrainConfig, text_cached: bool) -> RunData:
     from loraflow.train.buckets import BatchPlan, make_buckets
+    from loraflow.train.captions import CaptionPolicy, Captions
     from loraflow.train.dataset import read_items
     from loraflow.train.images import file_sha256, image_size
 
@@ -90,7 +94,8 @@ def read_data(config: TrainConfig) -> RunData:
     plan = BatchPlan(sizes, [i.repeats for i in items], buckets, batch_size=config.batch_size, seed=config.seed,
                      center_crop=config.center_crop, random_flip=config.random_flip,
                      max_upscale=config.max_upscale if config.bucketing else float("inf"), step=config.bucket_step)
-    return RunData(items, sizes, hashes, plan)
+    captions = Captions([i.caption for i in items], CaptionPolicy.from_config(config), config.seed, plan, text_cached)
+    return RunData(items, sizes, hashes, plan, captions)
 
 
 def cache_roots(config: TrainConfig, accelerator) -> tuple[Path | None, Path | None]:
@@ -116,13 +121,10 @@ def make_stores(identity, latent_root: Path | None, text_root: Path | None):
             TextStore(identity.family, text_root, identity.text_key if text_root else ""))
 
 
-def captions_of(config: TrainConfig, data: RunData) -> list[str]:
-    return [config.caption_prefix + i.caption for i in data.items]
-
-
 def cached_captions(config: TrainConfig, data: RunData) -> list[str]:
-    """Every caption the text cache holds for this run; "" for caption dropout and long-prompt padding."""
-    return sorted(set(captions_of(config, data)) | {""})
+    """Every caption the text cache holds for this run (all augmented variants); "" for caption
+    dropout and long-prompt padding."""
+    return sorted(data.captions.all_cached())
 
 
 def cached_crops(config: TrainConfig, data: RunData, rank: int = 0, world: int = 1) -> list:
@@ -188,9 +190,7 @@ def micro_batch_loss(m: int, config: TrainConfig, data: RunData, model, unet, la
 
     entries = data.plan.batch(m)
     gen = _generator(config.seed, m)
-    caption_rng = random.Random(f"{config.seed}:{m}:caption")
-    captions = [config.caption_prefix + data.items[e.item].caption for e in entries]
-    captions = ["" if caption_rng.random() < config.caption_dropout else c for c in captions]
+    captions = data.captions.for_batch(m)
     if latents.root is not None:  # caches hold the center crop (and its mirror)
         params = latents.get([data.items[e.item].image_path for e in entries], [data.hashes[e.item] for e in entries],
                              [e.crop for e in entries])
@@ -214,7 +214,7 @@ def micro_batch_loss(m: int, config: TrainConfig, data: RunData, model, unet, la
                                     model.prediction_type, config.min_snr_gamma)
 
 
-def _save_checkpoint(config, model, accelerator, step, optimizer, lr_scheduler, plan, losses):
+def _save_checkpoint(config, model, accelerator, step, optimizer, lr_scheduler, plan, losses, extras):
     from loraflow.train.model_setup import lora_state_dicts
 
     if accelerator.is_main_process:
@@ -225,11 +225,16 @@ def _save_checkpoint(config, model, accelerator, step, optimizer, lr_scheduler, 
         m = step * config.gradient_accumulation * accelerator.num_processes
         extra = {"micro_batch": m, "epoch": m // plan.batches_per_epoch, "config": config.model_dump(mode="json"),
                  "losses": losses}
+        for part in extras:  # EMA, held-out evaluations: their state resumes with the run
+            if part is not None:
+                tensors, meta = part.state()
+                state.update(tensors)
+                extra.update(meta)
         checkpoint.save_checkpoint(config.output, step, state, optimizer, lr_scheduler, extra, config.keep_checkpoints)
     accelerator.wait_for_everyone()
 
 
-def _resume(config, model, accelerator, optimizer, lr_scheduler) -> tuple[int, list]:
+def _resume(config, model, accelerator, optimizer, lr_scheduler, extras) -> tuple[int, list]:
     from peft import set_peft_model_state_dict
 
     path = checkpoint.resolve_resume(config.resume, config.output)
@@ -245,11 +250,19 @@ def _resume(config, model, accelerator, optimizer, lr_scheduler) -> tuple[int, l
         te = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
         if te:
             set_peft_model_state_dict(accelerator.unwrap_model(getattr(model.pipe, name)), te)
+    for part in extras:
+        if part is not None:
+            part.load(state, meta, str(path))
     _say(accelerator, f"resumed from {path} at step {meta['step']} (epoch {meta.get('epoch')})")
     return int(meta["step"]), [tuple(x) for x in meta.get("losses", [])]
 
 
-def _validate(config, model, accelerator, step, logger) -> None:
+def _validate(config, model, accelerator, step, logger, ema) -> None:
+    with ema.applied() if ema is not None else nullcontext():  # sample images show the EMA weights when on
+        _validate_now(config, model, accelerator, step, logger)
+
+
+def _validate_now(config, model, accelerator, step, logger) -> None:
     if accelerator.is_main_process and config.validation_prompt:
         from loraflow.train.feedback import validation_images
 
@@ -349,13 +362,13 @@ def train(config: TrainConfig | dict, progress: Callable[[int, int], None] | Non
         atomic_write_text(output / "config.yaml", config.to_yaml())
         print(f"loraflow train: resolved config (saved to {output / 'config.yaml'}):\n{config.to_yaml()}", flush=True)
     # 2. data
-    data = read_data(config)
+    roots = cache_roots(config, accelerator)
+    data = read_data(config, text_cached=roots[1] is not None)
     world, accum = accelerator.num_processes, config.gradient_accumulation
     steps = total_steps(config, data, world)
     _say(accelerator, f"{len(data.items)} images, {data.plan.batches_per_epoch} batches/epoch in "
                       f"{len(set(data.plan.item_buckets))} bucket(s); {steps} steps x {accum} accumulation x {world} process(es)")
     # 3. caches and model: a warm cache means the VAE and text encoders are never loaded
-    roots = cache_roots(config, accelerator)
     identity = identity_from_files(config)  # None: only known once the model is built (tiny, single file)
     stores = make_stores(identity, *roots) if identity is not None else None
     warm = (stores is not None and not encoders_needed_in_loop(config, *stores)
@@ -378,7 +391,10 @@ def train(config: TrainConfig | dict, progress: Callable[[int, int], None] | Non
     unet, optimizer = accelerator.prepare(model.unet, optimizer)
     for te in model.text_encoders:
         te.to(accelerator.device)
-    start, past_losses = _resume(config, model, accelerator, optimizer, lr_scheduler) if config.resume else (0, [])
+    ema = LoraEMA.from_config(config, model.trainable_parameters())
+    extras = (ema,)
+    start, past_losses = (_resume(config, model, accelerator, optimizer, lr_scheduler, extras) if config.resume
+                          else (0, []))
     logger = Logger(output, steps, start, accelerator.is_main_process)
     logger.losses = list(past_losses)
     for module in (unet, *model.text_encoders):
@@ -389,22 +405,28 @@ def train(config: TrainConfig | dict, progress: Callable[[int, int], None] | Non
     while step < steps:
         step_loss = optimizer_step(step, config, data, model, unet, optimizer, lr_scheduler, latents, texts, accelerator)
         step += 1
+        if ema is not None:
+            ema.after_step(step)
         logger.step(step, step_loss, lr_scheduler.get_last_lr()[0], step % config.log_every == 0)
         if progress is not None:
             progress(step, steps)
         if config.save_every and step % config.save_every == 0 and step < steps:
-            _save_checkpoint(config, model, accelerator, step, optimizer, lr_scheduler, data.plan, logger.losses)
+            _save_checkpoint(config, model, accelerator, step, optimizer, lr_scheduler, data.plan, logger.losses,
+                             extras)
         if config.validation_every and step % config.validation_every == 0 and step < steps:
-            _validate(config, model, accelerator, step, logger)
+            _validate(config, model, accelerator, step, logger, ema)
     loop_seconds, loop_cpu = time.time() - loop_started, time.process_time() - loop_cpu
     # 7. outputs
-    _save_checkpoint(config, model, accelerator, step, optimizer, lr_scheduler, data.plan, logger.losses)
+    _save_checkpoint(config, model, accelerator, step, optimizer, lr_scheduler, data.plan, logger.losses, extras)
     result = TrainResult(output, None, None, step, logger.losses, model=model)
     if accelerator.is_main_process:
         result.lora_path, result.diffusers_path = write_outputs(config, model, data, accelerator, step, started)
+        if ema is not None:
+            with ema.applied():
+                result.ema_path = write_outputs(config, model, data, accelerator, step, started, suffix="-ema")[0]
         result.loss_curve = draw_loss_curve(logger.losses, output / "loss.png")
         print(f"saved {result.lora_path}", flush=True)
-    _validate(config, model, accelerator, step, logger)
+    _validate(config, model, accelerator, step, logger, ema)
     logger.close()
     result.stats = {"vae_encode_calls": latents.encode_calls, "text_encode_calls": texts.encode_calls,
                     "latent_cache": latents.root is not None, "text_cache": texts.root is not None,
@@ -416,7 +438,8 @@ def train(config: TrainConfig | dict, progress: Callable[[int, int], None] | Non
     return result
 
 
-def write_outputs(config, model, data, accelerator, step, started):
+def write_outputs(config, model, data, accelerator, step, started, suffix: str = ""):
+    """OUTPUT/NAME{suffix}.safetensors (+ the diffusers file for the main LoRA) from the adapters as they are."""
     import torch
 
     from loraflow.train import export
@@ -430,6 +453,6 @@ def write_outputs(config, model, data, accelerator, step, started):
         steps=step, epochs=epochs, started=started, prediction_type=model.prediction_type)
     tags = export.tag_frequency([(i.image_path.parent.name, config.caption_prefix + i.caption) for i in data.items])
     return export.save_lora_files(
-        Path(config.output), config.name, unet_state, te_states, family=model.family.name, rank=config.lora_rank,
+        Path(config.output), config.name + suffix, unet_state, te_states, family=model.family.name, rank=config.lora_rank,
         alpha=config.lora_alpha, dtype=getattr(torch, config.save_dtype), resolution=config.resolution,
-        tag_freq=tags, metadata=meta, with_diffusers=config.save_format == "kohya+diffusers")
+        tag_freq=tags, metadata=meta, with_diffusers=config.save_format == "kohya+diffusers" and not suffix)
