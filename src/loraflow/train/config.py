@@ -75,6 +75,16 @@ class TrainConfig(Options):
                              aliases=("caption_tag_dropout_rate",), ge=0.0, le=1.0)
     caption_variants: int = opt(8, "with cached text embeddings: augmented versions cached per caption, used in turn",
                                 ge=1)
+    masked_loss: bool = opt(False, "weight the loss by a mask per image: the mask column, NAME_mask.png beside the "
+                                   "image, or its alpha channel (see README)", aliases=("alpha_mask",))
+    mask_column: str = opt("mask", "metadata column holding a mask image path (relative to the metadata file)",
+                           min_length=1)
+    reg_dataset: str | None = opt(None, "regularization (class) images with their own captions, mixed into the "
+                                        "batches: by default one reg image per training image each epoch (kohya)",
+                                  aliases=("reg_data_dir",))
+    reg_weight: float = opt(1.0, "loss weight of regularization images", aliases=("prior_loss_weight",), ge=0.0)
+    reg_repeats: int | None = opt(None, "sightings of each regularization image per epoch "
+                                        "(default: as many reg images as training images in total)", ge=1)
     cache_latents: bool = opt(True, "cache VAE latents on disk, keyed by image hash + settings")
     cache_text_embeds: bool = opt(True, "cache text embeddings on disk (off when the text encoder trains)")
     cache_dir: str | None = opt(None, "cache folder (default: ~/.cache/loraflow/train)")
