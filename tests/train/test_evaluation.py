@@ -38,9 +38,9 @@ def test_held_out_loss_is_identical_across_runs(tmp_path, shapes_dataset):
     first = train(config)
     second = train(dict(config, output=str(tmp_path / "again")))
     a, b = _evaluations(first.output, 4), _evaluations(second.output, 4)
-    assert [s for s, _ in a] == [2, 4]
+    assert [s for s, _ in a] == [0, 2, 4]  # step 0: the base model with the zero-initialised LoRA
     assert a == b  # bit-identical floats through JSON
-    assert a[0][1] != a[1][1]  # the weights changed, the inputs did not
+    assert len({v for _, v in a}) == 3  # the weights changed, the inputs did not
     assert "recommended" in (first.output / "evaluation.md").read_text()
     assert (first.output / "evaluation.png").is_file()
 
@@ -49,7 +49,7 @@ def test_early_stop_fires_and_keeps_the_best_lora(tmp_path, shapes_dataset, monk
     from loraflow.train import evaluation
     from loraflow.train.trainer import train
 
-    curve = iter([3.0, 2.0, 2.5, 2.6, 2.7, 2.8])  # best at the 2nd evaluation (step 2)
+    curve = iter([4.0, 3.0, 2.0, 2.5, 2.6, 2.7, 2.8])  # evaluations at steps 0, 1, 2, ...: best at step 2
     monkeypatch.setattr(evaluation.HeldOut, "loss", lambda self, *a: next(curve))
     held_out = make_shapes_dataset(tmp_path / "held_out", n=2, seed=5)  # the training data stays the same
     config = base_config(tmp_path, shapes_dataset, max_steps=8, eval_every=1, early_stop=2, learning_rate=1e-2,

@@ -79,7 +79,8 @@ class Captions:
 
     def __init__(self, raw: list[str], policy: CaptionPolicy, seed: int, plan, cached: bool):
         self.raw, self.policy, self.seed, self.plan, self.cached = raw, policy, seed, plan, cached
-        self.variants = [make_variants(c, policy, seed) if cached else [] for c in raw]
+        # items never trained on (held out, unused reg images: 0 repeats) need no variants
+        self.variants = [make_variants(c, policy, seed) if cached and r > 0 else [] for c, r in zip(raw, plan.repeats)]
         self._sightings: tuple[int, list[list[int]]] | None = None  # (epoch, [batch][position] -> sighting)
 
     def all_cached(self) -> set[str]:

@@ -173,7 +173,11 @@ def _resume(config, model, accelerator, optimizer, lr_scheduler, extras) -> tupl
 
     path = checkpoint.resolve_resume(config.resume, config.output)
     saved = checkpoint.read_state(path).get("config", {})
-    for key in ("lora_rank", "lora_targets", "train_text_encoder", "batch_size", "gradient_accumulation", "seed"):
+    if "eval_every" in saved and bool(saved["eval_every"]) != bool(config.eval_every):  # the split changes the data
+        raise ConfigError(f"resume: {path} was trained with eval_every={saved['eval_every']!r}, this run has "
+                          f"{config.eval_every!r}; a held-out split changes the training data, keep it on or off")
+    for key in ("lora_rank", "lora_targets", "train_text_encoder", "batch_size", "gradient_accumulation", "seed",
+                "eval_dataset", "eval_split", "reg_dataset", "reg_repeats"):
         if key in saved and saved[key] != getattr(config, key):
             raise ConfigError(f"resume: {path} was trained with {key}={saved[key]!r}, this run has "
                               f"{getattr(config, key)!r}; resume with the same value")
@@ -336,7 +340,9 @@ def train(config: TrainConfig | dict, progress: Callable[[int, int], None] | Non
     logger.losses = list(past_losses)
     for module in (unet, *model.text_encoders):
         module.train()
-    # 6. the loop
+    # 6. the loop (a held-out evaluation first: the base model's number, which the LoRA should beat)
+    if held_out is not None and start == 0:
+        _evaluate(0, config, data, model, unet, latents, texts, accelerator, held_out, logger, started)
     step = start
     loop_started, loop_cpu = time.time(), time.process_time()
     while step < steps:
