@@ -1,17 +1,19 @@
 """`train(config) -> TrainResult`: the whole LoRA training run, readable top to bottom.
 
     1. resolve the config, start accelerate (device, mixed precision, processes)
-    2. read the dataset, plan aspect-ratio buckets
+    2. read the dataset (+ held-out and regularization images, evaluation.py / regularization.py),
+       plan aspect-ratio buckets, caption variants (captions.py) and loss masks (masks.py)
     3. the caches; load the base model frozen, add fp32 LoRA adapters. When every latent and caption
        embedding the run reads is on disk already (a second run), the VAE and text encoders are not
        loaded at all, unless validation images need them (then the full pipeline is loaded as before)
     4. encode every image and caption once into the disk caches, release unused encoders
     5. optimizer + LR schedule, accelerate.prepare, resume
-    6. the loop: micro-batches -> loss -> backward -> clip -> step; checkpoints, samples, logs
-    7. write the kohya LoRA (+ diffusers file), loss curve, final samples
+    6. the loop: micro-batches -> loss -> backward -> clip -> step -> EMA (ema.py); checkpoints,
+       samples, logs, held-out evaluations and early stop
+    7. write the kohya LoRA (+ diffusers file, NAME-ema), loss curve, evaluation table, final samples
 
 Randomness is a pure function of (seed, global micro-batch index m): data order, crops, flips,
-caption dropout, latent samples, noise and timesteps. A resumed run therefore continues exactly
+caption dropout and variants, latent samples, noise and timesteps. A resumed run therefore continues exactly
 where the interrupted one would have been, and N processes x 1 micro-batch see the same data and
 noise as 1 process x N accumulated micro-batches (DDP averages what accumulation averages).
 """
