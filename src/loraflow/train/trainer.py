@@ -178,8 +178,8 @@ def _resume(config, model, accelerator, optimizer, lr_scheduler, extras) -> tupl
     if "eval_every" in saved and bool(saved["eval_every"]) != bool(config.eval_every):  # the split changes the data
         raise ConfigError(f"resume: {path} was trained with eval_every={saved['eval_every']!r}, this run has "
                           f"{config.eval_every!r}; a held-out split changes the training data, keep it on or off")
-    for key in ("lora_rank", "lora_targets", "train_text_encoder", "batch_size", "gradient_accumulation", "seed",
-                "eval_dataset", "eval_split", "reg_dataset", "reg_repeats"):
+    for key in ("lora_rank", "lora_targets", "lora_type", "text_encoder_targets", "train_text_encoder", "batch_size",
+                "gradient_accumulation", "seed", "eval_dataset", "eval_split", "reg_dataset", "reg_repeats"):
         if key in saved and saved[key] != getattr(config, key):
             raise ConfigError(f"resume: {path} was trained with {key}={saved[key]!r}, this run has "
                               f"{getattr(config, key)!r}; resume with the same value")
@@ -376,6 +376,11 @@ def train(config: TrainConfig | dict, progress: Callable[[int, int], None] | Non
                 result.ema_path = write_outputs(config, model, data, accelerator, step, started, suffix="-ema")[0]
         result.loss_curve = draw_loss_curve(logger.losses, output / "loss.png")
         print(f"saved {result.lora_path}", flush=True)
+        from loraflow.models.lora.compat import check_trained  # which tools load every module
+
+        models = {"unet": accelerator.unwrap_model(model.unet),
+                  **{n: getattr(model.pipe, n, None) for n in model.family.text_encoder_names}}
+        print(check_trained(result.lora_path, models), flush=True)
         if held_out is not None:
             table, result.evaluation, _ = report(held_out.history, logger.losses, output, f"{config.name}-best.safetensors")
             print(f"held-out evaluation ({result.evaluation}):\n{table}", flush=True)
