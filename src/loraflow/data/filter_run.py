@@ -85,12 +85,14 @@ def _evaluate_model(task: Task, batch: list[tuple[int, dict, dict]]) -> list[tup
     errors = iter(op.compute_batch(ready) if ready else [])
     ready_stats = iter(ready)
     out = []
-    for (_, _, stats), verdict in zip(batch, verdicts):
+    for (_, sample, stats), verdict in zip(batch, verdicts):
         if verdict is None:
             next(ready_stats)
             error = next(errors)
             verdict = ("errored", error) if error else ("kept", None)
-            if error is None:
+            if error is None and getattr(op, "maps", False):
+                verdict = ("kept", sample)  # a mapper's updated sample travels back (workers are other processes)
+            elif error is None:
                 rejection = op.decide(stats)
                 verdict = ("rejected", rejection) if rejection else ("kept", None)
         out.append((*verdict, stats))
@@ -167,7 +169,7 @@ def run_filter(recipe: Recipe, ops: list[Op], backend: str = "local", np: int | 
                         first_seen[key] = number
                     status = "kept"
             if status == "kept":
-                survivors.append((number, sample, stats))
+                survivors.append((number, payload if isinstance(payload, dict) else sample, stats))
             elif status == "rejected":
                 assert isinstance(payload, Rejection)
                 result.rejected_by[payload.op] = result.rejected_by.get(payload.op, 0) + 1
