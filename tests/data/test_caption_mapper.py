@@ -1,5 +1,6 @@
-"""image_captioning_mapper on a tiny random BLIP built in-process: captions replace the text, the
-original is kept, a bad image is errored with its reason, and absent weights are a one-line error."""
+"""image_captioning_mapper / image_tagging_mapper on tiny random models built in-process: captions replace
+the text, the original is kept, tags land in their field, a bad image is errored with its reason, and
+absent weights are a one-line error."""
 from __future__ import annotations
 
 import json
@@ -68,5 +69,41 @@ def test_absent_weights_are_a_one_line_error(tmp_path):
     with pytest.raises(ConfigError, match="not a local model folder") as err:
         build_op("image_captioning_mapper", {"hf_img2seq": str(tmp_path / "nope")}, "text", "images", "r.yaml")
     assert "\n" not in str(err.value)
-    with pytest.raises(ConfigError, match="image_tagging_mapper"):
+    with pytest.raises(ConfigError, match="hf_tagger is required"):
         build_op("image_tagging_mapper", {}, "text", "images", "r.yaml")
+
+
+@pytest.fixture(scope="module")
+def tiny_tagger(tmp_path_factory) -> Path:
+    """A 1-layer multi-label ViT whose biases decide the tags: cat and red yes, dog no."""
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    out = tmp_path_factory.mktemp("tagger")
+    labels = ["cat", "dog", "red"]
+    config = ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37, image_size=32,
+                       patch_size=8, id2label=dict(enumerate(labels)), label2id={w: i for i, w in enumerate(labels)},
+                       problem_type="multi_label_classification")
+    torch.manual_seed(0)
+    model = ViTForImageClassification(config)
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.copy_(torch.tensor([4.0, -4.0, 1.0]))  # sigmoid: 0.982, 0.018, 0.731
+    model.save_pretrained(out)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(out)
+    return out
+
+
+def test_tags_go_to_their_field_and_optionally_the_text(tmp_path, tiny_tagger):
+    good = save(noise_image(40, 30, seed=2), tmp_path / "good.png")
+    rows = [{"text": "<__dj__image>二次元", "images": [str(good)]}, {"text": "bad", "images": [str(tmp_path / "gone.png")]}]
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "dataset_path": str(write_manifest(tmp_path / "in.jsonl", rows)), "export_path": str(tmp_path / "kept.jsonl"),
+        "np": 1, "process": [{"image_tagging_mapper": {"hf_tagger": str(tiny_tagger), "threshold": 0.5,
+                                                       "append_to_text": True}}]}))
+    result = filter_dataset(recipe, progress=False)
+    assert len(result.kept) == 1 and len(result.errored) == 1 and "gone.png" in result.errored[0]["__loraflow__"]["error"]
+    kept = result.kept[0]
+    assert kept["image_tags"] == ["cat", "red"]  # 0.982 and 0.731 reach 0.5, best first; dog (0.018) does not
+    assert kept["text"] == "<__dj__image>二次元, cat, red" and kept["original_text"] == "<__dj__image>二次元"

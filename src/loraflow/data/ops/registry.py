@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from loraflow.data.ops.base import Op
-from loraflow.data.ops.caption_mapper import ImageCaptioningMapper
+from loraflow.data.ops.caption_mapper import ImageCaptioningMapper, ImageTaggingMapper
 from loraflow.data.ops.dedup import ImageDeduplicator
 from loraflow.data.ops.model_filters import ImageAestheticsFilter, ImageTextSimilarityFilter
 from loraflow.data.ops.image_filters import (ImageAspectRatioFilter, ImageShapeFilter, ImageSharpnessFilter,
@@ -15,18 +15,18 @@ from loraflow.errors import ConfigError
 OPS: dict[str, type[Op]] = {cls.name: cls for cls in (
     ImageShapeFilter, ImageAspectRatioFilter, ImageSizeFilter, ImageSharpnessFilter,
     ImageDeduplicator, TextLengthFilter, WordsNumFilter, ImageAestheticsFilter, ImageTextSimilarityFilter,
-    ImageCaptioningMapper,
+    ImageCaptioningMapper, ImageTaggingMapper,
 )}
 # The model path each model-backed op needs (local weights; checked before any work starts).
 REQUIRED_MODEL = {"image_aesthetics_filter": "hf_scorer_model", "image_text_similarity_filter": "hf_clip",
-                  "image_captioning_mapper": "hf_img2seq"}
+                  "image_captioning_mapper": "hf_img2seq", "image_tagging_mapper": "hf_tagger"}
 
 # data-juicer ops that need model weights (CLIP, BLIP, NSFW/watermark classifiers, tokenizers ...).
 MODEL_BACKED = frozenset({
     "image_text_matching_filter",
     "image_nsfw_filter", "image_watermark_filter", "image_face_count_filter", "image_face_ratio_filter",
     "image_pair_similarity_filter", "image_subplot_filter",
-    "image_diffusion_mapper", "image_tagging_mapper", "image_face_blur_mapper", "perplexity_filter",
+    "image_diffusion_mapper", "image_face_blur_mapper", "perplexity_filter",
     "language_id_score_filter", "token_num_filter", "llm_quality_score_filter", "ray_image_deduplicator",
 })
 
