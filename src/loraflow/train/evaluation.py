@@ -4,7 +4,8 @@ Every `eval_every` steps the LoRA is scored on images it never trains on: the de
 `eval_timesteps` fixed timesteps (evenly spread over the schedule) with noise and latent samples
 drawn from generators keyed by (seed, image) only. Every evaluation therefore sees the same inputs,
 so the numbers are comparable across steps, runs and resumes; only the weights change. The plain
-(unweighted) MSE is used, so min-SNR or other training weightings do not change the measure.
+(unweighted) MSE over the whole image is used: min-SNR, loss masks and regularization weights shape
+training, not the measure. The trained weights are scored (not the EMA).
 
 The held-out images are `eval_dataset`, or `eval_split` of the dataset chosen by seed; they are
 appended to the run's items with 0 repeats, so the caches encode them and training never sees them.
