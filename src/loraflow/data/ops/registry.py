@@ -4,9 +4,9 @@ from __future__ import annotations
 from typing import Any
 
 from loraflow.data.ops.base import Op
-from loraflow.data.ops.caption_mapper import ImageCaptioningMapper, ImageTaggingMapper
 from loraflow.data.ops.dedup import ImageDeduplicator
 from loraflow.data.ops.model_filters import ImageAestheticsFilter, ImageTextSimilarityFilter
+from loraflow.data.ops.mappers import ImageCaptioningMapper, ImageTaggingMapper
 from loraflow.data.ops.image_filters import (ImageAspectRatioFilter, ImageShapeFilter, ImageSharpnessFilter,
                                              ImageSizeFilter)
 from loraflow.data.ops.text_filters import TextLengthFilter, WordsNumFilter
@@ -19,7 +19,7 @@ OPS: dict[str, type[Op]] = {cls.name: cls for cls in (
 )}
 # The model path each model-backed op needs (local weights; checked before any work starts).
 REQUIRED_MODEL = {"image_aesthetics_filter": "hf_scorer_model", "image_text_similarity_filter": "hf_clip",
-                  "image_captioning_mapper": "hf_img2seq", "image_tagging_mapper": "hf_tagger"}
+                  "image_captioning_mapper": "hf_img2seq", "image_tagging_mapper": "tagger_model"}
 
 # data-juicer ops that need model weights (CLIP, BLIP, NSFW/watermark classifiers, tokenizers ...).
 MODEL_BACKED = frozenset({
@@ -45,4 +45,7 @@ def build_op(name: str, params: dict[str, Any] | None, text_key: str, image_key:
     if key and not getattr(parsed, key):
         raise ConfigError(f"{where} ({name}): {key} is required: the path of local model weights "
                           "(loraflow never downloads during a run)")
-    return cls(parsed, text_key=text_key, image_key=image_key)
+    try:  # mappers check their weights folder here, before any work
+        return cls(parsed, text_key=text_key, image_key=image_key)
+    except ConfigError as e:
+        raise ConfigError(f"{where} ({name}): {e}") from None
