@@ -61,10 +61,36 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_storyboard_cmd(args: argparse.Namespace) -> int:
-    from loraflow.generate.storyboard import run_storyboard
+    from loraflow.generate.storyboard import load_story, run_storyboard
 
     config = StoryboardConfig.from_cli(args, None, story=args.story)
+    identity = None
+    # the demo model's identity is its checker (colour and shape), which lives in loraflow.demo
+    if config.identity == "demo" or (config.identity == "auto" and not config.clip
+                                     and (config.model or load_story(config.story).model or "demo") == "demo"):
+        from loraflow.demo.identity import DemoIdentity
+
+        identity = DemoIdentity()
     with _StepBar("storyboard") as update:
-        index = run_storyboard(config, progress=update)
+        index = run_storyboard(config, progress=update, identity=identity)
     print(f"{len(index['scenes'])} scenes -> {config.out}/{index['grid']} ({index['grid_size'][0]}x{index['grid_size'][1]})")
+    if "contact_sheet" in index:
+        sheet = index["contact_sheet"]
+        print(f"scores: {config.out}/{sheet['html']} (weakest: scene {sheet['weakest']})")
+    if "repair" in index:
+        print(repair_summary(index["repair"]))
     return 0
+
+
+def repair_summary(report: dict) -> str:
+    """One line per repaired panel: seeds tried, score before and after."""
+    lines = [f"repair: {report['renders']} of {report['budget']} re-renders, threshold {report['threshold']:g}"]
+    for p in report["panels"]:
+        if "skipped" in p:
+            lines.append(f"  scene {p['index']}: {p['before']:.3f}, left alone ({p['skipped']})")
+            continue
+        seeds = ", ".join(str(t["seed"]) for t in p["tries"]) or "none (budget spent)"
+        verdict = "passes" if p["passed"] else "still under"
+        lines.append(f"  scene {p['index']}: {p['before']:.3f} -> {p['after']:.3f} (seed {p['seed']}; tried {seeds}) "
+                     f"{verdict}")
+    return "\n".join(lines)
