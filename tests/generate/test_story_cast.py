@@ -104,3 +104,11 @@ def test_bad_cast_is_a_one_line_error(tmp_path, change, message):
     with pytest.raises(ConfigError, match=message) as e:
         load_story(write(tmp_path, data))
     assert "\n" not in str(e.value)
+
+
+def test_demo_cast_example_brings_its_characters_into_every_scene():
+    story = load_story(Path(__file__).resolve().parents[2] / "examples" / "stories" / "demo-cast.yaml")
+    casts = story.panel_casts()
+    assert len(casts) == 8 and all(len(c.members) == 1 for c in casts)
+    assert all("{" not in c.prompt for c in casts)
+    assert casts[4].prompt == "灰色背景,上边有一个红色的星形"  # the Chinese scene takes the Chinese description

@@ -76,21 +76,11 @@ def run_storyboard_cmd(args: argparse.Namespace) -> int:
     print(f"{len(index['scenes'])} scenes -> {config.out}/{index['grid']} ({index['grid_size'][0]}x{index['grid_size'][1]})")
     if "contact_sheet" in index:
         sheet = index["contact_sheet"]
-        print(f"scores: {config.out}/{sheet['html']} (weakest: scene {sheet['weakest']})")
+        weakest = f" (weakest: scene {sheet['weakest']})" if sheet["weakest"] else ""
+        print(f"scores: {config.out}/{sheet['html']}{weakest}")
     if "repair" in index:
-        print(repair_summary(index["repair"]))
+        from loraflow.generate.story_scoring import describe_repair
+
+        print(describe_repair(index["repair"]))
     return 0
 
-
-def repair_summary(report: dict) -> str:
-    """One line per repaired panel: seeds tried, score before and after."""
-    lines = [f"repair: {report['renders']} of {report['budget']} re-renders, threshold {report['threshold']:g}"]
-    for p in report["panels"]:
-        if "skipped" in p:
-            lines.append(f"  scene {p['index']}: {p['before']:.3f}, left alone ({p['skipped']})")
-            continue
-        seeds = ", ".join(str(t["seed"]) for t in p["tries"]) or "none (budget spent)"
-        verdict = "passes" if p["passed"] else "still under"
-        lines.append(f"  scene {p['index']}: {p['before']:.3f} -> {p['after']:.3f} (seed {p['seed']}; tried {seeds}) "
-                     f"{verdict}")
-    return "\n".join(lines)

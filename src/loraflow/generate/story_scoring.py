@@ -218,6 +218,20 @@ def repair(session, items, results: list, scores: list[dict], out: Path, cfg, pa
     return {"threshold": cfg.repair_threshold, "budget": cfg.repair_budget, "renders": used, "panels": report}
 
 
+def describe_repair(report: dict) -> str:
+    """What --repair did, one line per panel it looked at: seeds tried, combined score before and after."""
+    lines = [f"repair: {report['renders']} of {report['budget']} re-renders, threshold {report['threshold']:g}"]
+    for p in report["panels"]:
+        if "skipped" in p:
+            lines.append(f"  scene {p['index']}: {p['before']:.3f}, left alone ({p['skipped']})")
+            continue
+        seeds = ", ".join(str(t["seed"]) for t in p["tries"]) or "none (budget spent)"
+        verdict = "passes" if p["passed"] else "still under"
+        lines.append(f"  scene {p['index']}: {p['before']:.3f} -> {p['after']:.3f} {verdict} "
+                     f"(kept seed {p['seed']}; tried {seeds})")
+    return "\n".join(lines)
+
+
 def summarize(scores: list[dict]) -> dict:
     """Story-level mean and min of each score that was computed."""
     out = {}
