@@ -81,6 +81,8 @@ class PanelScorer:
     anchored_by: dict[str, str] = field(default_factory=dict)  # name -> "references" | "scene-NN"
 
     def __post_init__(self):
+        if self.identity is None or not self.identity.uses_anchors:
+            return
         from loraflow.data.images import load_rgb
 
         for cast in self.casts:

@@ -237,7 +237,8 @@ def run_storyboard(cfg: StoryboardConfig, session: GenerationSession | None = No
         from loraflow.generate.contact_sheet import write_contact_sheet
 
         index["scores"] = scoring.summarize(scores)
-        index["identity"] = {"scorer": getattr(panels.identity, "name", None), "anchors": dict(panels.anchored_by)}
+        if panels.identity is not None:
+            index["identity"] = {"scorer": panels.identity.name, "anchors": dict(panels.anchored_by)}
         index["contact_sheet"] = write_contact_sheet(out, index, [r.image for r in results])
     if repaired is not None:
         index["repair"] = repaired
