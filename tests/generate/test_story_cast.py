@@ -112,3 +112,17 @@ def test_demo_cast_example_brings_its_characters_into_every_scene():
     assert len(casts) == 8 and all(len(c.members) == 1 for c in casts)
     assert all("{" not in c.prompt for c in casts)
     assert casts[4].prompt == "灰色背景,上边有一个红色的星形"  # the Chinese scene takes the Chinese description
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"identity": "demo"}, r"--identity demo: pass identity=DemoIdentity\(\)"),
+    ({"identity": "clip"}, r"--identity clip needs a local CLIP folder: --clip PATH"),
+    ({"best_of": 2, "best_of_metric": "identity", "identity": "none", "aesthetic": "x"},
+     r"--best-of-metric identity needs a cast and an identity scorer"),
+    ({"repair": True, "identity": "none"}, r"--repair need local weights"),
+])
+def test_scoring_options_without_what_they_need_are_one_line_errors(tmp_path, options, message):
+    story = write(tmp_path, {"characters": [{"name": "hero", "description": "a red star"}],
+                             "scenes": [{"prompt": "{hero} on the left, white background"}]})
+    with pytest.raises(ConfigError, match=message):  # raised before any model is loaded
+        run_storyboard(StoryboardConfig(story=str(story), out=str(tmp_path / "o"), model="tiny:sdxl", **options))

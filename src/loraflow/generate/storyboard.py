@@ -127,7 +127,7 @@ class StoryboardConfig(ModelOptions, SamplingOptions):
     text_weight: float = opt(1.0, "weight of the CLIP score / 100 in the combined score", ge=0.0)
     aesthetic_weight: float = opt(1.0, "weight of the aesthetic score / 10 in the combined score", ge=0.0)
     repair: bool = opt(False, "re-render panels whose combined score is under --repair-threshold, new seeds each")
-    repair_threshold: float = opt(0.5, "combined score (0..1) a panel must reach under --repair")
+    repair_threshold: float = opt(0.5, "combined score (0..1) a panel must reach under --repair", ge=0.0, le=1.0)
     repair_budget: int = opt(8, "most re-renders --repair may spend on the whole story", ge=1)
 
     def score_weights(self) -> dict[str, float]:
