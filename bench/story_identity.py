@@ -28,7 +28,7 @@ def without_cast(data: dict) -> dict:
     return out
 
 
-def run(story_file: Path, out: Path, seed: int, steps: int, session, characters: list, casts: list) -> list[float]:
+def run(story_file: Path, out: Path, seed: int, steps: int, session, casts: list) -> list[float]:
     from PIL import Image
 
     from loraflow.demo.identity import DemoIdentity
@@ -65,8 +65,7 @@ def main() -> None:
     for name, file in (("without cast", plain), ("with cast", STORY)):
         values = []
         for seed in range(args.seeds):
-            values += run(file, out / f"{name.replace(' ', '-')}-{seed}", seed, args.steps, session,
-                          story.characters, casts)
+            values += run(file, out / f"{name.replace(' ', '-')}-{seed}", seed, args.steps, session, casts)
         exact = sum(v == 1.0 for v in values) / len(values)
         print(f"{name:13s} mean identity {statistics.fmean(values):.3f}  panels showing the character "
               f"{exact:.3f}  ({len(values)} panels, {args.seeds} seeds, {args.steps} steps)")

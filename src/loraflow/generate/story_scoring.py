@@ -16,8 +16,6 @@ from pathlib import Path
 from loraflow.errors import ConfigError
 from loraflow.models.prompt_syntax import extract_lora_tags, parse_prompt_weights
 
-METRICS = ("combined", "identity", "aesthetic", "clip")
-
 
 def plain_prompt(prompt: str) -> str:
     """What CLIP should read: the prompt without <lora:...> tags and (word:1.2) syntax."""
