@@ -41,3 +41,11 @@ class DemoIdentity:
             return [None] * len(images)
         readings = [read_image(im) for im in images]
         return [sum(getattr(r, attr) == value for attr, value in wanted) / len(wanted) for r in readings]
+
+
+def identity_for(identity: str, clip: str | None, is_demo_model: bool) -> DemoIdentity | None:
+    """The demo checker when the storyboard options ask for it: `identity: demo`, or `auto` on the demo
+    model without a CLIP folder (the command line and the Python API both decide with this)."""
+    if identity == "demo" or (identity == "auto" and not clip and is_demo_model):
+        return DemoIdentity()
+    return None

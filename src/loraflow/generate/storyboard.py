@@ -210,12 +210,14 @@ def render_all(session: GenerationSession, story: Story, items: list[GenerateCon
 
 
 def run_storyboard(cfg: StoryboardConfig, session: GenerationSession | None = None,
-                   progress: ProgressFn | None = None, scorer=None, identity=None) -> dict:
+                   progress: ProgressFn | None = None, scorer=None, identity=None,
+                   story: Story | None = None) -> dict:
     """Render every scene, the grid and story.json into `cfg.out`; returns the story.json dict.
-    `scorer` / `identity` replace the ones the options would load (`identity`: an IdentityScorer)."""
+    `scorer` / `identity` replace the ones the options would load (`identity`: an IdentityScorer);
+    `story` is the story itself when it comes from Python rather than from the file `cfg.story`."""
     from loraflow.generate import story_scoring as scoring
 
-    story = load_story(cfg.story)
+    story = story if story is not None else load_story(cfg.story)
     casts = story.panel_casts()
     items = scene_configs(story, cfg)
     panels = scoring.panel_scorer(cfg, casts, scorer, identity)
