@@ -98,6 +98,13 @@ class TrainConfig(Options):
     gradient_checkpointing: bool = opt(False, "recompute activations in backward to save memory",
                                        aliases=("use_gradient_checkpointing",))
     seed: int = opt(0, "random seed: data order, crops, flips, noise, timesteps")
+    # ---- device memory (`loraflow plan train` shows what each setting costs) ----------------
+    base_fp8: bool = opt(False, "store the frozen UNet Linear/Conv weights in fp8 (e4m3) and compute each layer in "
+                                "the mixed-precision dtype; needs fp16 or bf16")
+    text_encoders_on_cpu: bool = opt(False, "keep the text encoders on the CPU: captions (and validation prompts) "
+                                            "are encoded there once, into the cache")
+    vram: float | None = opt(None, "device memory in GiB to plan for: picks the fastest set of gradient_checkpointing, "
+                                   "base_fp8, adamw8bit, text_encoders_on_cpu that fits (auto on CUDA: free memory)", gt=0)
     # ---- objective ----------------------------------------------------------------------
     prediction_type: Literal["epsilon", "v_prediction"] | None = opt(None, "override the scheduler's prediction type")
     min_snr_gamma: float | None = opt(None, "min-SNR-gamma loss weighting (Hang et al. 2023); 5 is typical", gt=0)
@@ -131,6 +138,10 @@ class TrainConfig(Options):
         if self.random_crop and self.center_crop:
             # --random-crop wins over the default center crop
             object.__setattr__(self, "center_crop", False)
+        if self.base_fp8 and self.mixed_precision == "no":
+            raise ValueError("base_fp8: the fp8-stored weights are computed in fp16 or bf16; set mixed_precision")
+        if self.text_encoders_on_cpu and self.train_text_encoder:
+            raise ValueError("text_encoders_on_cpu: a text encoder that trains must be on the training device")
         family = get_family(self.family) if self.family else None  # None: detected when the model loads
         if self.train_text_encoder and family is not None and not family.lora_text_encoders:
             raise ValueError(f"train_text_encoder: {family.text_encoder_note}")

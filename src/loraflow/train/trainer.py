@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from loraflow.errors import ConfigError, LoraflowError
+from loraflow.plan.fit import cuda_free_bytes, fit_train_config
 from loraflow.train import checkpoint, objective
 from loraflow.train.config import TrainConfig
 
@@ -348,6 +349,9 @@ def train(config: TrainConfig | dict, progress: Callable[[int, int], None] | Non
             "model": model, "resolution": config.resolution or peek_defaults(model, config.family).height})
     started = time.time()
     accelerator = setup_accelerator(config)
+    # --vram picks low-VRAM modes; on CUDA a run that would spill into shared memory stops here
+    config = fit_train_config(config, str(accelerator.device), lambda text: _say(accelerator, text),
+                              free_bytes=cuda_free_bytes(str(accelerator.device)))
     output = Path(config.output)
     if accelerator.is_main_process:
         output.mkdir(parents=True, exist_ok=True)
