@@ -23,7 +23,7 @@ LAYERS: list[list[tuple[str, ...]]] = [
     [("loraflow.score",)],
     [("loraflow.data",), ("loraflow.generate.storyboard", "loraflow.generate.story_scoring")],
     [("loraflow.train",)],
-    [("loraflow.serve",), ("loraflow.demo",)],
+    [("loraflow.serve",), ("loraflow.demo",), ("loraflow.plan",)],
     [("loraflow.__main__", "loraflow.cli", "*.cli", "loraflow.api")],
 ]
 

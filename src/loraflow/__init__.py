@@ -27,6 +27,7 @@ layer are independent of each other.
     4. data      ingest, data-juicer filters, export    |  generate.storyboard, generate.story_scoring
     5. train     LoRA training
     6. serve     HTTP API and ComfyUI workflows          |  demo (the bundled demo model and its tools)
+                                                         |  plan (fits train/generate runs into memory)
     7. cli, api  loraflow.cli and every package's `cli.py`, and loraflow.api (the Python API above):
                  thin shells that may import any layer
 

@@ -23,6 +23,7 @@ from pydantic import Field, field_validator
 
 from loraflow.config import Options, opt
 from loraflow.errors import ConfigError
+from loraflow.generate.cast import Character, PanelCast, cast_problem, resolve_cast
 from loraflow.generate.control.units import PREVIOUS, ControlUnit, parse_units
 from loraflow.generate.options import GenerateConfig, ModelOptions, SamplingOptions
 
@@ -38,6 +39,8 @@ class Scene(Options):
     init_image: str | None = opt(None, f"img2img start image; {PREVIOUS} = the previous scene's picture")
     strength: float = opt(0.75, "img2img: how much to change init_image", aliases=("denoising_strength",),
                           ge=0.0, le=1.0)
+    cast: list[str] = opt([], "characters in this scene (names from the story's `characters`); "
+                              "{name} in the prompt also brings one in")
 
     @field_validator("control", mode="before")
     @classmethod
@@ -81,13 +84,21 @@ class Story(Options):
                                           "units that name no model")
     defaults: StoryDefaults = Field(default_factory=StoryDefaults)
     grid: GridOptions = Field(default_factory=GridOptions)
+    characters: list[Character] = opt([], "the cast: {name, description, references, lora, lora_weight, trigger}")
+    language: str | None = opt(None, "which description of each character scenes use (default: zh for a "
+                                     "prompt with Chinese characters, else en)")
     scenes: list[Scene] = Field(..., min_length=1)
 
-    def scene_prompt(self, scene: Scene) -> str:
+    def scene_prompt(self, scene: Scene, prompt: str | None = None) -> str:
+        """The style prefix + `prompt` (default: the scene's own prompt)."""
+        prompt = scene.prompt if prompt is None else prompt
         if not self.style:
-            return scene.prompt
+            return prompt
         sep = "" if self.style.endswith((",", "，", " ")) else ","
-        return f"{self.style}{sep}{scene.prompt}"
+        return f"{self.style}{sep}{prompt}"
+
+    def panel_casts(self) -> list[PanelCast]:
+        return [resolve_cast(self.characters, scene, k, self.language) for k, scene in enumerate(self.scenes)]
 
 
 class StoryboardConfig(ModelOptions, SamplingOptions):
@@ -101,13 +112,31 @@ class StoryboardConfig(ModelOptions, SamplingOptions):
     grid_height: int | None = opt(None, "final grid height (overrides the story)")
     score: bool = opt(False, "score every panel (aesthetic and/or CLIP score) into story.json")
     best_of: int = opt(1, "render N seeds per scene (seed, seed+1, ...) and keep the best-scoring one", ge=1, le=64)
-    best_of_metric: Literal["aesthetic", "clip"] = opt("aesthetic", "which score --best-of maximises")
+    best_of_metric: Literal["combined", "identity", "aesthetic", "clip"] = opt(
+        "combined", "which score --best-of maximises (combined: weighted mean of identity, text and aesthetic)")
     clip: str | None = opt(None, "local CLIP folder for CLIP scores (and for a bare aesthetic head)")
     aesthetic: str | None = opt(None, "local aesthetic predictor (folder or head file) for aesthetic scores")
+    identity: Literal["auto", "clip", "demo", "none"] = opt(
+        "auto", "how each character's identity is scored: clip (CLIP-I cosine against its references or first "
+                "panel, needs --clip), demo (the demo checker: colour and shape); auto: demo on the demo model, "
+                "clip when --clip is given")
+    identity_weight: float = opt(1.0, "weight of identity in the combined score", ge=0.0)
+    text_weight: float = opt(1.0, "weight of the CLIP score / 100 in the combined score", ge=0.0)
+    aesthetic_weight: float = opt(1.0, "weight of the aesthetic score / 10 in the combined score", ge=0.0)
+    repair: bool = opt(False, "re-render panels whose combined score is under --repair-threshold, new seeds each")
+    repair_threshold: float = opt(0.5, "combined score (0..1) a panel must reach under --repair", ge=0.0, le=1.0)
+    repair_budget: int = opt(8, "most re-renders --repair may spend on the whole story", ge=1)
+
+    def score_weights(self) -> dict[str, float]:
+        return {"identity": self.identity_weight, "text": self.text_weight, "aesthetic": self.aesthetic_weight}
 
 
 def load_story(path: str | Path) -> Story:
-    return Story.from_file(path)
+    story = Story.from_file(path)
+    problem = cast_problem(story.characters, story.scenes)
+    if problem:
+        raise ConfigError(f"{path}: {problem}")
+    return story
 
 
 def scene_configs(story: Story, cfg: StoryboardConfig) -> list[GenerateConfig]:
@@ -115,13 +144,13 @@ def scene_configs(story: Story, cfg: StoryboardConfig) -> list[GenerateConfig]:
     d = story.defaults
     loras = cfg.lora or story.loras
     items = []
-    for i, scene in enumerate(story.scenes):
+    for i, (scene, cast) in enumerate(zip(story.scenes, story.panel_casts())):
         seed = scene.seed if scene.seed is not None else (cfg.seed if cfg.seed is not None else d.seed)
         if scene.seed is None and d.seed_policy == "increment":
             seed += i
         items.append(GenerateConfig(
             model=cfg.model or story.model,
-            prompt=story.scene_prompt(scene),
+            prompt=story.scene_prompt(scene, cast.prompt),
             negative_prompt=scene.negative_prompt if scene.negative_prompt is not None
             else (cfg.negative_prompt or story.negative_prompt),
             guidance_scale=cfg.guidance_scale if cfg.guidance_scale is not None else d.guidance_scale,
@@ -130,7 +159,7 @@ def scene_configs(story: Story, cfg: StoryboardConfig) -> list[GenerateConfig]:
             width=cfg.width or d.width,
             seed=seed,
             scheduler=cfg.scheduler or d.scheduler,
-            lora=loras,
+            lora=[*loras, *cast.loras],
             lora_dir=cfg.lora_dir,
             control=[u if u.model else u.model_copy(update={"model": story.controlnets.get(u.type)})
                      for u in scene.control],

@@ -1,5 +1,5 @@
 """Storyboards: a story file (`story.py`) -> one image per scene, a grid image and a `story.json`
-index. The tutorial's main job, as a command; `--score` / `--best-of` use `story_scoring.py`.
+index. The tutorial's main job, as a command; `--score` / `--best-of` / `--repair` use `story_scoring.py`.
 """
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ import json
 from pathlib import Path
 
 from loraflow.atomic import atomic_save_image, atomic_write_text
+from loraflow.generate import story_scoring as scoring
+from loraflow.generate.contact_sheet import write_contact_sheet
 from loraflow.generate.grid import make_grid
 from loraflow.generate.session import GenerationSession, ProgressFn, save_results
-from loraflow.generate.story import Story, StoryboardConfig, load_story, scene_configs, with_previous
-from loraflow.generate.story_scoring import load_scorer, pick_best_of, score_results, summarize
+from loraflow.generate.story import Scene, Story, StoryboardConfig, load_story, scene_configs, with_previous
 
 # Story, StoryboardConfig and load_story live in story.py; importable from here as before.
-__all__ = ["Story", "StoryboardConfig", "load_story", "render_in_order", "run_storyboard"]
+__all__ = ["Story", "StoryboardConfig", "load_story", "render_all", "render_in_order", "run_storyboard"]
 
 
 def render_in_order(session: GenerationSession, items: list[GenerateConfig], out: Path,
@@ -31,30 +32,53 @@ def render_in_order(session: GenerationSession, items: list[GenerateConfig], out
     return results
 
 
+def render_all(session: GenerationSession, story: Story, items: list[GenerateConfig], out: Path,
+               cfg: StoryboardConfig, progress: ProgressFn | None = None) -> list:
+    """One render per scene: batched, or in order when a scene reads the previous panel."""
+    if any(scene.uses_previous() for scene in story.scenes):
+        return render_in_order(session, items, out, progress)
+    results = session.generate_many(items, batch_size=cfg.batch_size, progress=progress)
+    for k, result in enumerate(results, start=1):
+        save_results([result], out, stem=f"scene-{k:02d}")
+    return results
+
+
 def run_storyboard(cfg: StoryboardConfig, session: GenerationSession | None = None,
-                   progress: ProgressFn | None = None, scorer=None, story: Story | None = None) -> dict:
+                   progress: ProgressFn | None = None, scorer=None, identity=None,
+                   story: Story | None = None) -> dict:
     """Render every scene, the grid and story.json into `cfg.out`; returns the story.json dict.
+    `scorer` / `identity` replace the ones the options would load (`identity`: an IdentityScorer);
     `story` is the story itself when it comes from Python rather than from the file `cfg.story`."""
     story = story if story is not None else load_story(cfg.story)
+    casts = story.panel_casts()
     items = scene_configs(story, cfg)
-    scorer = scorer or load_scorer(cfg)
+    panels = scoring.panel_scorer(cfg, casts, scorer, identity)
     if session is None:
         session = GenerationSession.from_options(cfg.model_copy(update={"model": cfg.model or story.model}))
     out = Path(cfg.out)
     candidates: list[list[dict]] = [[] for _ in items]
     scores: list[dict | None] = [None] * len(items)
     if cfg.best_of > 1:
-        results, scores, candidates = pick_best_of(session, items, out, cfg, scorer, progress)
-    elif any(scene.uses_previous() for scene in story.scenes):
-        results = render_in_order(session, items, out, progress)
+        results, scores, candidates = scoring.pick_best_of(session, items, out, cfg, panels, progress)
     else:
-        results = session.generate_many(items, batch_size=cfg.batch_size, progress=progress)
-        for k, result in enumerate(results, start=1):
-            save_results([result], out, stem=f"scene-{k:02d}")
+        results = render_all(session, story, items, out, cfg, progress)
+        if panels is not None:
+            scores = scoring.score_in_order(panels, results, items)
+    repaired = scoring.repair(session, items, results, scores, out, cfg, panels) if cfg.repair else None
 
-    if scorer is not None and cfg.best_of == 1:
-        scores = score_results(scorer, results, items)
+    index = story_index(story, session, items, casts, results, scores, candidates, write_grid(story, cfg, results, out))
+    if panels is not None:
+        index["scores"] = scoring.summarize(scores)
+        if panels.identity is not None:
+            index["identity"] = {"scorer": panels.identity.name, "anchors": dict(panels.anchored_by)}
+        index["contact_sheet"] = write_contact_sheet(out, index, [r.image for r in results])
+    if repaired is not None:
+        index["repair"] = repaired
+    atomic_write_text(out / "story.json", json.dumps(index, ensure_ascii=False, indent=2))
+    return index
 
+
+def write_grid(story: Story, cfg: StoryboardConfig, results: list, out: Path):
     grid_opts = story.grid
     captions = cfg.captions if cfg.captions is not None else grid_opts.captions
     width = cfg.grid_width or grid_opts.width
@@ -62,24 +86,21 @@ def run_storyboard(cfg: StoryboardConfig, session: GenerationSession | None = No
     size = (width, height) if width and height else None
     grid = make_grid([r.image for r in results], grid_opts.columns, size,
                      [s.title or f"{k}" for k, s in enumerate(story.scenes, 1)] if captions else None, grid_opts.font)
-    grid_path = out / "grid.png"
-    atomic_save_image(grid, grid_path)
-    index = {
-        "title": story.title,
-        "model": session.loaded.name,
-        "family": session.family.name,
-        "grid": grid_path.name,
-        "grid_size": list(grid.size),
-        "scenes": [
-            {"index": k, "title": s.title, "description": s.description, "prompt": items[k - 1].prompt,
-             "negative_prompt": items[k - 1].negative_prompt, "seed": r.seed, "file": r.path.name, "infotext": r.infotext,
-             **({"scores": sc} if sc is not None else {}),
-             **({"candidates": candidates[k - 1]} if candidates[k - 1] else {})}
-            for k, (s, r, sc) in enumerate(zip(story.scenes, results, scores), start=1)
-        ],
-    }
-    if scorer is not None:
-        index["scores"] = summarize(scores)
-    atomic_write_text(out / "story.json", json.dumps(index, ensure_ascii=False, indent=2))
-    return index
+    atomic_save_image(grid, out / "grid.png")
+    return grid
 
+
+def story_index(story: Story, session: GenerationSession, items, casts, results, scores, candidates, grid) -> dict:
+    """story.json: per scene the resolved prompt, LoRAs and cast (words, LoRA, references), seed, file, scores."""
+    def scene(k: int, s: Scene) -> dict:
+        item, cast, r, sc = items[k], casts[k], results[k], scores[k]
+        return {"index": k + 1, "title": s.title, "description": s.description, "prompt": item.prompt,
+                "negative_prompt": item.negative_prompt, "loras": list(item.lora), "seed": r.seed, "file": r.path.name,
+                "infotext": r.infotext,
+                **({"cast": cast.to_json(), "references": [p for c in cast.members for p in c.references]}
+                   if cast.members else {}),
+                **({"scores": sc} if sc is not None else {}),
+                **({"candidates": candidates[k]} if candidates[k] else {})}
+
+    return {"title": story.title, "model": session.loaded.name, "family": session.family.name, "grid": "grid.png",
+            "grid_size": list(grid.size), "scenes": [scene(k, s) for k, s in enumerate(story.scenes)]}

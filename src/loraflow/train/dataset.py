@@ -14,9 +14,10 @@ from loraflow.data.text_rules import strip_special_tokens
 from loraflow.data.training_manifest import read_training_items
 from loraflow.errors import InputError
 
-def read_items(path: str | Path) -> list:
-    """Items with `.image_path`, `.caption`, `.repeats`; one-line errors name the file."""
-    items = [dataclasses.replace(i, caption=strip_special_tokens(i.caption)) for i in read_training_items(path)]
+def read_items(path: str | Path, mask_column: str = "mask") -> list:
+    """Items with `.image_path`, `.caption`, `.repeats`, `.mask`; one-line errors name the file."""
+    items = [dataclasses.replace(i, caption=strip_special_tokens(i.caption))
+             for i in read_training_items(path, mask_column)]
     if not items:
         raise InputError(f"{path}: no training images found")
     return items
