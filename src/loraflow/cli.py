@@ -4,6 +4,7 @@ so `loraflow --help` never imports torch."""
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import re
 import sys
@@ -64,6 +65,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # atomic writes leave the previous file (or checkpoint) in place; say what to do, no traceback
+        print(f"error: disk full while writing {e.filename or 'a file'}: free some space and run again "
+              "(training: --resume latest continues from the last checkpoint)", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("error: out of memory; use smaller images, batches or grids", file=sys.stderr)
+        return 2
     return int(result or 0)
 
 

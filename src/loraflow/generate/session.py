@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,8 @@ from loraflow.generate.options import GenerateConfig, ModelOptions
 from loraflow.models.families import PromptEmbeds
 from loraflow.models.loading import LoadedModel, load_pipeline
 from loraflow.models.prompt_syntax import extract_lora_tags
+
+MAX_LORA_WEIGHT = 100.0
 
 ProgressFn = Callable[[int, int], None]  # (step done, total steps)
 
@@ -34,6 +37,12 @@ class ImageResult:
 class LoraSpec:
     path: Path
     weight: float
+
+    def __post_init__(self):
+        # ComfyUI's LoraLoader range; 1e308 or NaN only turns every image into noise or black.
+        if not math.isfinite(self.weight) or abs(self.weight) > MAX_LORA_WEIGHT:
+            raise ConfigError(f"LoRA {self.path.name}: weight {self.weight} is outside "
+                              f"[-{MAX_LORA_WEIGHT:g}, {MAX_LORA_WEIGHT:g}]")
 
     @property
     def name(self) -> str:
@@ -87,7 +96,7 @@ class GenerationSession:
         ))
 
     # ---- LoRAs ------------------------------------------------------------------------------
-    def set_loras(self, loras: list[LoraSpec]) -> None:
+    def set_loras(self, loras: list[LoraSpec], allow_pickle: bool = False) -> None:
         """Apply exactly these LoRAs (no-op when unchanged, so a story reuses them for free)."""
         loras_t = tuple(loras)
         if loras_t == self._loras:
@@ -97,7 +106,8 @@ class GenerationSession:
         if self._loras:
             remove_loras(self.pipe)
         if loras_t:
-            apply_loras(self.pipe, [(str(l.path), l.weight) for l in loras_t], self.family.name)
+            apply_loras(self.pipe, [(str(l.path), l.weight) for l in loras_t], self.family.name,
+                        allow_pickle=allow_pickle)
         self._loras = loras_t
 
     # ---- prompts ----------------------------------------------------------------------------
@@ -188,7 +198,7 @@ class GenerationSession:
 
         first = group[0]
         # 1. LoRAs (from --lora and <lora:...> tags) and the sampler
-        self.set_loras(list(first["loras"]))
+        self.set_loras(list(first["loras"]), allow_pickle=first["config"].allow_pickle)
         self.set_scheduler(first["config"].scheduler)
         # 2. text conditioning, once per distinct prompt; one length for the whole batch
         n = len(group)

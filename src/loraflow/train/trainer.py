@@ -233,6 +233,8 @@ def _resume(config, model, accelerator, optimizer, lr_scheduler) -> tuple[int, l
     from peft import set_peft_model_state_dict
 
     path = checkpoint.resolve_resume(config.resume, config.output)
+    if path is None:
+        return 0, []
     saved = checkpoint.read_state(path).get("config", {})
     for key in ("lora_rank", "lora_targets", "train_text_encoder", "batch_size", "gradient_accumulation", "seed"):
         if key in saved and saved[key] != getattr(config, key):
@@ -319,7 +321,9 @@ def optimizer_step(step, config, data, model, unet, optimizer, lr_scheduler, lat
 def setup_accelerator(config: TrainConfig):
     from accelerate import Accelerator
 
-    cpu = config.device == "cpu"
+    from loraflow.models.loading import resolve_device
+
+    cpu = resolve_device(config.device) == "cpu"  # a named device that is absent is an error, not the CPU
     return Accelerator(mixed_precision=config.mixed_precision, cpu=cpu)
 
 
