@@ -81,6 +81,29 @@ def _sibling(path: str, suffix: str) -> Path:
     return p.with_name(p.stem + suffix)
 
 
+def output_paths(export_path: str) -> list[Path]:
+    """Every file a filter run writes for `export_path`: the kept samples and their siblings."""
+    return [Path(export_path)] + [_sibling(export_path, s) for s in ("_rejected.jsonl", "_errored.jsonl", "_stats.jsonl")]
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """True when `a` and `b` name one file (symlinks and `..` followed; hard links via the inode)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist yet: not the same file
+        return False
+
+
+def check_outputs_apart(recipe: "Recipe", source: str) -> None:
+    """A filter must never write over its own input manifest."""
+    for out in output_paths(recipe.export_path):
+        if same_file(out, recipe.dataset_path):
+            raise ConfigError(f"{source}: export_path '{recipe.export_path}' would write {out.name} over the "
+                              f"input dataset_path '{recipe.dataset_path}'; choose another export_path")
+
+
 def load_recipe(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> tuple[Recipe, list[Op]]:
     """Read and validate a recipe and build its ops; every problem is a one-line ConfigError."""
     data = read_mapping_file(path)
@@ -92,6 +115,7 @@ def load_recipe(path: str | os.PathLike, overrides: dict[str, Any] | None = None
         raise ConfigError(f"{path}: missing 'export_path' (where kept samples are written, e.g. result.jsonl)")
     if not Path(recipe.export_path).suffix == ".jsonl":
         raise ConfigError(f"{path}: export_path '{recipe.export_path}' must end in .jsonl")
+    check_outputs_apart(recipe, str(path))
     return recipe, build_ops(recipe, str(path))
 
 

@@ -26,9 +26,11 @@ class JobKind:
 
 
 # ---- shared checks --------------------------------------------------------------------------------
-def _server_only(cfg, fields: dict[str, Any], source: str) -> None:
-    for name, default in fields.items():
-        if getattr(cfg, name) != default:
+def _server_only(cfg, fields: tuple[str, ...], source: str) -> None:
+    """Keys only the server decides: refused when the body names them at all (`model_fields_set`),
+    whatever the value, so a changed default can never open them up."""
+    for name in fields:
+        if name in cfg.model_fields_set:
             raise Invalid(f"{source}: key '{name}' is decided by the server and cannot be set over HTTP", name)
 
 
@@ -71,7 +73,7 @@ def _prompt_loras(prompt: str, paths: ServerPaths) -> tuple[str, list[str]]:
 def _check_sampling(cfg, paths: ServerPaths, source: str) -> dict:
     """Model, VAE, LoRAs and reference images of a GenerateConfig/StoryboardConfig, resolved;
     pickle, lora_dir and annotator_dir refused."""
-    _server_only(cfg, {"allow_pickle": False, "lora_dir": []}, source)
+    _server_only(cfg, ("allow_pickle", "lora_dir", "annotator_dir"), source)
     update: dict[str, Any] = {"lora": _resolve_loras(cfg.lora, paths, "lora")}
     if cfg.model:
         update["model"] = _resolve_model(cfg.model, paths)
@@ -85,8 +87,6 @@ def _check_references(cfg, paths: ServerPaths, source: str) -> dict:
     """ControlNet units, init image and mask (when the config has them): images are uploads
     (POST /upload/image) or earlier outputs, ControlNets come from models_dir/controlnet."""
     update: dict[str, Any] = {}
-    if getattr(cfg, "annotator_dir", None):
-        raise Invalid(f"{source}: key 'annotator_dir' is decided by the server and cannot be set over HTTP", "annotator_dir")
     for key in ("init_image", "mask"):
         if getattr(cfg, key, None):
             update[key] = str(_reference_image(cfg, key, getattr(cfg, key), paths))
@@ -116,7 +116,7 @@ def validate_generate(body: Any, paths: ServerPaths) -> dict:
     from loraflow.generate.options import GenerateConfig
 
     cfg = parse_options(GenerateConfig, body, "generate")
-    _server_only(cfg, {"out": "outputs"}, "generate")
+    _server_only(cfg, ("out",), "generate")
     if not cfg.prompt.strip():
         raise Invalid("generate: key 'prompt' is empty: write what to draw", "prompt")
     update = _check_sampling(cfg, paths, "generate")
@@ -172,7 +172,7 @@ def validate_storyboard(body: Any, paths: ServerPaths) -> dict:
     body = dict(body)
     story = parse_options(Story, yaml_or_object(body.pop("story"), "storyboard", "story"), "story", prefix="story.")
     cfg = parse_options(StoryboardConfig, body, "storyboard")
-    _server_only(cfg, {"out": "outputs/story", "story": ""}, "storyboard")
+    _server_only(cfg, ("out", "story"), "storyboard")
     update = _check_sampling(cfg, paths, "storyboard")
     story_update: dict[str, Any] = {"loras": _resolve_loras(story.loras, paths, "story.loras")}
     if story.model:
@@ -217,7 +217,7 @@ def validate_train(body: Any, paths: ServerPaths) -> dict:
     from loraflow.train.config import TrainConfig
 
     cfg = parse_options(TrainConfig, body, "train")
-    _server_only(cfg, {"output": "output/lora", "cache_dir": None}, "train")
+    _server_only(cfg, ("output", "cache_dir"), "train")
     if cfg.resume not in (None, "latest"):
         raise Invalid("train: key 'resume' may only be 'latest' over HTTP (checkpoints of this job)", "resume")
     if not cfg.dataset:
@@ -235,7 +235,11 @@ def run_train(ctx) -> dict:
     from loraflow.train.config import TrainConfig
     from loraflow.train.trainer import train
 
-    cfg = TrainConfig(**{**ctx.job.payload, "output": str(ctx.out_dir),
+    from loraflow.train.checkpoint import list_checkpoints
+
+    # A re-queued job runs in its own folder again: it resumes from the checkpoints it saved there.
+    resume = ctx.job.payload.get("resume") or ("latest" if list_checkpoints(ctx.out_dir) else None)
+    cfg = TrainConfig(**{**ctx.job.payload, "output": str(ctx.out_dir), "resume": resume,
                          "cache_dir": str(ctx.paths.outputs / ".cache" / "train")})
     ctx.check_cancel()
     result = train(cfg, progress=ctx.progress)  # progress raises JobCancelled when the job is cancelled
