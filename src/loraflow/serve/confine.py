@@ -26,14 +26,14 @@ from loraflow.serve.validation import Invalid
 
 PREVIOUS = "@previous"  # a storyboard scene's reference to the panel before it
 
-_SAMPLING = {"model": "model", "vae": "model", "lora.*": "lora", "lora_dir.*": "server", "out": "server",
-             "controlnet.*": "controlnet", "control.*.image": "image", "control.*.model": "controlnet",
-             "annotator_dir": "server", "init_image": "image", "mask": "image"}
+_MODEL = {"model": "model", "vae": "model", "lora.*": "lora", "lora_dir.*": "server", "out": "server"}
+_REFERENCES = {"controlnet.*": "controlnet", "control.*.image": "image", "control.*.model": "controlnet",
+               "annotator_dir": "server", "init_image": "image", "mask": "image"}
 
 PATH_FIELDS: dict[str, dict[str, str]] = {
-    "generate": _SAMPLING,
+    "generate": {**_MODEL, **_REFERENCES},
     "storyboard": {
-        **{f"config.{k}": v for k, v in _SAMPLING.items()},
+        **{f"config.{k}": v for k, v in _MODEL.items()},
         "config.story": "server", "config.clip": "model", "config.aesthetic": "model",
         "story.model": "model", "story.loras.*": "lora", "story.controlnets.*": "controlnet",
         "story.grid.font": "font", "story.scenes.*.init_image": "image",
@@ -63,7 +63,8 @@ def confine_payload(kind: str, payload: dict, paths: ServerPaths) -> dict:
         "server": lambda v, f: v,
     }
     for pattern, what in PATH_FIELDS.get(kind, {}).items():
-        payload = _apply(payload, pattern.split("."), "", lambda v, f, r=resolvers[what]: r(v, f) if v else v)
+        resolve = resolvers[what]  # an empty value means "not given", except for a name, which must be one
+        payload = _apply(payload, pattern.split("."), "", lambda v, f, r=resolve, w=what: r(v, f) if v or w == "name" else v)
     if kind == "data-filter":
         check_outputs_apart(payload["recipe"]["dataset_path"], payload["recipe"]["export_path"], "recipe.export_path")
     return payload
