@@ -30,10 +30,17 @@ def make_server(options: ServeOptions, sock: socket.socket):
     return uvicorn.Server(config)
 
 
+def with_network_token(options: ServeOptions) -> ServeOptions:
+    """As Jupyter: a server reachable beyond loopback answers no API call without a token; one is
+    made up when none was given."""
+    if is_loopback(options.host) or options.auth_token:
+        return options
+    return options.model_copy(update={"auth_token": secrets.token_urlsafe(24)})
+
+
 def serve(options: ServeOptions) -> None:
+    options = with_network_token(options)
     if not is_loopback(options.host):
-        if not options.auth_token:  # as Jupyter: beyond loopback, no API call without a token
-            options = options.model_copy(update={"auth_token": secrets.token_urlsafe(24)})
         print(f"warning: binding to {options.host} exposes loraflow to the network; every API call needs the "
               "token (Authorization: Bearer TOKEN or ?token=TOKEN)", file=sys.stderr)
     sock = bind(options.host, options.port)
@@ -48,7 +55,7 @@ class ServerThread:
     """`with ServerThread(options) as url:` — a real uvicorn server on a free loopback port."""
 
     def __init__(self, options: ServeOptions):
-        self.options = options
+        self.options = options = with_network_token(options)
         self.sock = bind(options.host, options.port)
         self.port = self.sock.getsockname()[1]
         self.url = f"http://{options.host}:{self.port}"
