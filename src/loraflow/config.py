@@ -59,6 +59,9 @@ class Options(BaseModel):
             raise ValueError("a number is wanted here, not true/false")
         if info.field_name == "device" and isinstance(value, str):
             check_device_name(value)
+        if info.field_name in OUTPUT_FOLDER_FIELDS and isinstance(value, str) and value and Path(value).is_file():
+            # caught here, not after minutes of work when the first file is written into it
+            raise ValueError("names an existing file; give an output folder")
         return value
 
     @field_validator("*", mode="after")
@@ -163,6 +166,9 @@ class Options(BaseModel):
         return cls.from_dict(base, source)
 
 
+OUTPUT_FOLDER_FIELDS = ("out", "output")  # every command's output folder is named one of these
+
+
 DEVICE_NAME = re.compile(r"auto|cpu|mps|(cuda|xpu|npu)(:\d+)?")
 
 
@@ -230,6 +236,8 @@ def format_validation_error(e: ValidationError, source: str, cls: type[BaseModel
     shown = repr(value) if not isinstance(value, (dict, list)) or len(repr(value)) < 60 else type(value).__name__
     more = f" (+{len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
     msg = err["msg"].removeprefix("Value error, ")
+    if not err["loc"]:  # a check across keys (min > max): its message names them
+        return f"{source}: {msg}{more}"
     return f"{source}: key '{loc}' = {shown}: {msg}{more}"
 
 

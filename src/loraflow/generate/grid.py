@@ -10,6 +10,8 @@ import logging
 import math
 from pathlib import Path
 
+from loraflow.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 CJK_FONT_CANDIDATES = (
@@ -27,8 +29,15 @@ def find_font(size: int, font_path: str | None = None):
     """A TrueType font that can draw CJK text, or Pillow's default font (Latin only)."""
     from PIL import ImageFont
 
-    for candidate in ([font_path] if font_path else []) + list(CJK_FONT_CANDIDATES):
-        if candidate and Path(candidate).is_file():
+    if font_path:  # a font the user named must be one; silently falling back would hide the mistake
+        if not Path(font_path).is_file():
+            raise ConfigError(f"grid font '{font_path}' not found")
+        try:
+            return ImageFont.truetype(font_path, size), True
+        except OSError:
+            raise ConfigError(f"grid font '{font_path}' is not a TrueType/OpenType font (.ttf/.otf/.ttc)") from None
+    for candidate in CJK_FONT_CANDIDATES:
+        if Path(candidate).is_file():
             return ImageFont.truetype(candidate, size), True
     return ImageFont.load_default(size=size), False
 

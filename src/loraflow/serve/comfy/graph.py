@@ -6,6 +6,7 @@ wrong type, values of the wrong type or out of range, file names not in the serv
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from loraflow.serve.comfy.nodes import NODES, Input
@@ -207,6 +208,8 @@ def _check_value(name: str, spec: Input, value: Any, paths, inputs: dict) -> lis
             if isinstance(value, bool):
                 raise ValueError
             inputs[name] = value = float(value)
+            if not math.isfinite(value):  # NaN passes every min/max comparison
+                raise ValueError
         elif kind == "STRING":
             if not isinstance(value, str):
                 raise ValueError
@@ -230,3 +233,19 @@ def _check_value(name: str, spec: Input, value: Any, paths, inputs: dict) -> lis
             return [_error("value_not_in_list", "Value not in list", f"{name}: '{str(value)[:200]}' not in [{shown}]",
                            input_name=name, received_value=str(value)[:200])]
     return []
+
+
+def check_widget_values(prompt: Prompt) -> str | None:
+    """The first INT/FLOAT widget value outside its node's range, as one line (None: all fit). Used
+    by `workflow export`, so a file ComfyUI would refuse is never written."""
+    for nid, node in prompt.items():
+        for name, spec in NODES[node["class_type"]].INPUTS.items():
+            value = node["inputs"].get(name)
+            if spec.type in ("INT", "FLOAT") and value is not None and not is_link(value):
+                errors = _check_value(name, spec, value, None, dict(node["inputs"]))
+                step = spec.options.get("step", 1)
+                if not errors and spec.type == "INT" and step > 1 and value % step:
+                    return f"{node['class_type']} {name} = {value}: must be a multiple of {step}"
+                if errors:
+                    return f"{node['class_type']} {name} = {value!r}: {errors[0]['message']}"
+    return None
