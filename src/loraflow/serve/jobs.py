@@ -129,12 +129,13 @@ def validate_generate(body: Any, paths: ServerPaths) -> dict:
 def run_generate(ctx) -> dict:
     from loraflow.generate.options import GenerateConfig
     from loraflow.generate.session import save_results
+    from loraflow.serve.cancel import cancel_points
     from loraflow.serve.preview import unet_previews
 
     cfg = GenerateConfig(**ctx.job.payload)
     session = ctx.models.session(cfg.model, vae=cfg.vae, dtype=cfg.dtype, device=cfg.device, family=cfg.family)
     ctx.check_cancel()
-    with unet_previews(session.pipe, session.family.name, ctx.preview):
+    with unet_previews(session.pipe, session.family.name, ctx.preview), cancel_points(session.pipe, ctx.check_cancel):
         results = session.generate(cfg, progress=ctx.progress)
     save_results(results, ctx.out_dir)
     return {"images": [_image_entry(ctx, r.path, seed=r.seed, infotext=r.infotext, params=_jsonable(r.params))
@@ -196,6 +197,7 @@ def run_storyboard(ctx) -> dict:
     import yaml
 
     from loraflow.generate.storyboard import StoryboardConfig, run_storyboard as render
+    from loraflow.serve.cancel import cancel_points
     from loraflow.serve.preview import unet_previews
 
     out = ctx.out_dir
@@ -205,7 +207,7 @@ def run_storyboard(ctx) -> dict:
     cfg = StoryboardConfig(**{**ctx.job.payload["config"], "story": str(story_path), "out": str(out)})
     model = cfg.model or ctx.job.payload["story"].get("model")
     session = ctx.models.session(model, vae=cfg.vae, dtype=cfg.dtype, device=cfg.device, family=cfg.family)
-    with unet_previews(session.pipe, session.family.name, ctx.preview):
+    with unet_previews(session.pipe, session.family.name, ctx.preview), cancel_points(session.pipe, ctx.check_cancel):
         index = render(cfg, session=session, progress=ctx.progress)
     scenes = [_image_entry(ctx, out / s["file"], seed=s["seed"], infotext=s["infotext"], title=s["title"])
               for s in index["scenes"]]

@@ -323,7 +323,7 @@ def _save_upload(state, data: bytes, filename: str, subfolder: str, overwrite: b
     folder.mkdir(parents=True, exist_ok=True)
     i = 1
     while not overwrite and (folder / name).exists():
-        if (folder / name).read_bytes() == data:
+        if safe_join(folder, name, "input").read_bytes() == data:  # never compared through a link leading out
             return name
         name = f"{stem} ({i}){UPLOAD_FORMATS[fmt]}"
         i += 1
