@@ -174,3 +174,15 @@ def test_allow_pickle_reaches_lora_loading(tmp_path, capsys):
     _one_line_error(capsys, "pickle")
     assert main(base + ["--allow-pickle"]) == 0
     assert len(list((tmp_path / "o").glob("*.png"))) == 1
+
+
+def test_storyboard_never_writes_a_panel_over_its_own_init_image(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    Image.new("RGB", (64, 64), "red").save(out / "scene-01.png")  # a previous run's panel, reused as input
+    before = (out / "scene-01.png").read_bytes()
+    story = tmp_path / "story.json"
+    story.write_text(json.dumps({"scenes": [{"prompt": "a", "init_image": str(out / "scene-01.png")}]}))
+    assert main(["storyboard", str(story), "--model", "tiny:sdxl", "--out", str(out)]) == 2
+    _one_line_error(capsys, "scene-01.png", "scenes.0.init_image")
+    assert (out / "scene-01.png").read_bytes() == before

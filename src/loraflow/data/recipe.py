@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import field_validator
 
+from loraflow import atomic
 from loraflow.config import Options, opt, read_mapping_file
 from loraflow.data.ops.base import Op
 from loraflow.data.ops.registry import build_op
@@ -86,22 +87,10 @@ def output_paths(export_path: str) -> list[Path]:
     return [Path(export_path)] + [_sibling(export_path, s) for s in ("_rejected.jsonl", "_errored.jsonl", "_stats.jsonl")]
 
 
-def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
-    """True when `a` and `b` name one file (symlinks and `..` followed; hard links via the inode)."""
-    if os.path.realpath(a) == os.path.realpath(b):
-        return True
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # one of them does not exist yet: not the same file
-        return False
-
-
 def check_outputs_apart(recipe: "Recipe", source: str) -> None:
     """A filter must never write over its own input manifest."""
-    for out in output_paths(recipe.export_path):
-        if same_file(out, recipe.dataset_path):
-            raise ConfigError(f"{source}: export_path '{recipe.export_path}' would write {out.name} over the "
-                              f"input dataset_path '{recipe.dataset_path}'; choose another export_path")
+    atomic.check_outputs_apart(output_paths(recipe.export_path), {"dataset_path": recipe.dataset_path},
+                               f"{source}: export_path '{recipe.export_path}'")
 
 
 def load_recipe(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> tuple[Recipe, list[Op]]:

@@ -22,7 +22,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from loraflow.atomic import atomic_save_image, atomic_write_text
+from loraflow.atomic import atomic_save_image, atomic_write_text, check_outputs_apart
 from loraflow.config import Options, opt
 from loraflow.errors import ConfigError
 from loraflow.generate.control.units import PREVIOUS, ControlUnit, parse_units
@@ -78,8 +78,8 @@ class StoryDefaults(Options):
 
 class GridOptions(Options):
     columns: int = opt(2, "panels per row", ge=1, le=64)
-    width: int | None = opt(1024, "final grid width in pixels (None keeps the natural size)", ge=64, le=MAX_GRID_SIDE)
-    height: int | None = opt(2048, "final grid height in pixels", ge=64, le=MAX_GRID_SIDE)
+    width: int | None = opt(1024, "final grid width in pixels (None keeps the natural size)", ge=1, le=MAX_GRID_SIDE)
+    height: int | None = opt(2048, "final grid height in pixels", ge=1, le=MAX_GRID_SIDE)
     captions: bool = opt(False, "write each scene's title under its panel")
     font: str | None = opt(None, "TrueType font for captions (a CJK font for Chinese)")
 
@@ -110,8 +110,8 @@ class StoryboardConfig(ModelOptions, SamplingOptions):
     out: str = opt("outputs/story", "output folder", aliases=("output",))
     batch_size: int = opt(1, "scenes per pipeline call", ge=1, le=16)
     captions: bool | None = opt(None, "captions under each panel (overrides the story)")
-    grid_width: int | None = opt(None, "final grid width (overrides the story)", ge=64, le=MAX_GRID_SIDE)
-    grid_height: int | None = opt(None, "final grid height (overrides the story)", ge=64, le=MAX_GRID_SIDE)
+    grid_width: int | None = opt(None, "final grid width (overrides the story)", ge=1, le=MAX_GRID_SIDE)
+    grid_height: int | None = opt(None, "final grid height (overrides the story)", ge=1, le=MAX_GRID_SIDE)
     score: bool = opt(False, "score every panel (aesthetic and/or CLIP score) into story.json")
     best_of: int = opt(1, "render N seeds per scene (seed, seed+1, ...) and keep the best-scoring one", ge=1, le=64)
     best_of_metric: Literal["aesthetic", "clip"] = opt("aesthetic", "which score --best-of maximises")
@@ -179,6 +179,19 @@ def render_in_order(session: GenerationSession, items: list[GenerateConfig], out
     return results
 
 
+def _check_outputs_apart(cfg: StoryboardConfig, story: Story, items: list[GenerateConfig]) -> None:
+    """No panel, grid or index may be written over a file the story reads (a re-run into the folder
+    whose scene-01.png is the next story's init image would destroy it)."""
+    out = Path(cfg.out)
+    outputs = [out / f"scene-{k:02d}.png" for k in range(1, len(items) + 1)] + [out / "grid.png", out / "story.json"]
+    inputs: dict[str, str | None] = {"story": cfg.story, "grid.font": story.grid.font}
+    for k, item in enumerate(items):
+        inputs[f"scenes.{k}.init_image"] = None if item.init_image == PREVIOUS else item.init_image
+        inputs[f"scenes.{k}.mask"] = item.mask
+        inputs.update({f"scenes.{k}.control.{j}.image": u.image for j, u in enumerate(item.control) if u.image != PREVIOUS})
+    check_outputs_apart(outputs, inputs, "storyboard")
+
+
 def run_storyboard(cfg: StoryboardConfig, session: GenerationSession | None = None,
                    progress: ProgressFn | None = None, scorer=None) -> dict:
     """Render every scene, the grid and story.json into `cfg.out`; returns the story.json dict."""
@@ -187,6 +200,7 @@ def run_storyboard(cfg: StoryboardConfig, session: GenerationSession | None = No
 
     story = load_story(cfg.story)
     items = scene_configs(story, cfg)
+    _check_outputs_apart(cfg, story, items)
     scorer = scorer or load_scorer(cfg)
     if session is None:
         session = GenerationSession.from_options(cfg.model_copy(update={"model": cfg.model or story.model}))

@@ -106,7 +106,8 @@ def _apply(data: Any, parts: list[str], loc: str, fn: Callable[[str, str], Any])
 def check_outputs_apart(dataset_path: str, export_path: str, field: str) -> None:
     """A data filter writes `export_path` and its `_rejected` / `_errored` / `_stats` siblings; none of
     them may be the input manifest (a filter would otherwise replace its own source)."""
-    from loraflow.data.recipe import output_paths, same_file
+    from loraflow.atomic import same_file
+    from loraflow.data.recipe import output_paths
 
     for out in output_paths(export_path):
         if same_file(out, dataset_path):
