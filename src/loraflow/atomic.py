@@ -7,6 +7,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from loraflow.errors import ConfigError
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = ".tmp"):
@@ -47,8 +49,6 @@ def check_outputs_apart(outputs: list[str | os.PathLike], inputs: dict[str, str 
                         source: str) -> None:
     """Refuse (one line naming the key) when a file a command will write is one of its own inputs:
     an atomic replace would silently destroy the source (a filter's manifest, a story's init image)."""
-    from loraflow.errors import ConfigError
-
     for out in outputs:
         for key, path in inputs.items():
             if path and same_file(out, path):

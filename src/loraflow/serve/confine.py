@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from loraflow.atomic import same_file
+from loraflow.data.recipe import output_paths
 from loraflow.serve.paths import ServerPaths, confine_path, safe_file_name
 from loraflow.serve.validation import Invalid
 
@@ -106,9 +108,6 @@ def _apply(data: Any, parts: list[str], loc: str, fn: Callable[[str, str], Any])
 def check_outputs_apart(dataset_path: str, export_path: str, field: str) -> None:
     """A data filter writes `export_path` and its `_rejected` / `_errored` / `_stats` siblings; none of
     them may be the input manifest (a filter would otherwise replace its own source)."""
-    from loraflow.atomic import same_file
-    from loraflow.data.recipe import output_paths
-
     for out in output_paths(export_path):
         if same_file(out, dataset_path):
             raise Invalid(f"key '{field}': the filter would write {out.name} over its input "

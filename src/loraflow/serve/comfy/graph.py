@@ -10,6 +10,8 @@ import math
 from typing import Any
 
 from loraflow.serve.comfy.nodes import NODES, Input
+from loraflow.serve.limits import check_workflow_limits
+from loraflow.serve.paths import PathRefused, confine_path
 
 Prompt = dict[str, dict[str, Any]]
 
@@ -44,8 +46,6 @@ def validate_prompt(prompt: Any, paths, limits=None) -> tuple[bool, dict | None,
     except ValueError as e:
         return False, _error("invalid_prompt", "Invalid prompt", str(e)), [], {}
     if limits is not None:
-        from loraflow.serve.limits import check_workflow_limits
-
         over = check_workflow_limits(prompt, limits)
         if over:
             nid, message = over
@@ -162,8 +162,6 @@ def _check_node(prompt: Prompt, nid: str, paths) -> list[dict]:
 
 def _check_output_prefix(prefix: str, paths) -> list[dict]:
     """SaveImage writes under outputs_dir only, and never into the uploads or the data folder."""
-    from loraflow.serve.paths import PathRefused, confine_path
-
     try:
         target = confine_path(prefix.strip() or "ComfyUI", (paths.outputs,), "filename_prefix")
     except PathRefused as e:
