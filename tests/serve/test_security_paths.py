@@ -209,3 +209,11 @@ def test_workflow_file_inputs_through_symlink_are_refused(attack):
         prompt["2"]["inputs"]["filename_prefix"] = prefix
         r = attack.post("/prompt", json={"prompt": prompt})
         assert r.status_code == 400 and "2" in r.json()["node_errors"], prefix
+
+
+def test_upload_into_a_symlinked_subfolder_is_refused(attack):
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), "green").save(buf, format="PNG")
+    r = attack.post("/upload/image", files={"image": ("x.png", buf.getvalue())}, data={"subfolder": "link"})
+    assert r.status_code == 403
+    assert sorted(p.name for p in attack.outside.iterdir()) == ["secret.jsonl", "secret.png"]

@@ -30,6 +30,8 @@ from fastapi import Request
 from loraflow.errors import ConfigError, InputError, LoraflowError, ModelLoadError
 from loraflow.models.loading import BUILTIN_MODELS
 from loraflow.serve import store as st
+from loraflow.serve.confine import confine_payload
+from loraflow.serve.limits import check_job_limits, parse_json
 from loraflow.serve.options import ServeOptions
 from loraflow.serve.paths import NotFound, PathRefused, ServerPaths, safe_join
 from loraflow.serve.security import BodyTooLarge, GuardMiddleware, allowed_hosts
@@ -45,10 +47,10 @@ class ServerState:
 
     def __init__(self, options: ServeOptions):
         from loraflow.serve.events import EventBus
-        from loraflow.serve.model_cache import ModelCache
-        from loraflow.serve.worker import Worker
-
         from loraflow.serve.limits import Limits
+        from loraflow.serve.model_cache import ModelCache
+        from loraflow.serve.watchdog import Watchdog
+        from loraflow.serve.worker import Worker
 
         self.options = options
         self.limits = Limits.from_options(options)
@@ -60,8 +62,6 @@ class ServerState:
         self.bus = EventBus()
         self.models = ModelCache(options.model_cache_size, options.device)
         self.worker = Worker(self.store, self.paths, self.models, self.bus)
-        from loraflow.serve.watchdog import Watchdog
-
         self.watchdog = Watchdog(self.worker, options.job_time_limit, options.cancel_grace)
 
     def submit(self, kind: str, payload: dict, client_id: str | None = None, job_id: str | None = None) -> st.Job:
@@ -270,9 +270,7 @@ def _job_routes(app, state: ServerState) -> None:
 
 def _validated(kind: str, body: object, state: ServerState) -> dict:
     """The job kind's own checks, then the limits and the path policy over the whole payload."""
-    from loraflow.serve.confine import confine_payload
     from loraflow.serve.jobs import JOB_KINDS
-    from loraflow.serve.limits import check_job_limits
 
     payload = JOB_KINDS[kind].validate(body, state.paths)
     check_job_limits(kind, payload, state.limits)
@@ -287,8 +285,6 @@ def _get(state: ServerState, job_id: str) -> st.Job:
 
 
 async def _json_body(request) -> object:
-    from loraflow.serve.limits import parse_json
-
     return parse_json(await request.body(), "request body")
 
 

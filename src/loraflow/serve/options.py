@@ -32,7 +32,7 @@ class ServeOptions(Options):
     max_scenes: int = opt(64, "most scenes per storyboard", ge=1)
     max_train_steps: int = opt(100_000, "most optimizer steps per train job", ge=1)
     max_workflow_nodes: int = opt(500, "most nodes in a ComfyUI workflow", ge=1)
-    job_time_limit: float = opt(4 * 3600.0, "seconds a job may run before it is cancelled (0: no limit)", ge=0)
+    job_time_limit: float = opt(8 * 3600.0, "seconds a job may run before it is cancelled (0: no limit)", ge=0)
     cancel_grace: float = opt(60.0, "seconds a cancelled job has to stop before the worker gives up on it and "
                                     "runs the next job", gt=0)
     log_level: str = opt("warning", "uvicorn log level")

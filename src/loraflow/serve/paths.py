@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loraflow.errors import InputError
+from loraflow.models.loading import BUILTIN_MODELS
 
 MODEL_SUFFIXES = (".safetensors",)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -103,8 +104,6 @@ class ServerPaths:
 
     @staticmethod
     def is_builtin_model(name: str) -> bool:
-        from loraflow.models.loading import BUILTIN_MODELS
-
         return name in BUILTIN_MODELS
 
     def make(self) -> None:
