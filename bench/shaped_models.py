@@ -92,7 +92,7 @@ def _build(family: str, s: dict, meta: bool) -> dict:
     else:
         from diffusers.pipelines.kolors.text_encoder import ChatGLMConfig, ChatGLMModel
 
-        from loraflow.models.tiny import init_chatglm_weights
+        from loraflow.models.tiny_text_encoders import init_chatglm_weights
 
         # ChatGLM builds its layers with `skip_init` on its own `device` argument, not the default device
         glm = ChatGLMModel(ChatGLMConfig(**s["chatglm"], torch_dtype="float32"), device="meta" if meta else None)

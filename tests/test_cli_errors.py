@@ -127,16 +127,14 @@ def test_device_cuda_without_cuda_is_refused_not_run_on_the_cpu(tmp_path, capsys
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 
-def test_a_grid_font_that_is_not_a_font_is_one_line(tmp_path):
-    from loraflow.errors import ConfigError
-    from loraflow.generate.grid import make_grid
-
+def test_a_grid_font_that_is_not_a_font_is_one_line_before_any_panel_is_drawn(tmp_path, capsys):
     fake = tmp_path / "font.ttf"
     fake.write_text("not a font")
-    with pytest.raises(ConfigError, match="not a TrueType"):
-        make_grid([Image.new("RGB", (64, 64))], 1, captions=["a"], font_path=str(fake))
-    with pytest.raises(ConfigError, match="not found"):
-        make_grid([Image.new("RGB", (64, 64))], 1, captions=["a"], font_path=str(tmp_path / "missing.ttf"))
+    story = tmp_path / "story.json"
+    story.write_text(json.dumps({"grid": {"font": str(fake), "captions": True}, "scenes": [{"prompt": "a"}]}))
+    assert main(["storyboard", str(story), "--model", "tiny:sdxl", "--out", str(tmp_path / "out")]) == 2
+    _one_line_error(capsys, "font.ttf", "not a TrueType")
+    assert not (tmp_path / "out" / "scene-01.png").exists()
 
 
 def test_an_absurd_lora_weight_is_refused(tmp_path):

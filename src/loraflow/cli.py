@@ -11,6 +11,7 @@ import sys
 
 from loraflow import __version__
 from loraflow.errors import LoraflowError
+from loraflow.quiet import silence_third_party
 
 # Modules that add sub-commands, in the order they appear in `--help`.
 COMMAND_MODULES = (
@@ -31,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Raw images -> filtered data -> LoRA -> pictures and stories (Kolors, SDXL, SD1.5).",
     )
     parser.add_argument("--version", action="version", version=f"loraflow {__version__}")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show third-party libraries' logs, warnings and loading bars "
+                             "(accepted after the command too: `loraflow generate ... --verbose`)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
@@ -57,11 +61,15 @@ USER_PATH_ERRORS = (errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.EACCES, err
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = normalize_flags(sys.argv[1:] if argv is None else argv)
+    # one flag for every command, wherever it is written (sub-commands do not each declare it)
+    verbose = "--verbose" in argv
     parser = build_parser()
-    args = parser.parse_args(normalize_flags(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args([a for a in argv if a != "--verbose"])
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    silence_third_party(verbose)
     try:
         result = args.func(args)
     except LoraflowError as e:

@@ -114,7 +114,8 @@ def test_every_bad_input_is_errored_with_a_reason_and_nothing_is_lost(tmp_path):
 
 
 def test_skimage_photos_shape_sharpness_and_dedup(tmp_path):
-    data = pytest.importorskip("skimage.data")
+    import skimage.data as data
+
     photos = {"astronaut": data.astronaut(), "chelsea": data.chelsea(), "coffee": data.coffee(), "camera": data.camera()}
     paths = {n: save(Image.fromarray(a), tmp_path / f"{n}.png") for n, a in photos.items()}
     paths["astronaut_blurred"] = save(Image.open(paths["astronaut"]).filter(ImageFilter.GaussianBlur(4)),

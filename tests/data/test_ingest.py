@@ -78,7 +78,7 @@ def test_csv_manifest_as_the_seed_writes_it(tmp_path):
 
 
 def test_huggingface_dataset_through_the_same_path(tmp_path):
-    datasets = pytest.importorskip("datasets")
+    import datasets
     ds = datasets.Dataset.from_dict({"image": [noise_image(30, 20, "RGBA", seed=1), noise_image(20, 30, "L", seed=2)],
                                      "text": ["one", "two"]}).cast_column("image", datasets.Image())
     calls = []

@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 
+import playwright.sync_api as sync_api  # the dev install's; Chromium itself is a system package
 import pytest
 
-
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 CHROMIUM = os.environ.get("LORAFLOW_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]

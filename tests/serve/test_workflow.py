@@ -6,11 +6,10 @@ import io
 import json
 
 import pytest
+import websockets.sync.client as websockets_sync
 from PIL import Image
 
 from serve_helpers import wait_job
-
-websockets_sync = pytest.importorskip("websockets.sync.client")
 
 
 def default_graph(seed: int = 1, lora: str = "style.safetensors") -> dict:

@@ -1,9 +1,7 @@
 """Recomputing the feed-forward gates keeps fewer activations and changes no gradient."""
 from __future__ import annotations
 
-import pytest
-
-torch = pytest.importorskip("torch")
+import torch
 
 
 def _unet_with_lora(seed: int = 0):

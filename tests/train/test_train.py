@@ -33,6 +33,17 @@ def test_outputs_written(trained):
     assert trained.diffusers_path.is_file()
 
 
+def test_tensorboard_logs_without_another_install(trained):
+    """TensorBoard is in the default install: the run's loss and lr are there, one point per step."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(trained.output / "logs")).Reload()
+    loss = events.Scalars("train/loss")
+    assert [e.step for e in loss] == [step for step, _ in trained.losses]
+    assert [e.value for e in loss] == pytest.approx([value for _, value in trained.losses], rel=1e-6)
+    assert len(events.Scalars("train/lr")) == len(loss)
+
+
 def test_kohya_keys_alpha_and_metadata(trained):
     with safe_open(trained.lora_path, "pt") as f:
         keys, meta = list(f.keys()), f.metadata()

@@ -30,6 +30,7 @@ ZH = {
     "circle": "圆形", "square": "正方形", "triangle": "三角形", "star": "星形",
     "center": "中间", "left": "左边", "right": "右边", "top": "上边", "bottom": "下边",
 }
+ZH_GLUE = ("背景", "有一个", "的", "条纹")  # the words of Scene.caption("zh") besides the named ones
 STYLES = ("plain", "striped")
 
 
@@ -53,6 +54,15 @@ class Scene:
 
 def all_scenes(style: str = "plain") -> list[Scene]:
     return [Scene(c, s, p, b, style) for c, s, p, b in itertools.product(COLOURS, SHAPES, POSITIONS, BACKGROUNDS)]
+
+
+def caption_vocabulary() -> list[str]:
+    """Every word of every caption, English then Chinese: all the words the demo model learnt (its
+    `loraflow.json` declares them, so prompts with other words get a notice)."""
+    import re
+
+    english = {word for style in STYLES for scene in all_scenes(style) for word in re.findall(r"[a-z]+", scene.caption("en"))}
+    return sorted(english) + sorted(set(ZH.values()) | set(ZH_GLUE))
 
 
 def split_held_out(scenes: list[Scene], fraction: float = 0.15, seed: int = 0) -> tuple[list[Scene], list[Scene]]:

@@ -63,7 +63,7 @@ def build_components(seed: int = 0, size: int = 64) -> dict:
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from loraflow.models.families import get_family
+    from loraflow.models.families.sdxl import SDXL  # the demo model is an SDXL-family model
     from loraflow.models.tiny_tokenizers import build_clip_tokenizer
 
     import tempfile
@@ -99,7 +99,7 @@ def build_components(seed: int = 0, size: int = 64) -> dict:
         cross_attention_dim=2 * TEXT_DIM, addition_embed_type="text_time", addition_time_embed_dim=TIME_DIM,
         projection_class_embeddings_input_dim=TEXT_DIM + 6 * TIME_DIM)
     return dict(vae=vae, unet=unet, text_encoder=clip(False, seed + 2), text_encoder_2=clip(True, seed + 3),
-                tokenizer=tok, tokenizer_2=tok, scheduler=EulerDiscreteScheduler(**get_family("sdxl").schedule))
+                tokenizer=tok, tokenizer_2=tok, scheduler=EulerDiscreteScheduler(**SDXL.schedule))
 
 
 def _pixels(scenes, size: int, rng):
@@ -225,10 +225,10 @@ def save_pipeline(components, out: Path) -> Path:
 def train_unet(components, latents, embeds, pooled, caption_index, cfg: DemoTrainConfig, say) -> None:
     import torch
 
-    from loraflow.models.families import get_family
+    from loraflow.models.families.sdxl import SDXL  # the demo model is an SDXL-family model
 
     unet = components["unet"]
-    noise_scheduler = get_family("sdxl").noise_scheduler()
+    noise_scheduler = SDXL.noise_scheduler()
     alphas = noise_scheduler.alphas_cumprod
     snr = alphas / (1 - alphas)
     g = torch.Generator().manual_seed(cfg.seed + 10)
@@ -274,10 +274,13 @@ def write_model_card(out: Path, cfg: DemoTrainConfig, seconds: float, log: dict 
 
     import torch
 
+    from loraflow.demo.shapes import caption_vocabulary
+
     card = {
         "label": "loraflow demo model: 64 px coloured shapes, trained from scratch by `loraflow demo train` "
                  "(not a general text-to-image model)",
         "defaults": {"height": cfg.size, "width": cfg.size, "num_inference_steps": 20, "guidance_scale": 5.0},
+        "vocabulary": caption_vocabulary(),  # prompts with other words get a notice (models/vocabulary.py)
         "command": f"loraflow demo train --out {cfg.out} --images {cfg.images} --vae-steps {cfg.vae_steps} "
                    f"--unet-steps {cfg.unet_steps} --batch-size {cfg.batch_size} --seed {cfg.seed} --threads {cfg.threads}"
                    + (f" --vae-from {Path(cfg.vae_from).name}" if cfg.vae_from else ""),
@@ -296,7 +299,7 @@ def train_demo_model(cfg: DemoTrainConfig, say=print) -> Path:
     import torch
     from diffusers import StableDiffusionXLPipeline
 
-    from loraflow.models.families import get_family
+    from loraflow.models.families.sdxl import SDXL  # the demo model is an SDXL-family model
 
     torch.set_num_threads(cfg.threads)
     started = time.time()
@@ -327,7 +330,7 @@ def train_demo_model(cfg: DemoTrainConfig, say=print) -> Path:
     prompts = sorted(set(captions)) + [""]
     pipe = StableDiffusionXLPipeline(**components)
     with torch.no_grad():
-        encoded = get_family("sdxl").encode_prompts(pipe, prompts)
+        encoded = SDXL.encode_prompts(pipe, prompts)
     embeds = torch.cat([e.embeds for e in encoded])  # (P, 77, 128)
     pooled = torch.cat([e.pooled for e in encoded])  # (P, 64)
     index = {p: i for i, p in enumerate(prompts)}

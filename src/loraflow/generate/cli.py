@@ -21,17 +21,27 @@ def register(subparsers) -> None:
     s.set_defaults(func=run_storyboard_cmd)
 
 
-def _progress_bar(desc: str):
-    from tqdm import tqdm
+class _StepBar:
+    """A tqdm bar opened at the first step, so notices printed while the model loads or prompts are
+    encoded (unknown words, the demo model) come before it instead of through it."""
 
-    bar = tqdm(total=None, desc=desc, unit="step")
+    def __init__(self, desc: str):
+        self.desc, self.bar = desc, None
 
-    def update(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
 
-    return bar, update
+            self.bar = tqdm(total=total, desc=self.desc, unit="step")
+        self.bar.total = total  # a storyboard with best-of or references may learn its total late
+        self.bar.update(done - self.bar.n)  # tqdm's own rate and ETA
+
+    def __enter__(self) -> "_StepBar":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -43,8 +53,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
         raise ConfigError("no prompt: pass --prompt TEXT")
     session = GenerationSession.from_options(config)
-    bar, update = _progress_bar("generate")
-    with bar:
+    with _StepBar("generate") as update:
         results = session.generate(config, progress=update)
     for path in save_results(results, config.out):
         print(path)
@@ -55,8 +64,7 @@ def run_storyboard_cmd(args: argparse.Namespace) -> int:
     from loraflow.generate.storyboard import run_storyboard
 
     config = StoryboardConfig.from_cli(args, None, story=args.story)
-    bar, update = _progress_bar("storyboard")
-    with bar:
+    with _StepBar("storyboard") as update:
         index = run_storyboard(config, progress=update)
     print(f"{len(index['scenes'])} scenes -> {config.out}/{index['grid']} ({index['grid_size'][0]}x{index['grid_size'][1]})")
     return 0

@@ -8,13 +8,14 @@ from pydantic import field_validator, model_validator
 from loraflow.config import Options, opt
 from loraflow.errors import ConfigError
 from loraflow.generate.control.units import ControlUnit, parse_units
+from loraflow.models.families import TINY_MODELS, FamilyName
 
 
 class ModelOptions(Options):
     """Which base model to run, and where."""
 
-    model: str | None = opt(None, "diffusers folder, .safetensors checkpoint, or tiny:sdxl|tiny:sd15|tiny:kolors")
-    family: Literal["kolors", "sdxl", "sd15"] | None = opt(None, "force the model family instead of detecting it")
+    model: str | None = opt(None, f"diffusers folder, .safetensors checkpoint, or {'|'.join(TINY_MODELS)}")
+    family: FamilyName | None = opt(None, "force the model family instead of detecting it")
     vae: str | None = opt(None, "replacement VAE (folder or .safetensors), e.g. sdxl-vae-fp16-fix")
     device: str = opt("auto", "cpu, cuda, cuda:1, mps, or auto (CUDA when available)")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = opt(

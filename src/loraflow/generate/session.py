@@ -101,7 +101,7 @@ class GenerationSession:
         loras_t = tuple(loras)
         if loras_t == self._loras:
             return
-        from loraflow.models.lora.load import apply_loras, remove_loras
+        from loraflow.models.lora.apply import apply_loras, remove_loras
 
         if self._loras:
             remove_loras(self.pipe)
@@ -115,6 +115,8 @@ class GenerationSession:
         """Embeddings per prompt (cached), padded to one length so they can be batched."""
         key_loras = tuple((str(l.path), l.weight) for l in self._loras)
         missing = [p for p in dict.fromkeys(prompts) if (p, key_loras) not in self._prompt_cache]
+        for p in missing if self.loaded.vocabulary else ():  # words the model never learnt: one notice
+            self.loaded.vocabulary.notice(p, self.loaded.name)
         if missing:
             import torch
 

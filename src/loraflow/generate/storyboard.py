@@ -179,9 +179,14 @@ def render_in_order(session: GenerationSession, items: list[GenerateConfig], out
     return results
 
 
-def _check_outputs_apart(cfg: StoryboardConfig, story: Story, items: list[GenerateConfig]) -> None:
-    """No panel, grid or index may be written over a file the story reads (a re-run into the folder
-    whose scene-01.png is the next story's init image would destroy it)."""
+def _check_before_rendering(cfg: StoryboardConfig, story: Story, items: list[GenerateConfig]) -> None:
+    """What would fail after every panel is drawn fails now: a caption font that is no font, and any
+    panel, grid or index written over a file the story reads (a re-run into the folder whose
+    scene-01.png is the next story's init image would destroy it)."""
+    from loraflow.generate.grid import find_font
+
+    if story.grid.font and (cfg.captions if cfg.captions is not None else story.grid.captions):
+        find_font(12, story.grid.font)
     out = Path(cfg.out)
     outputs = [out / f"scene-{k:02d}.png" for k in range(1, len(items) + 1)] + [out / "grid.png", out / "story.json"]
     inputs: dict[str, str | None] = {"story": cfg.story, "grid.font": story.grid.font}
@@ -200,7 +205,7 @@ def run_storyboard(cfg: StoryboardConfig, session: GenerationSession | None = No
 
     story = load_story(cfg.story)
     items = scene_configs(story, cfg)
-    _check_outputs_apart(cfg, story, items)
+    _check_before_rendering(cfg, story, items)
     scorer = scorer or load_scorer(cfg)
     if session is None:
         session = GenerationSession.from_options(cfg.model_copy(update={"model": cfg.model or story.model}))

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from loraflow.models.families import FAMILIES  # torch-free: `loraflow --help` stays light
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("models", help="inspect, download or create models")
@@ -10,7 +12,7 @@ def register(subparsers) -> None:
 
     info = sub.add_parser("info", help="family, components and hash of a model folder or checkpoint")
     info.add_argument("model")
-    info.add_argument("--family", choices=("kolors", "sdxl", "sd15"))
+    info.add_argument("--family", choices=tuple(FAMILIES))
     info.set_defaults(func=run_info)
 
     dl = sub.add_parser("download", help="download a model from a hub (needs a network; never used by tests)")
@@ -21,7 +23,7 @@ def register(subparsers) -> None:
     dl.set_defaults(func=run_download)
 
     tiny = sub.add_parser("tiny", help="write a tiny random model of a family as a diffusers folder (for tests)")
-    tiny.add_argument("family", choices=("kolors", "sdxl", "sd15"))
+    tiny.add_argument("family", choices=tuple(FAMILIES))
     tiny.add_argument("--out", required=True)
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=run_tiny)

@@ -3,9 +3,9 @@
 `model` may be
 * `demo` (also what no model means) — the small shapes model loraflow trained itself, shipped
   in the package (`loraflow demo train`); 64 px, for trying every command without downloads,
-* `tiny:sdxl` | `tiny:sd15` | `tiny:kolors` — the in-process tiny model (tests, quick start),
+* `tiny:<family>` (`TINY_MODELS`: one per registered family) — the in-process tiny model (tests, quick start),
 * a diffusers folder (`model_index.json` + component folders),
-* a single-file `.safetensors` checkpoint (SDXL / SD1.5, A1111/Civitai style),
+* a single-file `.safetensors` checkpoint (A1111/Civitai style, of a family with a single-file layout),
 * a `.ckpt/.pt/.bin` file — refused unless `allow_pickle=True` (then `weights_only=True`).
 
 Nothing is ever downloaded here; `loraflow models download` is the explicit way to fetch.
@@ -19,14 +19,17 @@ from pathlib import Path
 from typing import Any
 
 from loraflow.errors import ConfigError, ModelLoadError
-from loraflow.models.families import FAMILIES, ModelFamily, get_family
+from loraflow.models.families import FAMILIES, TINY_MODELS, ModelFamily, get_family
 from loraflow.models.families.base import FamilyDefaults
+from loraflow.models.single_file import detect_checkpoint_family, load_single_file, load_single_file_vae
+from loraflow.models.tiny import build_tiny_pipeline
+from loraflow.models.vocabulary import Vocabulary
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 WEIGHT_NAMES = ("diffusion_pytorch_model", "model")  # diffusers / transformers weight file stems
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 DEMO = "demo"
-BUILTIN_MODELS = (DEMO, "tiny:sdxl", "tiny:sd15", "tiny:kolors")
+BUILTIN_MODELS = (DEMO, *TINY_MODELS)
 DEFAULTS_FILE = "loraflow.json"  # optional, in a model folder: {"label": ..., "defaults": {"height": 64, ...}}
 
 
@@ -39,10 +42,13 @@ class LoadedModel:
     path: Path | None = None  # file/folder on disk (None for tiny models)
     extras: dict = field(default_factory=dict)
     defaults: FamilyDefaults | None = None  # size/steps/guidance when not given; the family's unless the folder says
+    vocabulary: Vocabulary | None = None  # the words it was trained on, when the folder declares them (demo)
 
     def __post_init__(self):
         if self.defaults is None:
             self.defaults = model_defaults(self.path, self.family)
+        if self.vocabulary is None:
+            self.vocabulary = Vocabulary.from_model_dir(self.path)
 
 
 def model_defaults(path: Path | None, family: type[ModelFamily]) -> FamilyDefaults:
@@ -77,8 +83,6 @@ def peek_defaults(model: str | None, family: str | None = None) -> FamilyDefault
     if family:
         return get_family(family).defaults
     if path.suffix.lower() == ".safetensors" and path.is_file():
-        from loraflow.models.single_file import detect_checkpoint_family
-
         return get_family(detect_checkpoint_family(path) or _unknown_family(path)).defaults
     raise ModelLoadError(f"model not found: {model}")
 
@@ -154,8 +158,6 @@ def _load(model: str, family: str | None, torch_dtype, allow_pickle: bool, skip:
         loaded.name, loaded.source = "loraflow-demo", DEMO
         return loaded
     if model.startswith("tiny:"):
-        from loraflow.models.tiny import build_tiny_pipeline
-
         fam = get_family(model.split(":", 1)[1])
         if family and family != fam.name:
             raise ModelLoadError(f"--family {family} contradicts --model {model}")
@@ -179,8 +181,6 @@ def _load(model: str, family: str | None, torch_dtype, allow_pickle: bool, skip:
         )
     if path.suffix.lower() not in (".safetensors",) + PICKLE_SUFFIXES:
         raise ModelLoadError(f"{path}: not a model folder or a .safetensors checkpoint")
-    from loraflow.models.single_file import detect_checkpoint_family, load_single_file
-
     fam = get_family(family or detect_checkpoint_family(path, allow_pickle=allow_pickle) or _unknown_family(path))
     pipe = load_single_file(path, fam.name, dtype=torch_dtype, device="cpu", allow_pickle=allow_pickle)
     return LoadedModel(pipe, fam, path.stem, model, path)
@@ -198,25 +198,22 @@ def _read_json(path: Path) -> dict:
 
 
 def detect_folder_family(path: Path) -> str | None:
-    """Family of a diffusers folder, from model_index.json, then the text encoder / UNet configs."""
-    te_config = path / "text_encoder" / "config.json"
-    if te_config.is_file() and "chatglm" in json.dumps(_read_json(te_config)).lower():
-        return "kolors"  # also catches Kwai-Kolors/Kolors, whose model_index names the SDXL pipeline
-    index = path / "model_index.json"
-    if index.is_file():
-        data = _read_json(index)
+    """Family of a diffusers folder: the first family (registry order) that its model_index.json
+    and component configs declare, else the first whose UNet config fits."""
+
+    def config(component: str) -> dict:
+        file = path / component / "config.json"
+        return _read_json(file) if file.is_file() else {}
+
+    index = _read_json(path / "model_index.json") if (path / "model_index.json").is_file() else {}
+    for fam in FAMILIES.values():
+        if fam.matches_folder(index, config):
+            return fam.name
+    if (path / "unet" / "config.json").is_file():
+        unet = config("unet")
         for fam in FAMILIES.values():
-            if fam.matches_model_index(data):
+            if fam.matches_unet_config(unet):
                 return fam.name
-    unet_config = path / "unet" / "config.json"
-    if unet_config.is_file():
-        unet = _read_json(unet_config)
-        if unet.get("encoder_hid_dim_type") == "text_proj":
-            return "kolors"
-        if unet.get("addition_embed_type") == "text_time":
-            return "sdxl"
-        if unet.get("cross_attention_dim") in (768, None) or isinstance(unet.get("cross_attention_dim"), int):
-            return "sd15"
     return None
 
 
@@ -262,16 +259,7 @@ def _load_folder(path: Path, family: str | None, torch_dtype, allow_pickle: bool
     check_folder(path, fam, allow_pickle)
     index = _read_json(path / "model_index.json")
     overrides: dict[str, Any] = {name: None for name in skip if name in index}  # diffusers: None = not loaded
-    if fam.name == "kolors":  # the original Kolors repo names the SDXL pipeline and ships custom code
-        from diffusers.pipelines.kolors import ChatGLMTokenizer
-        from diffusers.pipelines.kolors.text_encoder import ChatGLMModel
-
-        tok_dir = path / "tokenizer" if (path / "tokenizer").is_dir() else path / "text_encoder"
-        overrides["tokenizer"] = ChatGLMTokenizer.from_pretrained(tok_dir)
-        if "text_encoder" not in overrides:
-            overrides["text_encoder"] = ChatGLMModel.from_pretrained(
-                path / "text_encoder", torch_dtype=torch_dtype, use_safetensors=_safetensors_flag(allow_pickle)
-            )
+    overrides.update(fam.folder_components(path, torch_dtype, _safetensors_flag(allow_pickle), tuple(overrides)))
     try:
         pipe = fam.pipeline_class().from_pretrained(
             path, torch_dtype=torch_dtype, use_safetensors=_safetensors_flag(allow_pickle), local_files_only=True, **overrides
@@ -282,8 +270,9 @@ def _load_folder(path: Path, family: str | None, torch_dtype, allow_pickle: bool
     return LoadedModel(pipe, fam, path.name, str(path), path)
 
 
-def load_vae(vae: str, torch_dtype, allow_pickle: bool = False, family: str = "sdxl"):
-    """`--vae`: a diffusers VAE folder, or a .safetensors file (diffusers or original layout)."""
+def load_vae(vae: str, torch_dtype, allow_pickle: bool = False, *, family: str):
+    """`--vae`: a diffusers VAE folder, or a .safetensors file (diffusers or original layout, configured
+    as `family`'s VAE)."""
     from diffusers import AutoencoderKL
 
     path = Path(vae).expanduser()
@@ -292,8 +281,6 @@ def load_vae(vae: str, torch_dtype, allow_pickle: bool = False, family: str = "s
     if path.is_dir() or (path.parent / "config.json").is_file():
         folder = path if path.is_dir() else path.parent
         return AutoencoderKL.from_pretrained(folder, torch_dtype=torch_dtype, use_safetensors=_safetensors_flag(allow_pickle))
-    from loraflow.models.single_file import load_single_file_vae
-
     return load_single_file_vae(path, family=family, dtype=torch_dtype, allow_pickle=allow_pickle)
 
 

@@ -17,45 +17,19 @@ keys under its own prefix, and a missing or misshapen weight is a one-line `Mode
 """
 from __future__ import annotations
 
-import functools
-import gzip
 import json
 import struct
 from pathlib import Path
 from typing import Any
 
 from loraflow.errors import ModelLoadError
+from loraflow.models.clip_bpe import clip_tokenizer
+from loraflow.models.families import FAMILIES, RECOGNISED, ModelFamily, get_family
+from loraflow.models.families.base import CONFIG_ROOT, LDM_UNET, LDM_VAE  # noqa: F401  (CONFIG_ROOT: part of this API)
 
-CONFIG_ROOT = Path(__file__).parent / "configs"
-CLIP_BPE = CONFIG_ROOT / "clip" / "bpe_simple_vocab_16e6.txt.gz"
 SAFETENSORS_SUFFIX = ".safetensors"
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-
-# Key prefixes of the original checkpoints (CompVis `ldm` / Stability `sgm` module names).
-UNET = "model.diffusion_model."
-VAE = "first_stage_model."
-SD15_CLIP = "cond_stage_model.transformer."  # HF CLIPTextModel, ViT-L/14
-SD2_OPENCLIP = "cond_stage_model.model."  # OpenCLIP ViT-H/14 (SD 2.x)
-SDXL_CLIP_L = "conditioner.embedders.0.transformer."  # HF CLIPTextModel, ViT-L/14
-SDXL_OPENCLIP_G = "conditioner.embedders.1.model."  # OpenCLIP ViT-bigG/14, fused qkv
-REFINER_OPENCLIP_G = "conditioner.embedders.0.model."  # the refiner has only bigG, as embedder 0
-
-# component -> (checkpoint prefix, what it is); the order is the order of loading.
-LAYOUT: dict[str, dict[str, tuple[str, str]]] = {
-    "sd15": {
-        "unet": (UNET, "UNet"),
-        "vae": (VAE, "VAE"),
-        "text_encoder": (SD15_CLIP, "CLIP ViT-L text encoder"),
-    },
-    "sdxl": {
-        "unet": (UNET, "UNet"),
-        "vae": (VAE, "VAE"),
-        "text_encoder": (SDXL_CLIP_L, "CLIP ViT-L text encoder"),
-        "text_encoder_2": (SDXL_OPENCLIP_G, "OpenCLIP bigG text encoder"),
-    },
-}
-TOKENIZERS = {"sd15": ("tokenizer",), "sdxl": ("tokenizer", "tokenizer_2")}
-CROSS_ATTN_WIDTH = {768: "sd15", 1024: "sd2", 2048: "sdxl"}  # width of the text embeddings the UNet attends to
+UNET, VAE = LDM_UNET, LDM_VAE  # key prefixes every original checkpoint shares; the families' layouts add theirs
 LORA_MARKERS = ("lora_unet_", "lora_te", ".lora_down.", ".lora_up.", ".lora_A.", ".lora_B.", ".hada_w1_", ".lokr_w1")
 
 
@@ -144,34 +118,33 @@ def detect_checkpoint_family(path: str | Path, *, allow_pickle: bool = False) ->
 
 
 def classify_keys(shapes: dict[str, tuple[int, ...]], name: str = "checkpoint") -> str | None:
-    """The rules of `detect_checkpoint_family`, on a key -> shape mapping."""
+    """The rules of `detect_checkpoint_family`, on a key -> shape mapping. Each family says whether
+    the keys are its own (`checkpoint_markers`, `cross_attention_dim`), in registry order."""
     keys = list(shapes)
-
-    def has(prefix: str) -> bool:
-        return any(k.startswith(prefix) for k in keys)
 
     if any(m in k for k in keys for m in LORA_MARKERS):
         raise ModelLoadError(f"{name} is a LoRA, not a base model; pass it with --lora (and a base model with --model)")
-    if has(REFINER_OPENCLIP_G) and not has(SDXL_OPENCLIP_G):
-        raise ModelLoadError(f"{name} is an SDXL refiner checkpoint, which is not supported; use an SDXL base model")
-    if has(SD2_OPENCLIP):
-        raise ModelLoadError(f"{name} is a Stable Diffusion 2.x checkpoint, which is not supported; use SD1.5 or SDXL")
+    for fam in RECOGNISED:
+        refusal = fam.checkpoint_refusal(shapes)
+        if refusal:
+            raise ModelLoadError(f"{name} is {refusal}")
+        if not fam.supported and fam.matches_checkpoint(shapes):
+            raise ModelLoadError(f"{name} is a {fam.title} checkpoint, which is not supported; use {_loadable_titles()}")
     conv_in = shapes.get(UNET + "input_blocks.0.0.weight")
     if conv_in is not None and len(conv_in) == 4 and conv_in[1] != 4:
         raise ModelLoadError(
             f"{name} has a {conv_in[1]}-channel UNet input (an inpainting or instruct-pix2pix model), "
             "which is not supported; use a text-to-image checkpoint"
         )
-    if has(SDXL_OPENCLIP_G) or has(SDXL_CLIP_L):
-        return "sdxl"
-    if has(SD15_CLIP):
-        return "sd15"
-    if has(UNET):  # no text encoder: tell the family from the UNet's cross-attention width
-        family = _family_from_cross_attention(shapes)
-        if family == "sd2":
-            raise ModelLoadError(f"{name} is a Stable Diffusion 2.x UNet, which is not supported; use SD1.5 or SDXL")
-        return family
-    if has(VAE) or any(k.startswith(("encoder.down", "decoder.up")) for k in keys):
+    for fam in FAMILIES.values():
+        if fam.single_file_layout and fam.matches_checkpoint(shapes):
+            return fam.name
+    if any(k.startswith(UNET) for k in keys):  # no text encoder: tell the family from the UNet's cross-attention width
+        fam = _family_from_cross_attention(shapes)
+        if fam is not None and not fam.supported:
+            raise ModelLoadError(f"{name} is a {fam.title} UNet, which is not supported; use {_loadable_titles()}")
+        return fam.name if fam is not None else None
+    if any(k.startswith(VAE) for k in keys) or any(k.startswith(("encoder.down", "decoder.up")) for k in keys):
         raise ModelLoadError(f"{name} is a VAE, not a full model; pass it with --vae (and a base model with --model)")
     if any(k.startswith(("down_blocks.", "conv_in.")) for k in keys):
         raise ModelLoadError(
@@ -183,55 +156,29 @@ def classify_keys(shapes: dict[str, tuple[int, ...]], name: str = "checkpoint") 
     return None
 
 
-def _family_from_cross_attention(shapes: dict[str, tuple[int, ...]]) -> str | None:
+def _loadable_titles() -> str:
+    return " or ".join(f.title for f in FAMILIES.values() if f.single_file_layout)
+
+
+def _family_from_cross_attention(shapes: dict[str, tuple[int, ...]]) -> type[ModelFamily] | None:
+    """The family whose UNet attends to text embeddings of this width; only families that load as
+    single files (or are recognised-only) compete, so Kolors' SDXL-wide UNet stays SDXL's."""
     for key, shape in shapes.items():
         if key.startswith(UNET) and key.endswith("attn2.to_k.weight") and len(shape) == 2:
-            return CROSS_ATTN_WIDTH.get(shape[1])
+            return next((f for f in RECOGNISED if (f.single_file_layout or not f.supported)
+                         and f.cross_attention_dim == shape[1]), None)
     return None
 
 
 # ---- configs and tokenizers ------------------------------------------------------------------
 def shipped_config_dir(family: str) -> Path:
     """The configs of the real base model of `family`, shipped with loraflow."""
-    if family not in LAYOUT:
-        raise ModelLoadError(
-            f"single-file checkpoints of '{family}' are not supported; choose one of: {', '.join(LAYOUT)}"
-            + (" (Kolors: load the diffusers folder of Kwai-Kolors/Kolors-diffusers)" if family == "kolors" else "")
-        )
-    return CONFIG_ROOT / family
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP byte -> printable unicode table (openai/CLIP `clip/simple_tokenizer.py`)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
-@functools.lru_cache(maxsize=1)
-def clip_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """The 49408-token CLIP BPE vocabulary, built like openai/CLIP's `SimpleTokenizer`: the 256 byte
-    symbols, the same with `</w>`, one token per merge (first 48894 merges), then the two specials."""
-    lines = gzip.decompress(CLIP_BPE.read_bytes()).decode("utf-8").split("\n")
-    merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]  # line 0 is "#version"
-    symbols = list(bytes_to_unicode().values())
-    tokens = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
-    return {t: i for i, t in enumerate(tokens)}, merges  # type: ignore[return-value]
-
-
-def clip_tokenizer(pad_token: str = "<|endoftext|>", model_max_length: int = 77):
-    """A real CLIP tokenizer (SD1.5's; SDXL's `tokenizer_2` is the same with `pad_token="!"`)."""
-    from transformers import CLIPTokenizer
-
-    vocab, merges = clip_vocab_and_merges()
-    return CLIPTokenizer(vocab=dict(vocab), merges=list(merges), pad_token=pad_token, model_max_length=model_max_length)
+    fam = get_family(family)
+    if not fam.single_file_layout:
+        loadable = ", ".join(f.name for f in FAMILIES.values() if f.single_file_layout)
+        raise ModelLoadError(f"single-file checkpoints of '{family}' are not supported; choose one of: {loadable} "
+                             f"({fam.title}: {fam.where_to_get})")
+    return fam.config_dir()
 
 
 def _load_tokenizer(config_dir: Path, subfolder: str):
@@ -254,9 +201,10 @@ def _read_json(path: Path) -> dict:
 
 
 def _check_config_dir(config_dir: Path, family: str) -> None:
+    fam = get_family(family)
     needed = ["model_index.json", "scheduler/scheduler_config.json"]
-    needed += [f"{c}/config.json" for c in LAYOUT[family]]
-    needed += [f"{t}/tokenizer_config.json" for t in TOKENIZERS[family]]
+    needed += [f"{c}/config.json" for c in fam.single_file_layout]
+    needed += [f"{t}/tokenizer_config.json" for t in fam.single_file_tokenizers]
     missing = [n for n in needed if not (config_dir / n).is_file()]
     if missing:
         raise ModelLoadError(
@@ -288,17 +236,17 @@ def load_single_file(
     _check_config_dir(config_dir, family)
     state = _read_state_dict(path, family)
     components: dict[str, Any] = {}
-    for name, (prefix, what) in LAYOUT[family].items():
+    for name, (prefix, what) in get_family(family).single_file_layout.items():
         part = {k: v for k, v in state.items() if k.startswith(prefix)}
         if not part:
             raise ModelLoadError(
                 f"{path.name}: no {what} weights ({prefix}*); the checkpoint is partial or not {family}"
             )
-        components[name] = _load_component(name, part, config_dir, dtype, path, family)
+        components[name] = _load_component(name, part, config_dir, dtype, path, family, what)
         _check_no_missing(components[name], name, what, path)
         for key in part:
             state.pop(key)  # free the original tensors once converted
-    for name in TOKENIZERS[family]:
+    for name in get_family(family).single_file_tokenizers:
         components[name] = _load_tokenizer(config_dir, name)
     components["scheduler"] = _load_scheduler(config_dir)
     pipe = _assemble(family, components, config_dir)
@@ -309,7 +257,7 @@ def load_single_file(
 
 def _read_state_dict(path: Path, family: str) -> dict[str, Any]:
     """Only the tensors under the family's prefixes (EMA copies and optimizer leftovers are skipped)."""
-    prefixes = tuple(prefix for prefix, _ in LAYOUT[family].values())
+    prefixes = tuple(prefix for prefix, _ in get_family(family).single_file_layout.values())
     if path.suffix.lower() in PICKLE_SUFFIXES:
         return {k: v for k, v in _load_pickle(path).items() if k.startswith(prefixes)}
     read_header(path)  # a clear error for a truncated file before safetensors' own
@@ -322,10 +270,10 @@ def _read_state_dict(path: Path, family: str) -> dict[str, Any]:
         raise ModelLoadError(f"{path}: unreadable safetensors file ({e})") from None
 
 
-def _load_component(name: str, part: dict, config_dir: Path, dtype, path: Path, family: str):
+def _load_component(name: str, part: dict, config_dir: Path, dtype, path: Path, family: str, what: str):
     import diffusers
+    import transformers
     from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     common = dict(config=str(config_dir), subfolder=name, local_files_only=True, torch_dtype=dtype)
     try:
@@ -333,7 +281,9 @@ def _load_component(name: str, part: dict, config_dir: Path, dtype, path: Path, 
             return diffusers.UNet2DConditionModel.from_single_file(part, **common)
         if name == "vae":
             return diffusers.AutoencoderKL.from_single_file(part, **common)
-        cls = CLIPTextModelWithProjection if name == "text_encoder_2" else CLIPTextModel
+        # the config names the class: SDXL's second encoder is CLIPTextModelWithProjection (pooled output)
+        architectures = _read_json(config_dir / name / "config.json").get("architectures") or ["CLIPTextModel"]
+        cls = getattr(transformers, architectures[0])
         return create_diffusers_clip_model_from_ldm(
             cls, checkpoint=part, subfolder=name, config=str(config_dir), torch_dtype=dtype, local_files_only=True
         )
@@ -341,7 +291,7 @@ def _load_component(name: str, part: dict, config_dir: Path, dtype, path: Path, 
         if "meta tensor" in str(e):  # a weight absent from the checkpoint stayed on `meta`
             missing = _missing_diffusers_keys(name, part, config_dir)
             raise ModelLoadError(
-                f"{path.name}: the {LAYOUT[family][name][1]} ({name}) is incomplete, {len(missing)} weights missing "
+                f"{path.name}: the {what} ({name}) is incomplete, {len(missing)} weights missing "
                 f"(e.g. {missing[0] if missing else '?'}); the file is partial or a different architecture"
             ) from None
         reason = " ".join(str(e).split()).split(". ")[0][:300]  # diffusers appends advice that does not apply
@@ -395,28 +345,27 @@ def _load_scheduler(config_dir: Path):
 def _assemble(family: str, components: dict, config_dir: Path):
     import inspect
 
-    from loraflow.models.families import get_family
-
-    pipeline_class = get_family(family).pipeline_class()
+    fam = get_family(family)
+    pipeline_class = fam.pipeline_class()
     accepted = inspect.signature(pipeline_class.__init__).parameters
     # Plain options of model_index.json (force_zeros_for_empty_prompt, ...); lists name components.
     options = {
         k: v for k, v in _read_json(config_dir / "model_index.json").items()
         if not k.startswith("_") and not isinstance(v, list) and k in accepted
     }
-    if family == "sd15":  # a single file has no safety checker
-        options.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    options.update(fam.pipeline_extras)  # e.g. no safety checker: a single file has none
     return pipeline_class(**components, **options)
 
 
-def load_single_file_vae(path: str | Path, *, family: str = "sdxl", dtype=None, allow_pickle: bool = False):
+def load_single_file_vae(path: str | Path, *, family: str, dtype=None, allow_pickle: bool = False):
     """`--vae FILE`: a lone VAE file, in diffusers layout (e.g. sdxl-vae-fp16-fix's
     `diffusion_pytorch_model.safetensors`) or original layout (`encoder.down.0...`, optionally under
     `first_stage_model.`), configured with the shipped VAE config of `family` (Kolors uses SDXL's)."""
     import diffusers
 
     path = Path(path)
-    config_dir = shipped_config_dir("sd15" if family == "sd15" else "sdxl")
+    vae_family = get_family(family).vae_config_folder
+    config_dir = shipped_config_dir(vae_family)
     if path.suffix.lower() in PICKLE_SUFFIXES:
         state = _load_pickle(path) if allow_pickle else None
         if state is None:
@@ -434,4 +383,4 @@ def load_single_file_vae(path: str | Path, *, family: str = "sdxl", dtype=None, 
             raise ModelLoadError(f"{path.name}: not an {family} VAE ({'missing' if missing else 'unexpected'} weight {bad})")
         return vae.to(dtype=dtype) if dtype is not None else vae
     state = {k.removeprefix(VAE): v for k, v in state.items()}
-    return _load_component("vae", state, config_dir, dtype, path, family if family != "kolors" else "sdxl")
+    return _load_component("vae", state, config_dir, dtype, path, vae_family, "VAE")

@@ -41,7 +41,8 @@ def _resolve_model(name: str | None, paths: ServerPaths, field: str = "model") -
     if not name:
         return DEMO
     if name.startswith("tiny:") and name not in BUILTIN_MODELS:
-        raise Invalid(f"key '{field}' = {name!r}: unknown tiny model; use tiny:sdxl, tiny:sd15 or tiny:kolors", field)
+        tiny = ", ".join(m for m in BUILTIN_MODELS if m.startswith("tiny:"))
+        raise Invalid(f"key '{field}' = {name!r}: unknown tiny model; use one of: {tiny}", field)
     return name if name in BUILTIN_MODELS else paths.model(name)
 
 

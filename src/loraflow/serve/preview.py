@@ -1,9 +1,9 @@
 """Cheap previews while a job runs: latents -> RGB by a fixed linear map (no VAE decode), as JPEG.
 
 The 4x3 factors are the approximate latent-to-RGB projections ComfyUI uses for its "latent2rgb"
-previews (`comfy/latent_formats.py`: SD15 and SDXL; Kolors shares the SDXL VAE). Latents with another
-channel count (the demo model's 8-channel VAE, a 9-channel inpainting UNet input) have no such factors:
-their first 3 channels (or their mean) are stretched to [0, 1] instead.
+previews (`comfy/latent_formats.py`), held by each family (`latent_rgb_factors`). Latents with another
+channel count (the demo model's 8-channel VAE, a 9-channel inpainting UNet input), or of a family
+without factors, have their first 3 channels (or their mean) stretched to [0, 1] instead.
 """
 from __future__ import annotations
 
@@ -12,12 +12,8 @@ import time
 from contextlib import contextmanager
 from typing import Callable
 
-_RGB_FACTORS = {
-    "sd15": ([[0.3512, 0.2297, 0.3227], [0.3250, 0.4974, 0.2350], [-0.2829, 0.1762, 0.2721], [-0.2120, -0.2616, -0.7177]],
-             [0.0, 0.0, 0.0]),
-    "sdxl": ([[0.3651, 0.4232, 0.4341], [-0.2533, -0.0042, 0.1068], [0.1076, 0.1111, -0.0362], [-0.3165, -0.2492, -0.2188]],
-             [0.1084, -0.0175, -0.0011]),
-}
+from loraflow.models.families import get_family
+
 PREVIEW_INTERVAL = 0.5  # seconds between previews of one job
 PREVIEW_SIZE = 256
 
@@ -27,7 +23,10 @@ def latent_to_jpeg(latents, family: str, size: int = PREVIEW_SIZE) -> bytes:
     from PIL import Image
 
     x = latents[0].detach().float().cpu()  # (C, h, w)
-    rgb = _latent_rgb(x, family) if x.shape[0] == 4 else _channels_rgb(x)  # (h, w, 3) in [0, 1]
+    fam = get_family(family)
+    factors = fam.latent_rgb_factors
+    fits = factors is not None and x.shape[0] == len(factors)
+    rgb = _latent_rgb(x, factors, fam.latent_rgb_bias) if fits else _channels_rgb(x)  # (h, w, 3) in [0, 1]
     image = Image.fromarray(rgb.clamp(0, 1).mul(255).byte().numpy())
     scale = size / max(image.size)
     image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BILINEAR)
@@ -36,11 +35,10 @@ def latent_to_jpeg(latents, family: str, size: int = PREVIEW_SIZE) -> bytes:
     return buf.getvalue()
 
 
-def _latent_rgb(x, family: str):
-    """(4, h, w) SD/SDXL latent -> (h, w, 3) by the family's latent2rgb factors."""
+def _latent_rgb(x, factors, bias):
+    """(C, h, w) latent -> (h, w, 3) by the family's latent2rgb factors (C, 3) and bias (3,)."""
     import torch
 
-    factors, bias = _RGB_FACTORS["sd15" if family == "sd15" else "sdxl"]
     rgb = torch.einsum("chw,cr->hwr", x, torch.tensor(factors)) + torch.tensor(bias)  # (h, w, 3) in ~[-1, 1]
     return (rgb + 1) / 2
 

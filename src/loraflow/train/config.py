@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import field_validator, model_validator
 
 from loraflow.config import Options, opt
+from loraflow.models.families import FAMILIES, TINY_MODELS, FamilyName, get_family
 
 # Named sets of UNet modules LoRA is put on (diffusers module-name suffixes), so nobody has to list
 # hundreds of module names; the names are the `lora_targets` choices. `attn` is what the tutorial
@@ -35,10 +36,10 @@ _PRECISION_ALIASES = {"16-mixed": "fp16", "bf16-mixed": "bf16", "32": "no", "32-
 
 class TrainConfig(Options):
     # ---- what to train ------------------------------------------------------------------
-    model: str = opt(None, "base model: diffusers folder, .safetensors checkpoint, tiny:sdxl|tiny:sd15|tiny:kolors; "
+    model: str = opt(None, f"base model: diffusers folder, .safetensors checkpoint, {'|'.join(TINY_MODELS)}; "
                            "default: the built-in demo model",
                      aliases=("pretrained_model_name_or_path", "pretrained_path"))
-    family: Literal["kolors", "sdxl", "sd15"] | None = opt(None, "model family (detected from the model when not given)")
+    family: FamilyName | None = opt(None, "model family (detected from the model when not given)")
     vae: str | None = opt(None, "replacement VAE, e.g. sdxl-vae-fp16-fix (folder or .safetensors)",
                           aliases=("pretrained_fp16_vae_path", "pretrained_vae_model_name_or_path"))
     dataset: str = opt(None, "dataset: folder with train/metadata.csv, metadata.jsonl, kohya N_name/ folders, or the file itself",
@@ -52,7 +53,8 @@ class TrainConfig(Options):
                             aliases=("network_alpha",), gt=0)
     lora_targets: Literal["attn", "attn+ff", "all-linear", "conv"] = opt(
         "attn", "UNet modules LoRA trains: attn (to_q/k/v/out, as the tutorial) | attn+ff | all-linear | conv (+ResNet convs)")
-    train_text_encoder: bool = opt(False, "also put LoRA on the CLIP text encoder(s) (SDXL, SD1.5 only)")
+    train_text_encoder: bool = opt(False, "also put LoRA on the text encoder(s) ("
+                                   + ", ".join(f.title for f in FAMILIES.values() if f.lora_text_encoders) + " only)")
     # ---- data ---------------------------------------------------------------------------
     resolution: int | None = opt(None, "training resolution; buckets keep area <= resolution^2 "
                                        "(default: the model's native size: 1024 SDXL/Kolors, 512 SD1.5, 64 demo)", ge=64)
@@ -118,8 +120,9 @@ class TrainConfig(Options):
         if self.random_crop and self.center_crop:
             # --random-crop wins over the default center crop
             object.__setattr__(self, "center_crop", False)
-        if self.train_text_encoder and self.family == "kolors":
-            raise ValueError("train_text_encoder: Kolors' ChatGLM-6B encoder is not trained; only SDXL/SD1.5 CLIP")
+        family = get_family(self.family) if self.family else None  # None: detected when the model loads
+        if self.train_text_encoder and family is not None and not family.lora_text_encoders:
+            raise ValueError(f"train_text_encoder: {family.text_encoder_note}")
         return self
 
     def check_required(self) -> None:

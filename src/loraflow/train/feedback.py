@@ -1,5 +1,5 @@
-"""What a person watches during training: a progress bar, TensorBoard scalars (when installed),
-sample-image grids and a loss-curve PNG (drawn with Pillow; matplotlib is not a dependency)."""
+"""What a person watches during training: a progress bar, TensorBoard scalars (OUTPUT/logs; the
+default install has TensorBoard), sample-image grids and a loss-curve PNG (drawn with Pillow)."""
 from __future__ import annotations
 
 import math
@@ -23,7 +23,7 @@ class Logger:
 
             self.tb = SummaryWriter(str(output / "logs"))
         except ImportError:
-            print("tensorboard is not installed: no TensorBoard logs (pip install tensorboard); loss curve PNG only")
+            print("tensorboard is not installed (the default install has it): no TensorBoard logs; loss curve PNG only")
 
     def step(self, step: int, loss: float, lr: float, log: bool) -> None:
         self.losses.append((step, loss))

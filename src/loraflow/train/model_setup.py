@@ -157,13 +157,13 @@ def add_lora(model: TrainModel, config: TrainConfig) -> None:
 
     model.unet.add_adapter(lora_config(config.lora_rank, config.lora_alpha, TARGET_PRESETS[config.lora_targets]))
     if config.train_text_encoder:
-        if model.family.name == "kolors":
+        if not model.family.lora_text_encoders:  # a detected family the config could not check
             from loraflow.errors import ConfigError
 
-            raise ConfigError("train_text_encoder: Kolors' ChatGLM encoder is not trained; only SDXL/SD1.5 CLIP")
+            raise ConfigError(f"train_text_encoder: {model.family.text_encoder_note}")
         from peft import inject_adapter_in_model
 
-        for name in model.family.text_encoder_names:
+        for name in model.family.lora_text_encoders:
             encoder = getattr(model.pipe, name)
             # peft directly: transformers' `add_adapter` insists on a newer peft than diffusers needs
             te_config = lora_config(config.lora_rank, config.lora_alpha, TEXT_ENCODER_TARGETS)

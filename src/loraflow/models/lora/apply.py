@@ -19,8 +19,9 @@ import re
 from typing import Any, Sequence
 
 from loraflow.errors import InputError
+from loraflow.models.families import family_title
 from loraflow.models.lora import formats
-from loraflow.models.lora.load import FAMILY_NAMES, LoraFile, guess_family, read_lora, to_diffusers_state_dict
+from loraflow.models.lora.load import LoraFile, fits_family, guess_family, read_lora, to_diffusers_state_dict
 
 LoraSpec = tuple[str | os.PathLike | LoraFile, float]  # (file, weight)
 
@@ -83,7 +84,7 @@ def _fit_to_pipeline(pipe, lora: LoraFile, family: str) -> tuple[dict[str, Any],
     for component in lora.components():
         model = getattr(pipe, component, None)
         if model is None:
-            raise InputError(f"{lora.name} has {component} weights, but the {FAMILY_NAMES.get(family, family)} "
+            raise InputError(f"{lora.name} has {component} weights, but the {family_title(family)} "
                              f"pipeline has no {component}")
         modules = dict(model.named_modules())
         # transformers 5 flattens CLIPTextModel (no `text_model.` level); files keep the old path.
@@ -102,11 +103,11 @@ def _fit_to_pipeline(pipe, lora: LoraFile, family: str) -> tuple[dict[str, Any],
             out_alphas[f"{component}.{name}"] = alphas[target]
     if bad:
         apparent = guess_family(lora)
-        if apparent and apparent != family and not (apparent == "sdxl" and family == "kolors"):
-            raise InputError(f"{lora.name} appears to be a {FAMILY_NAMES.get(apparent, apparent)} LoRA; "
-                             f"it does not fit this {FAMILY_NAMES.get(family, family)} model")
+        if not fits_family(apparent, family):
+            raise InputError(f"{lora.name} appears to be a {family_title(apparent)} LoRA; "
+                             f"it does not fit this {family_title(family)} model")
         raise InputError(f"{lora.name}: {len(bad)} of {len(alphas)} LoRA modules match no module of the "
-                         f"{FAMILY_NAMES.get(family, family)} model (wrong family?), e.g. {', '.join(bad[:3])}")
+                         f"{family_title(family)} model (wrong family?), e.g. {', '.join(bad[:3])}")
     return out_sd, out_alphas
 
 

@@ -8,6 +8,7 @@ import argparse
 from typing import Literal, Optional
 
 from loraflow.config import Options, opt
+from loraflow.models.families import FamilyName
 
 
 class InfoOptions(Options):
@@ -17,7 +18,7 @@ class InfoOptions(Options):
 class ConvertOptions(Options):
     to: Literal["kohya", "diffusers", "peft"] = opt("kohya", "output layout: kohya (A1111/ComfyUI), diffusers, "
                                                     "peft (UNet only)")
-    family: Optional[Literal["sdxl", "sd15", "kolors"]] = opt(None, "model family; guessed from the file if not given")
+    family: Optional[FamilyName] = opt(None, "model family; guessed from the file if not given")
     allow_pickle: bool = opt(False, "read a pickled .pt/.bin/.ckpt file (with torch.load(weights_only=True))")
 
 

@@ -8,7 +8,8 @@ A kohya key is `<prefix>_<module path with '.' replaced by '_'>`, prefix `lora_u
     lora_te1_text_model_encoder_layers_0_self_attn_q_proj                   SDXL first text encoder
 
 kohya-ss trains SD1.5 on the diffusers UNet but SDXL on its own copy of Stability's SGM UNet
-(sd-scripts `library/sdxl_original_unet.py`), so SDXL-class UNet keys use SGM block names:
+(sd-scripts `library/sdxl_original_unet.py`), so SDXL-class UNet keys (the families with
+`kohya_sgm_unet`) use SGM block names:
 `input_blocks.{i}.{0 resnet | 1 attention}`, `middle_block.{0,1,2}`, `output_blocks.{i}.{0,1,2}`,
 and SGM resnet layers (`in_layers.2` = conv1, `out_layers.3` = conv2, `emb_layers.1` =
 time_emb_proj, `skip_connection` = conv_shortcut). The mapping here is the inverse of diffusers'
@@ -16,21 +17,19 @@ time_emb_proj, `skip_connection` = conv_shortcut). The mapping here is the inver
 (`src/diffusers/loaders/lora_conversion_utils.py`). Kolors' UNet has SDXL's block layout, and
 ComfyUI reads Kolors LoRAs with SDXL's key map, so Kolors uses SGM names too.
 
-No torch here: these are string functions.
+No torch here: these are string functions. A family's text-encoder prefixes are its
+`lora_text_encoders` (sd-scripts `networks/lora.py`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from loraflow.models.families import FAMILIES, get_family
+
 UNET_PREFIX = "lora_unet_"
-# kohya prefix -> diffusers pipeline component, per family (sd-scripts `networks/lora.py`).
-TE_PREFIXES = {
-    "sd15": {"text_encoder": "lora_te_"},
-    "sdxl": {"text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"},
-    "kolors": {},  # ChatGLM: kohya has no key scheme for it and we never train it
-}
-_TE_COMPONENT = {"lora_te_": "text_encoder", "lora_te1_": "text_encoder", "lora_te2_": "text_encoder_2"}
-SGM_FAMILIES = ("sdxl", "kolors")
+# kohya text-encoder prefix -> diffusers pipeline component, over all families (the prefixes are
+# kohya's, so no two families map one to different components).
+_TE_COMPONENT = {prefix: component for fam in FAMILIES.values() for component, prefix in fam.lora_text_encoders.items()}
 
 
 @dataclass(frozen=True)
@@ -80,10 +79,11 @@ class UnmappedModuleError(ValueError):
 # ---- diffusers -> kohya ---------------------------------------------------------------------
 def diffusers_to_kohya(component: str, module: str, family: str, layout: SgmLayout = SDXL_LAYOUT) -> str:
     """`("unet", "down_blocks.1.attentions.0.proj_in", "sdxl")` -> `lora_unet_input_blocks_4_1_proj_in`."""
+    fam = get_family(family)
     if component == "unet":
-        name = unet_to_sgm(module, layout) if family in SGM_FAMILIES else module
+        name = unet_to_sgm(module, layout) if fam.kohya_sgm_unet else module
         return UNET_PREFIX + name.replace(".", "_")
-    prefix = TE_PREFIXES[family].get(component)
+    prefix = fam.lora_text_encoders.get(component)
     if prefix is None:
         raise UnmappedModuleError(f"{family} has no kohya key scheme for component '{component}'")
     if not module.startswith(("text_model.", "text_projection")):
@@ -148,7 +148,8 @@ def kohya_to_diffusers(lora_name: str, layout: SgmLayout = SDXL_LAYOUT) -> tuple
     for prefix, component in _TE_COMPONENT.items():
         if lora_name.startswith(prefix):
             return component, underscores_to_dots(lora_name[len(prefix):])
-    raise UnmappedModuleError(f"'{lora_name}' is not a kohya LoRA module name (expected lora_unet_/lora_te_/lora_te1_/lora_te2_)")
+    expected = "/".join([UNET_PREFIX, *_TE_COMPONENT])
+    raise UnmappedModuleError(f"'{lora_name}' is not a kohya LoRA module name (expected {expected})")
 
 
 def is_sgm_name(dotted: str) -> bool:

@@ -5,7 +5,7 @@
     convert_lora("in.safetensors", "out.safetensors", to="kohya", family="sdxl")
 
 Putting LoRAs into a pipeline is `loraflow.models.lora.apply` (`apply_loras`, `remove_loras`),
-re-exported here.
+which builds on this module (never the other way round).
 """
 from __future__ import annotations
 
@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from loraflow.errors import InputError, ModelLoadError
+from loraflow.models.families import FAMILIES, family_title, get_family
 from loraflow.models.lora import formats
 from loraflow.models.lora.formats import detect_lora_format  # noqa: F401  (part of this module's API)
-from loraflow.models.lora.kohya_keys import SGM_FAMILIES, is_sgm_name, underscores_to_dots
+from loraflow.models.lora.kohya_keys import is_sgm_name, underscores_to_dots
 from loraflow.models.lora.metadata import family_from_metadata
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
-FAMILY_NAMES = {"sd15": "SD1.5", "sd2": "SD2", "sdxl": "SDXL", "kolors": "Kolors"}
 
 
 @dataclass
@@ -128,43 +128,40 @@ def _adapter_metadata(metadata: dict[str, str], source: str) -> dict[str, Any] |
 
 # ---- family -----------------------------------------------------------------------------------
 def guess_family(lora: LoraFile) -> str | None:
-    """The family the file appears to be for: from its metadata, else from key names
-    ('sdxl' then means SDXL-class, which includes Kolors); None when nothing tells."""
+    """The family the file appears to be for: from its metadata, else from key names, by each
+    family's rules. A guess from key names names the family that owns the UNet layout (SDXL for
+    SDXL-class, which includes Kolors: see `fits_family`); None when nothing tells."""
     stated = family_from_metadata(lora.metadata)
     if stated:
         return stated
-    components = lora.components()
-    if "text_encoder_2" in components:
-        return "sdxl"
+    owners = [fam for fam in FAMILIES.values() if fam.unet_like is None]  # Kolors' keys are SDXL's
     if lora.format == "kohya" and any(
         k.startswith("lora_unet_") and is_sgm_name(underscores_to_dots(k.split(".")[0][len("lora_unet_"):]))
         for k in lora.state_dict
     ):
-        return "sdxl"
+        return next((fam.name for fam in owners if fam.kohya_sgm_unet), None)
     modules = [t[len("unet."):] for t in lora.alphas if t.startswith("unet.")]
-    # SD1/2 have attention in the first down block and four levels; SDXL-class neither.
-    if any(m.startswith(("down_blocks.0.attentions", "down_blocks.3", "up_blocks.3.attentions")) for m in modules):
-        return "sd15"
-    # SDXL-class has 2+ transformer layers in its deepest blocks, SD1/2 never.
-    if any(".transformer_blocks.1." in m for m in modules):
-        return "sdxl"
-    return None
+    components = lora.components()
+    return next((fam.name for fam in owners if fam.matches_lora_modules(components, modules)), None)
+
+
+def fits_family(apparent: str | None, family: str, stated: bool = False) -> bool:
+    """Whether a LoRA that appears to be for `apparent` may go into `family`: the same family, or,
+    when only key names told (nothing `stated` in metadata), a family sharing that UNet layout."""
+    return apparent is None or apparent == family or (not stated and apparent == get_family(family).unet_like)
 
 
 def check_family(lora: LoraFile, family: str) -> None:
     """One-line error when the file is for another family (or has weights the family cannot take)."""
     apparent = guess_family(lora)
-    stated = family_from_metadata(lora.metadata)
-    same_class = apparent == family or (stated is None and apparent == "sdxl" and family in SGM_FAMILIES)
-    if apparent and not same_class:
-        raise InputError(f"{lora.name} appears to be a {FAMILY_NAMES.get(apparent, apparent)} LoRA; "
-                         f"it cannot be used with {FAMILY_NAMES.get(family, family)}")
-    te = [c for c in lora.components() if c != "unet"]
-    if family == "kolors" and te:
-        raise InputError(f"{lora.name} has CLIP text encoder LoRA weights ({te[0]}), but Kolors' text encoder "
-                         "is ChatGLM; a Kolors LoRA may only hold UNet weights")
-    if family == "sd15" and "text_encoder_2" in te:
-        raise InputError(f"{lora.name} has second text encoder weights (SDXL); SD1.5 has one text encoder")
+    stated = family_from_metadata(lora.metadata) is not None
+    if not fits_family(apparent, family, stated):
+        raise InputError(f"{lora.name} appears to be a {family_title(apparent)} LoRA; "
+                         f"it cannot be used with {family_title(family)}")
+    fam = get_family(family)
+    foreign = [c for c in lora.components() if c != "unet" and c not in fam.lora_text_encoders]
+    if foreign:
+        raise InputError(f"{lora.name} has {foreign[0]} LoRA weights, but {fam.text_encoder_note}")
 
 
 def to_diffusers_state_dict(lora: LoraFile, family: str) -> tuple[dict[str, Any], dict[str, float]]:
@@ -190,8 +187,8 @@ def convert_lora(src: str | os.PathLike, dst: str | os.PathLike, *, to: str, fam
         raise InputError(f"unknown LoRA format '{to}'; choose one of: {', '.join(formats.FORMATS)}")
     lora = read_lora(src, allow_pickle=allow_pickle)
     family = family or guess_family(lora)
-    if to == "kohya" and family not in ("sd15", "sdxl", "kolors"):
-        raise InputError(f"{lora.name}: cannot tell which model family it is for; pass --family sdxl|sd15|kolors")
+    if to == "kohya" and family not in FAMILIES:
+        raise InputError(f"{lora.name}: cannot tell which model family it is for; pass --family {'|'.join(FAMILIES)}")
     if family:
         check_family(lora, family)
     metadata = {k: v for k, v in lora.metadata.items() if k not in ("lora_adapter_metadata", "format")}
@@ -207,12 +204,3 @@ def convert_lora(src: str | os.PathLike, dst: str | os.PathLike, *, to: str, fam
 
         metadata["sshs_model_hash"], metadata["sshs_legacy_hash"] = sshs_hashes(tensors, metadata)
     return write_safetensors_atomic(dst, tensors, metadata)
-
-
-def __getattr__(name: str):
-    # apply_loras / remove_loras live in apply.py (pipeline side); importable from here as well.
-    if name in ("apply_loras", "remove_loras"):
-        from loraflow.models.lora import apply
-
-        return getattr(apply, name)
-    raise AttributeError(name)

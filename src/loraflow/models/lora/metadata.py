@@ -12,30 +12,15 @@ import json
 from io import BytesIO
 from typing import Any
 
-# family -> (ss_base_model_version, modelspec.architecture, modelspec.implementation, default resolution)
-# Kolors has no kohya/SAI id: "kolors" and "kwai-kolors-v1" are ours. Its keys are SGM names, hence sgm.
-_SGM = "https://github.com/Stability-AI/generative-models"
-FAMILY_SPECS = {
-    "sd15": ("sd_v1", "stable-diffusion-v1/lora", "diffusers", 512),
-    "sdxl": ("sdxl_base_v1-0", "stable-diffusion-xl-v1-base/lora", _SGM, 1024),
-    "kolors": ("kolors", "kwai-kolors-v1/lora", _SGM, 1024),
-}
+from loraflow.models.families import RECOGNISED, get_family
+
 MODELSPEC_VERSION = "1.0.0"
 
 
 def family_from_metadata(metadata: dict[str, str]) -> str | None:
-    """The family a file says it is for (`ss_base_model_version` or `modelspec.architecture`)."""
-    base = metadata.get("ss_base_model_version", "")
-    arch = metadata.get("modelspec.architecture", "")
-    if base == "kolors" or "kolors" in arch:
-        return "kolors"
-    if base.startswith("sdxl") or arch.startswith("stable-diffusion-xl"):
-        return "sdxl"
-    if base.startswith("sd_v1") or arch.startswith("stable-diffusion-v1"):
-        return "sd15"
-    if base.startswith("sd_v2") or arch.startswith("stable-diffusion-v2") or metadata.get("ss_v2") == "True":
-        return "sd2"
-    return None
+    """The family a file says it is for (`ss_base_model_version` or `modelspec.architecture`), a
+    recognised-only one included (SD 2.x), so errors can name it."""
+    return next((fam.name for fam in RECOGNISED if fam.matches_metadata(metadata)), None)
 
 
 def _text(value: Any) -> str:
@@ -59,26 +44,27 @@ def training_metadata(
 ) -> dict[str, str]:
     """kohya `ss_*` + `modelspec.*` metadata. `extra` (training parameters, `ss_*` or not) is passed
     through as text and may override the generated values."""
-    base_version, architecture, implementation, default_res = FAMILY_SPECS[family]
-    width, height = (resolution, resolution) if isinstance(resolution, int) else (resolution or (default_res,) * 2)
+    fam = get_family(family)
+    default = (fam.defaults.width, fam.defaults.height)
+    width, height = (resolution, resolution) if isinstance(resolution, int) else (resolution or default)
     now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
     meta: dict[str, Any] = {
         "ss_network_module": "networks.lora",
         "ss_network_dim": rank,
         "ss_network_alpha": float(alpha),
-        "ss_base_model_version": base_version,
+        "ss_base_model_version": fam.ss_base_model_version,
         "ss_v2": "False",
         "ss_output_name": output_name,
         "ss_resolution": f"({width}, {height})",  # str of a tuple, as sd-scripts writes it
         "ss_network_train_unet_only": str(not has_text_encoder),
         "ss_training_finished_at": str(now.timestamp()),
         "modelspec.sai_model_spec": MODELSPEC_VERSION,
-        "modelspec.architecture": architecture,
-        "modelspec.implementation": implementation,
+        "modelspec.architecture": fam.modelspec_architecture,
+        "modelspec.implementation": fam.modelspec_implementation,
         "modelspec.title": output_name,
         "modelspec.resolution": f"{width}x{height}",
         "modelspec.date": now.isoformat(),
-        "modelspec.prediction_type": "epsilon",
+        "modelspec.prediction_type": fam.schedule["prediction_type"],
     }
     if tag_frequency is not None:
         meta["ss_tag_frequency"] = tag_frequency

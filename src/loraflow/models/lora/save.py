@@ -14,14 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from loraflow.errors import InputError
+from loraflow.models.families import FAMILIES
 from loraflow.models.lora import formats
-from loraflow.models.lora.kohya_keys import TE_PREFIXES
 from loraflow.models.lora.metadata import sshs_hashes, training_metadata
 
 if TYPE_CHECKING:
     import torch
-
-FAMILIES = ("sd15", "sdxl", "kolors")
 
 
 def save_lora(
@@ -55,9 +53,10 @@ def save_lora(
         raise InputError(f"unknown LoRA format '{fmt}'; choose kohya or diffusers")
     dtype = torch.float16 if dtype is None else dtype
     text_encoder_states = {k: v for k, v in (text_encoder_states or {}).items() if v}
-    bad = [name for name in text_encoder_states if name not in TE_PREFIXES[family]]
+    trainable = FAMILIES[family].lora_text_encoders
+    bad = [name for name in text_encoder_states if name not in trainable]
     if bad:
-        known = ", ".join(TE_PREFIXES[family]) or "none (its text encoder is not LoRA-trained)"
+        known = ", ".join(trainable) or "none (its text encoder is not LoRA-trained)"
         raise InputError(f"{family} has no text encoder '{bad[0]}' to save a LoRA for; known: {known}")
 
     neutral, _ = formats.peft_to_neutral(unet_state, None, "unet")
