@@ -3,7 +3,7 @@
 Every string field of a job body that names a file is listed here with its *kind*; the kind decides
 the folder the value must resolve into (after symlinks are followed):
 
-    model       models_dir  (built-in names such as `demo` and `tiny:sdxl` pass unchanged)
+    model       models_dir  (built-in names, `demo` and the `tiny:` models, pass unchanged)
     lora        models_dir  (`name[:weight]`)
     controlnet  models_dir
     font        models_dir

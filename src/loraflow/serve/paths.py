@@ -115,7 +115,7 @@ class ServerPaths:
         """A base model by name: `tiny:sdxl`, a diffusers folder or a .safetensors file under
         models_dir (or models_dir/checkpoints, ComfyUI's layout)."""
         if isinstance(name, str) and (self.is_builtin_model(name) or name.startswith("tiny:")):
-            return name  # built-in (`demo`, `tiny:sdxl`): the jobs API and /prompt resolve them alike
+            return name  # built-in (`demo`, the `tiny:` models): the jobs API and /prompt resolve them alike
         return str(self._find(name, (self.checkpoints, self.models), "model", dirs=True))
 
     def lora(self, name: str) -> Path:
