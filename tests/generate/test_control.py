@@ -56,7 +56,7 @@ def pixels(result):
 
 
 def controlnet_of(session, path):
-    return session._controlnets[path]
+    return session.derived.controlnet(path)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -15,6 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
+from loraflow.serve.comfy.values import Latent, WorkflowJob
+from loraflow.serve.context import WorkerState
 from loraflow.serve.paths import ServerPaths
 
 
@@ -60,7 +62,7 @@ class _Ctx:
     job: SimpleNamespace
     paths: ServerPaths
     models: _Models
-    state: dict = field(default_factory=dict)
+    state: WorkerState = field(default_factory=WorkerState)
     previews: list = field(default_factory=list)
 
     def check_cancel(self) -> None:
@@ -97,7 +99,7 @@ def _saved_size(ctx, result, node: str = "9") -> tuple[int, int]:
 
 
 def _latent(ctx, node: str):
-    return ctx.state["comfy_cache"][node][1][0]["samples"]  # (key, outputs, ui) -> LATENT
+    return ctx.state.comfy_cache[node].outputs[0].samples  # LATENT
 
 
 @pytest.mark.parametrize("model, latent_shape", [("demo-test", (1, 8, 16, 16)), ("tiny-test", (1, 4, 8, 8))])
@@ -105,7 +107,7 @@ def test_text_to_image_workflow_fits_the_empty_latent_to_the_model(sessions, tmp
     from loraflow.serve.comfy.executor import run_prompt
 
     ctx = _ctx(sessions, tmp_path, _graph(model))
-    result = run_prompt(ctx)
+    result = run_prompt(ctx, WorkflowJob.from_payload(ctx.job.payload))
     assert result["status"]["status_str"] == "success"
     assert _latent(ctx, "5").shape == (1, 4, 8, 8)  # EmptyLatentImage does not know the model
     assert _latent(ctx, "3").shape == latent_shape
@@ -130,7 +132,7 @@ def test_img2img_workflow_on_8_channel_latents(sessions, tmp_path):
         "13": {"class_type": "VAEDecode", "inputs": {"samples": ["12", 0], "vae": ["4", 2]}},
     })
     ctx = _ctx(sessions, tmp_path, graph)
-    result = run_prompt(ctx)
+    result = run_prompt(ctx, WorkflowJob.from_payload(ctx.job.payload))
     assert result["status"]["status_str"] == "success"
     assert _latent(ctx, "11").shape == _latent(ctx, "12").shape == (1, 8, 16, 16)
     assert not torch.equal(_latent(ctx, "11"), _latent(ctx, "12"))
@@ -154,7 +156,7 @@ def test_non_empty_latent_of_wrong_channel_count_is_a_node_error(sessions, tmp_p
     ctx = _ctx(sessions, tmp_path)
     ref = ModelRef("demo-test")
     cond = CLIPTextEncode().run(ctx, "6", text="a red circle", clip=ref)[0]
-    latent = {"samples": torch.ones((1, 4, 8, 8))}  # e.g. VAEEncode of a 4-channel model
+    latent = Latent(torch.ones((1, 4, 8, 8)))  # e.g. VAEEncode of a 4-channel model
     with pytest.raises(NodeError) as err:
         KSampler().run(ctx, "3", ref, 1, 2, 5.0, "euler", "normal", cond, cond, latent, 1.0)
     message = str(err.value)
@@ -162,3 +164,60 @@ def test_non_empty_latent_of_wrong_channel_count_is_a_node_error(sessions, tmp_p
     with pytest.raises(NodeError, match=r"^KSamplerAdvanced: latent_image has 4 channels, this model expects 8"):
         KSamplerAdvanced().run(ctx, "3", ref, "enable", 1, 2, 5.0, "euler", "normal", cond, cond, latent, 0, 10000,
                                "disable")
+
+
+def test_advanced_sampler_split_equals_one_sampler_and_controlnet_img2img_runs(sessions, tmp_path):
+    """ComfyUI's base + refiner pattern: KSamplerAdvanced to step 1 with its leftover noise, then from
+    step 1 without adding noise, equals one KSampler over both steps. ControlNet hints apply to a
+    denoise < 1 (img2img) run too."""
+    from loraflow.generate.control.tiny import save_tiny_controlnet
+    from loraflow.serve.comfy.nodes import (
+        CLIPTextEncode, ControlNetApplyAdvanced, EmptyLatentImage, KSampler, KSamplerAdvanced,
+    )
+    from loraflow.serve.comfy.values import ControlNetRef, ModelRef
+
+    ctx = _ctx(sessions, tmp_path)
+    ref = ModelRef("tiny-test")
+    pos = CLIPTextEncode().run(ctx, "6", text="a red circle", clip=ref)[0]
+    neg = CLIPTextEncode().run(ctx, "7", text="blurry", clip=ref)[0]
+    empty = EmptyLatentImage().run(ctx, "5", width=64, height=64, batch_size=1)[0]
+    whole = KSampler().run(ctx, "3", ref, 5, 2, 5.0, "euler", "normal", pos, neg, empty, 1.0)[0].samples
+    advanced = KSamplerAdvanced()
+    base = advanced.run(ctx, "10", ref, "enable", 5, 2, 5.0, "euler", "normal", pos, neg, empty, 0, 1, "enable")[0]
+    refined = advanced.run(ctx, "11", ref, "disable", 5, 2, 5.0, "euler", "normal", pos, neg, base, 1, 10000,
+                           "disable")[0].samples
+    assert torch.allclose(refined, whole, atol=1e-4)
+    assert not torch.allclose(base.samples, whole, atol=1e-2)
+
+    cn = ControlNetRef(str(save_tiny_controlnet("sdxl", tmp_path / "cn")))
+    hint = torch.ones((1, 64, 64, 3))
+    cpos, cneg = ControlNetApplyAdvanced().run(ctx, "12", pos, neg, cn, hint, 1.0, 0.0, 1.0)
+    plain = KSampler().run(ctx, "3", ref, 5, 4, 5.0, "euler", "normal", pos, neg, Latent(whole), 0.5)[0]
+    steered = KSampler().run(ctx, "3", ref, 5, 4, 5.0, "euler", "normal", cpos, cneg, Latent(whole), 0.5)[0]
+    assert steered.samples.shape == whole.shape and not torch.equal(steered.samples, plain.samples)
+
+
+@pytest.mark.parametrize("model", ["tiny-test", "demo-test"])
+def test_inpaint_nodes_redraw_only_the_mask(sessions, tmp_path, model):
+    """VAEEncodeForInpaint + KSampler: latent cells outside the (grown) mask come back exactly as encoded,
+    the masked ones are redrawn; SetLatentNoiseMask does the same on any latent."""
+    from loraflow.serve.comfy.nodes import CLIPTextEncode, KSampler, SetLatentNoiseMask, VAEEncodeForInpaint
+    from loraflow.serve.comfy.values import ModelRef
+
+    ctx = _ctx(sessions, tmp_path)
+    ref = ModelRef(model)
+    cond = CLIPTextEncode().run(ctx, "6", text="a red circle", clip=ref)[0]
+    pixels = torch.rand((1, 64, 64, 3), generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros((1, 64, 64))
+    mask[:, :, 48:] = 1.0  # redraw the right quarter
+    latent = VAEEncodeForInpaint().run(ctx, "11", pixels=pixels, vae=ref, mask=mask, grow_mask_by=8)[0]
+    # an 8 x 8 box with ComfyUI's padding ceil(7 / 2) = 4 reaches 3 pixels to the left of column 48
+    assert latent.noise_mask[0, 0, 0, 44] == 0 and latent.noise_mask[0, 0, 0, 45] == 1
+    out = KSampler().run(ctx, "3", ref, 1, 2, 5.0, "euler", "normal", cond, cond, latent, 1.0)[0].samples
+    cells = out.shape[3] * 40 // 64  # latent columns wholly left of the grown mask
+    assert torch.equal(out[..., :cells], latent.samples[..., :cells])
+    assert not torch.allclose(out[..., -1:], latent.samples[..., -1:], atol=1e-2)
+
+    masked = SetLatentNoiseMask().run(ctx, "12", samples=Latent(latent.samples), mask=mask)[0]
+    out = KSampler().run(ctx, "3", ref, 1, 2, 5.0, "euler", "normal", cond, cond, masked, 1.0)[0].samples
+    assert torch.equal(out[..., :out.shape[3] * 48 // 64], latent.samples[..., :out.shape[3] * 48 // 64])

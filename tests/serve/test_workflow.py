@@ -178,3 +178,28 @@ def test_controlnet_workflow_runs_and_errors_per_node(server):
     job, history = run(server, graph)
     error = next(m[1] for m in history["status"]["messages"] if m[0] == "execution_error")
     assert job["status"] == "failed" and error["node_id"] == "32" and "start_percent" in error["exception_message"]
+
+
+def test_lora_file_changed_on_disk_reruns_the_loader_and_changes_the_image(server, models_dir):
+    """The node cache keys a LoRA by its file's size/mtime/inode, and the session re-applies a LoRA
+    whose file changed: overwriting the file (same name, same size) gives a new image."""
+    from safetensors.torch import load_file, save_file
+
+    path = models_dir / "loras" / "swap.safetensors"
+    style = load_file(models_dir / "loras" / "style.safetensors")
+    graph = default_graph(lora="swap.safetensors")
+
+    def image(history):
+        return Image.open(io.BytesIO(server.get("/view", params=history["outputs"]["9"]["images"][0]).content)).tobytes()
+
+    try:
+        save_file(style, path)
+        _, before = run(server, graph)
+        save_file({k: -v if "lora_B" in k or "lora_up" in k else v for k, v in style.items()}, path)
+        job, after = run(server, graph)
+        assert job["status"] == "done", job["error"]
+        assert "10" in job_result(server, after)["executed"]  # the LoraLoader ran again
+        changed = image(after) != image(before)
+        assert changed
+    finally:
+        path.unlink(missing_ok=True)  # other tests list the LoRA folder

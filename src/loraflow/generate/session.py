@@ -12,10 +12,21 @@ from pathlib import Path
 from typing import Any, Callable
 
 from loraflow import __version__
+from loraflow.atomic import atomic_save_image
 from loraflow.errors import ConfigError
+from loraflow.generate.control.infotext import reference_params
+from loraflow.generate.control.references import (
+    References, denoising_steps, paste_unmasked, prepare_references, vae_round_trip,
+)
+from loraflow.generate.derived import DerivedModels
+from loraflow.generate.engine import Denoising, denoise
+from loraflow.generate.infotext import format_infotext, save_png_with_infotext
 from loraflow.generate.options import GenerateConfig, ModelOptions
+from loraflow.generate.schedulers import infotext_fields, make_scheduler
+from loraflow.models import hashing
 from loraflow.models.families import PromptEmbeds
 from loraflow.models.loading import LoadedModel, load_pipeline
+from loraflow.models.lora.apply import apply_loras, remove_loras
 from loraflow.models.prompt_syntax import extract_lora_tags
 
 MAX_LORA_WEIGHT = 100.0
@@ -47,6 +58,35 @@ class LoraSpec:
     @property
     def name(self) -> str:
         return self.path.stem
+
+    def stamp(self) -> tuple:
+        """What identifies the file's content cheaply: a file rewritten in place changes its size or
+        mtime, one replaced by rename its inode. Part of every key that depends on the LoRA's weights."""
+        return (str(self.path), self.weight, *file_stamp(self.path))
+
+
+@dataclass
+class RenderItem:
+    """One image to draw: its config with every default resolved (what batches are grouped by)."""
+
+    config: GenerateConfig
+    prompt: str  # without <lora:...> tags
+    loras: tuple[LoraSpec, ...]
+    seed: int
+    height: int
+    width: int
+    steps: int
+    guidance: float
+    reference: tuple  # `reference_key`: what must match for two items to share a batch
+
+    def batch_key(self) -> tuple:
+        return (self.loras, self.height, self.width, self.steps, self.guidance, self.reference, self.config.scheduler)
+
+
+def file_stamp(path: Path) -> tuple:
+    """(size, mtime_ns, inode) of a file, or of each file of a folder (a diffusers LoRA folder)."""
+    files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+    return tuple(x for f in files for st in [f.stat()] for x in (st.st_size, st.st_mtime_ns, st.st_ino))
 
 
 def parse_lora_arg(text: str, lora_dirs: list[str]) -> LoraSpec:
@@ -81,10 +121,11 @@ class GenerationSession:
         self._base_scheduler_class = type(self.pipe.scheduler)
         self._base_scheduler_config = dict(self.pipe.scheduler.config)
         self._loras: tuple[LoraSpec, ...] = ()
+        self._lora_stamps: tuple[tuple, ...] = ()  # LoraSpec.stamp() of what is applied
         self._prompt_cache: dict[tuple, PromptEmbeds] = {}
         self._model_hash: str | None = None
-        self._lora_hashes: dict[Path, str] = {}
-        self._controlnets: dict[str, Any] = {}  # path -> loaded ControlNet, loaded once
+        self._lora_hashes: dict[tuple, str] = {}
+        self.derived = DerivedModels(self.pipe, self.family)  # task pipelines and ControlNets of this model
         self._controlnet_labels: dict[str, str] = {}  # path -> "name [hash]" for the infotext
         self.encoder_calls = 0  # how many prompts actually went through the text encoders
 
@@ -97,23 +138,25 @@ class GenerationSession:
 
     # ---- LoRAs ------------------------------------------------------------------------------
     def set_loras(self, loras: list[LoraSpec], allow_pickle: bool = False) -> None:
-        """Apply exactly these LoRAs (no-op when unchanged, so a story reuses them for free)."""
+        """Apply exactly these LoRAs (no-op when unchanged, so a story reuses them for free; a LoRA
+        file changed on disk since it was applied counts as a change)."""
         loras_t = tuple(loras)
-        if loras_t == self._loras:
+        stamps = tuple(l.stamp() for l in loras_t)
+        if stamps == self._lora_stamps:
+            self._loras = loras_t
             return
-        from loraflow.models.lora.apply import apply_loras, remove_loras
-
         if self._loras:
             remove_loras(self.pipe)
+        self._loras, self._lora_stamps = (), ()
         if loras_t:
             apply_loras(self.pipe, [(str(l.path), l.weight) for l in loras_t], self.family.name,
                         allow_pickle=allow_pickle)
-        self._loras = loras_t
+        self._loras, self._lora_stamps = loras_t, stamps
 
     # ---- prompts ----------------------------------------------------------------------------
     def encode(self, prompts: list[str]) -> list[PromptEmbeds]:
         """Embeddings per prompt (cached), padded to one length so they can be batched."""
-        key_loras = tuple((str(l.path), l.weight) for l in self._loras)
+        key_loras = self._lora_stamps
         missing = [p for p in dict.fromkeys(prompts) if (p, key_loras) not in self._prompt_cache]
         for p in missing if self.loaded.vocabulary else ():  # words the model never learnt: one notice
             self.loaded.vocabulary.notice(p, self.loaded.name)
@@ -126,9 +169,9 @@ class GenerationSession:
             for p, e in zip(missing, encoded):
                 self._prompt_cache[(p, key_loras)] = e
         embeds = [self._prompt_cache[(p, key_loras)] for p in prompts]
-        return self._same_length(embeds, key_loras)
+        return self.same_length(embeds)
 
-    def _same_length(self, embeds: list[PromptEmbeds], key_loras) -> list[PromptEmbeds]:
+    def same_length(self, embeds: list[PromptEmbeds]) -> list[PromptEmbeds]:
         """CLIP prompts of different chunk counts are padded with empty-prompt chunks (as A1111)."""
         longest = max(e.embeds.shape[1] for e in embeds)
         if all(e.embeds.shape[1] == longest for e in embeds):
@@ -144,8 +187,6 @@ class GenerationSession:
 
     # ---- sampling ---------------------------------------------------------------------------
     def set_scheduler(self, name: str | None) -> None:
-        from loraflow.generate.schedulers import make_scheduler
-
         if name:
             self.pipe.scheduler = make_scheduler(name, self._base_scheduler_config)
         elif type(self.pipe.scheduler) is not self._base_scheduler_class:
@@ -168,24 +209,24 @@ class GenerationSession:
         """One image per item (each with its own prompt and seed); consecutive items that share
         size, steps, guidance, sampler and LoRAs run together in batches of `batch_size`."""
         jobs = [self._resolve(item) for item in items]
-        total = sum(job["steps"] for job in jobs)
+        total = sum(job.steps for job in jobs)
         results: list[ImageResult] = []
         done = 0
         i = 0
         while i < len(jobs):
             group = [jobs[i]]
             while (len(group) < batch_size and i + len(group) < len(jobs)
-                   and _same_settings(jobs[i + len(group)], group[0])):
+                   and jobs[i + len(group)].batch_key() == group[0].batch_key()):
                 group.append(jobs[i + len(group)])
             results += self._render(group, progress, done, total)
-            done += sum(job["steps"] for job in group)
+            done += sum(job.steps for job in group)
             i += len(group)
         return results
 
-    def _resolve(self, config: GenerateConfig) -> dict:
+    def _resolve(self, config: GenerateConfig) -> RenderItem:
         d = self.loaded.defaults
         prompt, loras = self.resolve_loras(config)
-        return dict(
+        return RenderItem(
             config=config, prompt=prompt, loras=tuple(loras),
             seed=config.seed if config.seed is not None else random.randrange(2**32),
             height=config.height or d.height, width=config.width or d.width,
@@ -194,96 +235,77 @@ class GenerationSession:
             reference=reference_key(config),
         )
 
-    def _render(self, group: list[dict], progress, done: int, total: int) -> list[ImageResult]:
-        from loraflow.generate.control.pipelines import task_pipeline
-        from loraflow.generate.control.references import paste_unmasked, prepare_references
-
+    def _render(self, group: list[RenderItem], progress, done: int, total: int) -> list[ImageResult]:
         first = group[0]
         # 1. LoRAs (from --lora and <lora:...> tags) and the sampler
-        self.set_loras(list(first["loras"]), allow_pickle=first["config"].allow_pickle)
-        self.set_scheduler(first["config"].scheduler)
+        self.set_loras(list(first.loras), allow_pickle=first.config.allow_pickle)
+        self.set_scheduler(first.config.scheduler)
         # 2. text conditioning, once per distinct prompt; one length for the whole batch
         n = len(group)
-        embeds = self.encode([j["prompt"] for j in group] + [j["config"].negative_prompt for j in group])
+        embeds = self.encode([j.prompt for j in group] + [j.config.negative_prompt for j in group])
         dtype = self.pipe.unet.dtype
         kwargs = self.family.call_kwargs(_stack(embeds[:n], dtype), _stack(embeds[n:], dtype))
         # 3. references (control maps, init image, mask) and the task's pipeline over the same modules
-        refs = prepare_references(first["config"], first["width"], first["height"])
-        pipe = task_pipeline(self.pipe, self.family, refs.task, self._controlnets_for(refs))
-        kwargs.update(refs.call_kwargs(pipe, n, first["height"], first["width"]))
+        refs = prepare_references(first.config, first.width, first.height)
+        controlnets = self._controlnets_for(refs)
+        pipe = self.derived.pipeline(refs.task, controlnets)
+        kwargs.update(refs.call_kwargs(pipe, n, first.height, first.width))
         # 4. denoise
-        images = self._denoise(pipe, kwargs, group, refs, progress, done, total)
+        images = self._denoise(pipe, kwargs, group, refs, controlnets, progress, done, total)
         if refs.mask is not None:
-            images = [paste_unmasked(im, refs.init_image, refs.mask, first["config"].mask_blur) for im in images]
+            images = [paste_unmasked(im, refs.init_image, refs.mask, first.config.mask_blur) for im in images]
         # 5. infotext per image
         results = []
         for job, image in zip(group, images):
             params = self._infotext_params(job, refs)
-            results.append(ImageResult(image, job["seed"], self._infotext(job["prompt"], job["config"], params), params,
+            results.append(ImageResult(image, job.seed, self._infotext(job.prompt, job.config, params), params,
                                        control_images=[c.image for c in refs.controls]))
         return results
 
-    def _denoise(self, pipe, kwargs: dict, group: list[dict], refs, progress, done: int, total: int) -> list:
+    def _denoise(self, pipe, kwargs: dict, group: list[RenderItem], refs: References, controlnets: tuple[str, ...],
+                 progress, done: int, total: int) -> list:
         import torch
 
-        from loraflow.generate.control.references import denoising_steps, vae_round_trip
-
         first, n = group[0], len(group)
-        if denoising_steps(first["steps"], refs.strength) == 0:
+        if denoising_steps(first.steps, refs.strength) == 0:
             # strength 0 (or too small for one step): no denoising, the VAE's reading of the image
-            image = vae_round_trip(pipe, refs.init_image, first["height"], first["width"])
+            image = vae_round_trip(pipe, refs.init_image, first.height, first.width)
             return [image.copy() for _ in group]
 
-        def on_step_end(pipe, i, t, callback_kwargs):
+        def on_step(i: int, _steps: int, _latents) -> None:
             if progress:
-                progress(done + (i + 1) * n, total)
-            return callback_kwargs
+                progress(done + i * n, total)
 
         # one CPU generator per image, so a batch equals its items run one by one
-        with torch.no_grad():
-            return pipe(
-                **kwargs,
-                num_inference_steps=first["steps"],
-                guidance_scale=first["guidance"],
-                generator=[torch.Generator("cpu").manual_seed(j["seed"]) for j in group],
-                callback_on_step_end=on_step_end,
-                output_type="pil",
-            ).images
+        generators = [torch.Generator("cpu").manual_seed(j.seed) for j in group]
+        return denoise(self, Denoising(kwargs, first.steps, first.guidance, generators, task=refs.task,
+                                       controlnets=controlnets, on_step=on_step))
 
-    def _controlnets_for(self, refs) -> list:
-        """The loaded ControlNet of each control unit (each file loaded once per session)."""
-        from loraflow.generate.control.model import load_controlnet
-
-        models = []
+    def _controlnets_for(self, refs: References) -> tuple[str, ...]:
+        """The ControlNet file of each control unit (loaded once per model by `self.derived`)."""
+        paths = []
         for k, control in enumerate(refs.controls):
-            path = control.unit.model
-            if not path:
+            if not control.unit.model:
                 raise ConfigError(f"control {k} ({control.unit.type}) has no ControlNet weights: pass --controlnet PATH "
                                   "(one per --control, same order)")
-            if path not in self._controlnets:
-                self._controlnets[path] = load_controlnet(path, self.pipe.unet, dtype=self.pipe.unet.dtype,
-                                                          device=self.pipe.device)
-            models.append(self._controlnets[path])
-        return models
+            paths.append(control.unit.model)
+        return tuple(paths)
 
     def controlnet_label(self, path: str | None) -> str:
         """`name [hash]` as A1111's ControlNet extension shows a model."""
         if not path:
             return "None"
         if path not in self._controlnet_labels:
-            from loraflow.generate.control.model import controlnet_hash, controlnet_name
+            from loraflow.generate.control.model import controlnet_hash, controlnet_name  # imports diffusers
 
             self._controlnet_labels[path] = f"{controlnet_name(path)} [{controlnet_hash(path)}]"
         return self._controlnet_labels[path]
 
     # ---- infotext -----------------------------------------------------------------------------
-    def _infotext_params(self, job: dict, refs=None) -> dict:
-        from loraflow.generate.control.infotext import reference_params
-        from loraflow.generate.schedulers import infotext_fields
-
+    def _infotext_params(self, job: RenderItem, refs: References | None = None) -> dict:
         params: dict[str, Any] = {
-            "Steps": job["steps"], **infotext_fields(job["config"].scheduler, self.pipe.scheduler),
-            "CFG scale": job["guidance"], "Seed": job["seed"], "Size": f"{job['width']}x{job['height']}",
+            "Steps": job.steps, **infotext_fields(job.config.scheduler, self.pipe.scheduler),
+            "CFG scale": job.guidance, "Seed": job.seed, "Size": f"{job.width}x{job.height}",
         }
         if self.loaded.path is not None:
             params["Model hash"] = self.model_hash()
@@ -291,15 +313,13 @@ class GenerationSession:
         if "vae" in self.loaded.extras:
             params["VAE"] = self.loaded.extras["vae"]
         if refs is not None:
-            params.update(reference_params(refs, job["config"], job["width"], job["height"], self.controlnet_label))
+            params.update(reference_params(refs, job.config, job.width, job.height, self.controlnet_label))
         if self._loras:
-            params["Lora hashes"] = {l.name: self.lora_hash(l.path) for l in self._loras}
+            params["Lora hashes"] = {l.name: self.lora_hash(l) for l in self._loras}
         params["Version"] = f"loraflow {__version__}"
         return params
 
     def _infotext(self, prompt: str, config: GenerateConfig, params: dict) -> str:
-        from loraflow.generate.infotext import format_infotext
-
         # A1111 keeps <lora:...> tags in the saved prompt; so do we, so a re-run applies them again.
         shown = config.prompt if "<lora:" in config.prompt else prompt
         extra = "".join(f" <lora:{l.name}:{l.weight:g}>" for l in self._loras
@@ -308,20 +328,14 @@ class GenerationSession:
 
     def model_hash(self) -> str:
         if self._model_hash is None:
-            from loraflow.models.hashing import model_hash
-
-            self._model_hash = model_hash(self.loaded.path)
+            self._model_hash = hashing.model_hash(self.loaded.path)
         return self._model_hash
 
-    def lora_hash(self, path: Path) -> str:
-        if path not in self._lora_hashes:
-            from loraflow.models.hashing import lora_hash
-
-            self._lora_hashes[path] = lora_hash(path)
-        return self._lora_hashes[path]
-
-
-_BATCH_KEYS = ("loras", "height", "width", "steps", "guidance", "reference")
+    def lora_hash(self, lora: LoraSpec) -> str:
+        key = (str(lora.path), *file_stamp(lora.path))  # the file's content, whatever the weight
+        if key not in self._lora_hashes:
+            self._lora_hashes[key] = hashing.lora_hash(lora.path)
+        return self._lora_hashes[key]
 
 
 def reference_key(config: GenerateConfig) -> tuple:
@@ -329,10 +343,6 @@ def reference_key(config: GenerateConfig) -> tuple:
     return (tuple(u.model_dump_json() for u in config.control), config.guess_mode, config.canny_low_threshold,
             config.canny_high_threshold, config.annotator_dir, config.init_image, config.strength, config.mask,
             config.mask_blur)
-
-
-def _same_settings(a: dict, b: dict) -> bool:
-    return all(a[k] == b[k] for k in _BATCH_KEYS) and a["config"].scheduler == b["config"].scheduler
 
 
 def _stack(embeds: list[PromptEmbeds], dtype) -> PromptEmbeds:
@@ -344,9 +354,6 @@ def _stack(embeds: list[PromptEmbeds], dtype) -> PromptEmbeds:
 
 def save_results(results: list[ImageResult], out_dir: str | Path, stem: str | None = None) -> list[Path]:
     """Write PNGs with the A1111 `parameters` chunk, numbered like A1111 (`00012-1234.png`)."""
-    from loraflow.atomic import atomic_save_image
-    from loraflow.generate.infotext import save_png_with_infotext
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     index = next_index(out)

@@ -1,5 +1,6 @@
 """Job kinds: each is `validate(body, paths) -> payload` (at the HTTP boundary: typed config, every
-file name resolved inside the server's folders) and `run(ctx) -> result` (in the worker thread).
+file name resolved inside the server's folders, stored as JSON with the job), `parse(payload)` -> the
+typed job, and `run(ctx, job) -> result` (in the worker thread).
 
 The bodies are the CLI's own configs: `GenerateConfig`, `StoryboardConfig` + a story,
 `TrainConfig`, a data-juicer recipe. What only the server may decide (output folders, pickle,
@@ -10,19 +11,56 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Generic, TypeVar
 
+from loraflow.data.filter_run import filter_dataset
+from loraflow.data.recipe import Recipe, build_ops
 from loraflow.errors import ConfigError
+from loraflow.generate.options import GenerateConfig
+from loraflow.generate.session import save_results
+from loraflow.generate.storyboard import Story, StoryboardConfig, run_storyboard as render_storyboard
+from loraflow.models.loading import BUILTIN_MODELS, DEMO
+from loraflow.models.prompt_syntax import extract_lora_tags
+from loraflow.serve.comfy.executor import run_prompt
+from loraflow.serve.cancel import cancel_points
+from loraflow.serve.comfy.values import WorkflowJob
+from loraflow.serve.context import JobContext
 from loraflow.serve.paths import NotFound, ServerPaths, safe_join
+from loraflow.serve.preview import unet_previews
 from loraflow.serve.validation import Invalid, parse_options
+from loraflow.train.checkpoint import list_checkpoints
+from loraflow.train.config import TrainConfig
+
+Job = TypeVar("Job")
 
 
 @dataclass(frozen=True)
-class JobKind:
+class JobKind(Generic[Job]):
     name: str
-    validate: Callable[[Any, ServerPaths], dict]
-    run: Callable[[Any], dict]
+    validate: Callable[[Any, ServerPaths], dict]  # HTTP body -> the JSON payload stored with the job
+    parse: Callable[[dict], Job]  # stored payload -> the typed job the worker runs
+    run: Callable[[JobContext, Job], dict]  # -> the result, stored as JSON
     help: str
+
+
+@dataclass(frozen=True)
+class StoryboardJob:
+    config: StoryboardConfig  # `story` and `out` are set by the worker
+    story: dict  # the checked story document, written next to the outputs for the renderer
+
+    @classmethod
+    def from_payload(cls, payload: dict) -> "StoryboardJob":
+        return cls(StoryboardConfig(**payload["config"]), payload["story"])
+
+
+@dataclass(frozen=True)
+class DataFilterJob:
+    recipe: dict  # a data-juicer recipe with paths resolved in the data folder
+    np: int  # worker processes
+
+    @classmethod
+    def from_payload(cls, payload: dict) -> "DataFilterJob":
+        return cls(payload["recipe"], int(payload["np"]))
 
 
 # ---- shared checks --------------------------------------------------------------------------------
@@ -36,8 +74,6 @@ def _server_only(cfg, fields: tuple[str, ...], source: str) -> None:
 
 def _resolve_model(name: str | None, paths: ServerPaths, field: str = "model") -> str:
     """A model name from a request -> what load_pipeline takes; none given: the built-in demo model."""
-    from loraflow.models.loading import BUILTIN_MODELS, DEMO
-
     if not name:
         return DEMO
     if name.startswith("tiny:") and name not in BUILTIN_MODELS:
@@ -65,8 +101,6 @@ def _resolve_loras(specs: list[str], paths: ServerPaths, field: str) -> list[str
 def _prompt_loras(prompt: str, paths: ServerPaths) -> tuple[str, list[str]]:
     """A1111 `<lora:name:w>` tags -> resolved LoRA specs (the session would otherwise look names up
     relative to the server's working directory)."""
-    from loraflow.models.prompt_syntax import extract_lora_tags
-
     stripped, tags = extract_lora_tags(prompt)
     return (stripped if tags else prompt), [f"{paths.lora(name)}:{w}" for name, w in tags]
 
@@ -114,8 +148,6 @@ def _reference_image(cfg, field: str, name: str, paths: ServerPaths) -> Path:
 
 # ---- generate -------------------------------------------------------------------------------------
 def validate_generate(body: Any, paths: ServerPaths) -> dict:
-    from loraflow.generate.options import GenerateConfig
-
     cfg = parse_options(GenerateConfig, body, "generate")
     _server_only(cfg, ("out",), "generate")
     if not cfg.prompt.strip():
@@ -127,13 +159,7 @@ def validate_generate(body: Any, paths: ServerPaths) -> dict:
     return json.loads(cfg.model_copy(update=update).model_dump_json())
 
 
-def run_generate(ctx) -> dict:
-    from loraflow.generate.options import GenerateConfig
-    from loraflow.generate.session import save_results
-    from loraflow.serve.cancel import cancel_points
-    from loraflow.serve.preview import unet_previews
-
-    cfg = GenerateConfig(**ctx.job.payload)
+def run_generate(ctx: JobContext, cfg: GenerateConfig) -> dict:
     session = ctx.models.session(cfg.model, vae=cfg.vae, dtype=cfg.dtype, device=cfg.device, family=cfg.family)
     ctx.check_cancel()
     with unet_previews(session.pipe, session.family.name, ctx.preview), cancel_points(session.pipe, ctx.check_cancel):
@@ -167,8 +193,6 @@ def yaml_or_object(value: Any, where: str, key: str) -> Any:
 
 def validate_storyboard(body: Any, paths: ServerPaths) -> dict:
     """`{"story": YAML text or mapping, ...StoryboardConfig options}`."""
-    from loraflow.generate.storyboard import Story, StoryboardConfig
-
     if not isinstance(body, dict) or "story" not in body:
         raise Invalid("storyboard: key 'story' is required (the story as YAML text or a JSON object)", "story")
     body = dict(body)
@@ -194,22 +218,18 @@ def validate_storyboard(body: Any, paths: ServerPaths) -> dict:
             "story": json.loads(story.model_copy(update=story_update).model_dump_json())}
 
 
-def run_storyboard(ctx) -> dict:
+def run_storyboard(ctx: JobContext, job: StoryboardJob) -> dict:
     import yaml
-
-    from loraflow.generate.storyboard import StoryboardConfig, run_storyboard as render
-    from loraflow.serve.cancel import cancel_points
-    from loraflow.serve.preview import unet_previews
 
     out = ctx.out_dir
     out.mkdir(parents=True, exist_ok=True)
     story_path = out / "story.yaml"
-    story_path.write_text(yaml.safe_dump(ctx.job.payload["story"], allow_unicode=True, sort_keys=False), encoding="utf-8")
-    cfg = StoryboardConfig(**{**ctx.job.payload["config"], "story": str(story_path), "out": str(out)})
-    model = cfg.model or ctx.job.payload["story"].get("model")
+    story_path.write_text(yaml.safe_dump(job.story, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    cfg = job.config.model_copy(update={"story": str(story_path), "out": str(out)})
+    model = cfg.model or job.story.get("model")
     session = ctx.models.session(model, vae=cfg.vae, dtype=cfg.dtype, device=cfg.device, family=cfg.family)
     with unet_previews(session.pipe, session.family.name, ctx.preview), cancel_points(session.pipe, ctx.check_cancel):
-        index = render(cfg, session=session, progress=ctx.progress)
+        index = render_storyboard(cfg, session=session, progress=ctx.progress)
     scenes = [_image_entry(ctx, out / s["file"], seed=s["seed"], infotext=s["infotext"], title=s["title"])
               for s in index["scenes"]]
     return {"images": scenes, "grid": _image_entry(ctx, out / index["grid"]), "story": index}
@@ -217,8 +237,6 @@ def run_storyboard(ctx) -> dict:
 
 # ---- train ----------------------------------------------------------------------------------------
 def validate_train(body: Any, paths: ServerPaths) -> dict:
-    from loraflow.train.config import TrainConfig
-
     cfg = parse_options(TrainConfig, body, "train")
     _server_only(cfg, ("output", "cache_dir"), "train")
     if cfg.resume not in (None, "latest"):
@@ -234,16 +252,13 @@ def validate_train(body: Any, paths: ServerPaths) -> dict:
     return json.loads(cfg.model_copy(update=update).model_dump_json())
 
 
-def run_train(ctx) -> dict:
-    from loraflow.train.config import TrainConfig
-    from loraflow.train.trainer import train
-
-    from loraflow.train.checkpoint import list_checkpoints
+def run_train(ctx: JobContext, cfg: TrainConfig) -> dict:
+    from loraflow.train.trainer import train  # imports torch
 
     # A re-queued job runs in its own folder again: it resumes from the checkpoints it saved there.
-    resume = ctx.job.payload.get("resume") or ("latest" if list_checkpoints(ctx.out_dir) else None)
-    cfg = TrainConfig(**{**ctx.job.payload, "output": str(ctx.out_dir), "resume": resume,
-                         "cache_dir": str(ctx.paths.outputs / ".cache" / "train")})
+    resume = cfg.resume or ("latest" if list_checkpoints(ctx.out_dir) else None)
+    cfg = cfg.model_copy(update={"output": str(ctx.out_dir), "resume": resume,
+                                 "cache_dir": str(ctx.paths.outputs / ".cache" / "train")})
     ctx.check_cancel()
     result = train(cfg, progress=ctx.progress)  # progress raises JobCancelled when the job is cancelled
     files = {name: str(Path(p).relative_to(ctx.paths.outputs)) for name, p in
@@ -254,8 +269,6 @@ def run_train(ctx) -> dict:
 # ---- data filter ----------------------------------------------------------------------------------
 def validate_data_filter(body: Any, paths: ServerPaths) -> dict:
     """`{"recipe": YAML text or mapping}`: dataset_path / export_path are names in the data folder."""
-    from loraflow.data.recipe import Recipe
-
     if not isinstance(body, dict) or set(body) - {"recipe", "np"} or "recipe" not in body:
         raise Invalid("data-filter: expected {\"recipe\": YAML text or object, \"np\": optional int}", "recipe")
     recipe = parse_options(Recipe, yaml_or_object(body["recipe"], "data-filter", "recipe"), "recipe", prefix="recipe.")
@@ -268,8 +281,6 @@ def validate_data_filter(body: Any, paths: ServerPaths) -> dict:
     if not Path(update["dataset_path"]).is_file():
         raise Invalid(f"recipe: key 'dataset_path' = {recipe.dataset_path!r}: not found in the data folder", "recipe.dataset_path")
     try:  # build the ops now so a bad op name is a 422, not a failed job
-        from loraflow.data.recipe import build_ops
-
         build_ops(recipe, "recipe")
     except ConfigError as e:
         raise Invalid(str(e), "recipe.process") from None
@@ -279,15 +290,13 @@ def validate_data_filter(body: Any, paths: ServerPaths) -> dict:
     return {"recipe": json.loads(recipe.model_copy(update=update).model_dump_json()), "np": np}
 
 
-def run_data_filter(ctx) -> dict:
+def run_data_filter(ctx: JobContext, job: DataFilterJob) -> dict:
     import yaml
-
-    from loraflow.data.filter_run import filter_dataset
 
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     recipe_path = ctx.out_dir / "recipe.yaml"
-    recipe_path.write_text(yaml.safe_dump(ctx.job.payload["recipe"], allow_unicode=True), encoding="utf-8")
-    result = filter_dataset(recipe_path, backend="local", np=ctx.job.payload["np"], progress=False)
+    recipe_path.write_text(yaml.safe_dump(job.recipe, allow_unicode=True), encoding="utf-8")
+    result = filter_dataset(recipe_path, backend="local", np=job.np, progress=False)
     return {"kept": len(result.kept), "rejected": len(result.rejected), "errored": len(result.errored),
             "rejected_by": result.rejected_by, "summary": result.summary(),
             "outputs": {k: str(Path(v).relative_to(ctx.paths.data.resolve())) for k, v in result.outputs.items()}}
@@ -298,16 +307,14 @@ def validate_workflow(body: Any, paths: ServerPaths) -> dict:
     raise Invalid("submit ComfyUI workflows to POST /prompt", "kind")
 
 
-def run_workflow(ctx) -> dict:
-    from loraflow.serve.comfy.executor import run_prompt
-
-    return run_prompt(ctx)
-
-
 JOB_KINDS: dict[str, JobKind] = {k.name: k for k in (
-    JobKind("generate", validate_generate, run_generate, "text-to-image (GenerateConfig)"),
-    JobKind("storyboard", validate_storyboard, run_storyboard, "a story -> one image per scene + grid"),
-    JobKind("train", validate_train, run_train, "train a LoRA (TrainConfig)"),
-    JobKind("data-filter", validate_data_filter, run_data_filter, "run a data-juicer recipe"),
-    JobKind("workflow", validate_workflow, run_workflow, "a ComfyUI API-format prompt (POST /prompt)"),
+    JobKind("generate", validate_generate, GenerateConfig.model_validate, run_generate,
+            "text-to-image (GenerateConfig)"),
+    JobKind("storyboard", validate_storyboard, StoryboardJob.from_payload, run_storyboard,
+            "a story -> one image per scene + grid"),
+    JobKind("train", validate_train, TrainConfig.model_validate, run_train, "train a LoRA (TrainConfig)"),
+    JobKind("data-filter", validate_data_filter, DataFilterJob.from_payload, run_data_filter,
+            "run a data-juicer recipe"),
+    JobKind("workflow", validate_workflow, WorkflowJob.from_payload, run_prompt,
+            "a ComfyUI API-format prompt (POST /prompt)"),
 )}

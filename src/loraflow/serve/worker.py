@@ -4,73 +4,24 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 import traceback
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 from loraflow.errors import LoraflowError
 from loraflow.serve import store as st
+from loraflow.serve.context import JobCancelled, JobContext, WorkerState
 from loraflow.serve.events import EventBus
+from loraflow.serve.jobs import JOB_KINDS
 from loraflow.serve.model_cache import ModelCache
 from loraflow.serve.paths import ServerPaths
 
+__all__ = ["JobCancelled", "JobContext", "Worker"]
 log = logging.getLogger("loraflow.serve")
-PROGRESS_WRITE_INTERVAL = 0.5  # seconds between progress rows written to SQLite
-
-
-class JobCancelled(Exception):
-    pass
-
-
-@dataclass
-class JobContext:
-    """What a running job may use: folders, the model cache, progress/preview/event reporting."""
-
-    job: st.Job
-    paths: ServerPaths
-    models: ModelCache
-    bus: EventBus
-    store: st.JobStore
-    state: dict  # shared across jobs of the worker (the ComfyUI node cache lives here)
-    cancel: threading.Event = field(default_factory=threading.Event)
-    started: float = field(default_factory=time.monotonic)
-    timed_out: bool = False  # cancelled by the watchdog's time limit, not by a client
-    abandoned: bool = False  # the watchdog gave up on it: its outcome is no longer recorded
-    _last_write: float = 0.0
-
-    @property
-    def out_dir(self) -> Path:
-        return self.paths.outputs / "jobs" / self.job.id
-
-    @property
-    def subfolder(self) -> str:
-        return f"jobs/{self.job.id}"
-
-    def check_cancel(self) -> None:
-        if self.cancel.is_set():
-            raise JobCancelled(f"job {self.job.id} was cancelled")
-
-    def emit(self, type_: str, **data: Any) -> None:
-        self.bus.publish({"type": type_, "job": self.job.id, "client_id": self.job.client_id, "data": data})
-
-    def progress(self, value: int, maximum: int, node: str | None = None) -> None:
-        self.check_cancel()
-        now = time.monotonic()
-        if now - self._last_write > PROGRESS_WRITE_INTERVAL or value >= maximum:
-            self.store.set_progress(self.job.id, value, maximum)
-            self._last_write = now
-        self.emit("progress", value=value, max=maximum, node=node)
-
-    def preview(self, jpeg: bytes) -> None:
-        self.bus.publish({"type": "preview", "job": self.job.id, "client_id": self.job.client_id, "jpeg": jpeg})
 
 
 class Worker:
     def __init__(self, store: st.JobStore, paths: ServerPaths, models: ModelCache, bus: EventBus):
         self.store, self.paths, self.models, self.bus = store, paths, models, bus
-        self.state: dict = {}
+        self.state = WorkerState()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._current: JobContext | None = None
@@ -137,14 +88,13 @@ class Worker:
             self._run(job)
 
     def _run(self, job: st.Job) -> None:
-        from loraflow.serve.jobs import JOB_KINDS
-
         ctx = JobContext(job, self.paths, self.models, self.bus, self.store, self.state)
         self._current = ctx
         self.bus.publish({"type": "status", "job": job.id, "client_id": job.client_id, "data": {"status": st.RUNNING}})
         status, result, error = st.DONE, {}, None
         try:
-            result = JOB_KINDS[job.kind].run(ctx)
+            kind = JOB_KINDS[job.kind]
+            result = kind.run(ctx, kind.parse(job.payload))
         except JobCancelled as e:
             status, error = (st.INTERRUPTED if self._stop.is_set() else st.CANCELLED), str(e)
             if ctx.timed_out:

@@ -2,8 +2,9 @@
 
 A node whose class, values and upstream nodes are unchanged since the last run is not executed
 again: its cached outputs are reused and it is reported in `execution_cached` (ComfyUI's behaviour).
-File inputs (checkpoint, LoRA, image names) join the cache key with their size and mtime, so a
-replaced file is picked up. Messages follow ComfyUI's websocket protocol: execution_start,
+File inputs (checkpoint, LoRA, image names) join the cache key with their size, mtime and inode, so
+a changed or replaced file is picked up (and `GenerationSession.set_loras` re-applies a changed
+LoRA). Messages follow ComfyUI's websocket protocol: execution_start,
 execution_cached, executing, progress, executed, execution_success | execution_error |
 execution_interrupted.
 """
@@ -13,10 +14,13 @@ import hashlib
 import json
 import time
 import traceback
+from pathlib import Path
 
 from loraflow.errors import LoraflowError
 from loraflow.serve.comfy.graph import is_link, normalize, topological_order
 from loraflow.serve.comfy.nodes import NODES
+from loraflow.serve.comfy.values import CachedNode, Shown, WorkflowJob
+from loraflow.serve.context import JobCancelled, JobContext
 
 
 class WorkflowFailed(LoraflowError):
@@ -25,15 +29,15 @@ class WorkflowFailed(LoraflowError):
         self.result = result
 
 
-def run_prompt(ctx) -> dict:
-    from loraflow.serve.worker import JobCancelled
-
-    prompt = normalize(ctx.job.payload["prompt"])
+def run_prompt(ctx: JobContext, workflow: WorkflowJob) -> dict:
+    """Run `workflow` with the worker's JobContext `ctx` (paths, models, state.comfy_cache, reporting)."""
+    prompt = normalize(workflow.prompt)
     prompt_id = ctx.job.id
-    order = execution_order(prompt, ctx.job.payload["outputs"])
+    order = execution_order(prompt, workflow.outputs)
     keys = cache_keys(prompt, order, ctx.paths)
-    cache: dict = ctx.state.setdefault("comfy_cache", {})  # node id -> (key, outputs, ui)
-    cached = [nid for nid in order if nid in cache and cache[nid][0] == keys[nid]]
+    cache = ctx.state.comfy_cache
+    cached = [nid for nid in order if nid in cache and cache[nid].key == keys[nid]]
+    hidden = {"prompt": prompt, "extra_pnginfo": workflow.extra_data.get("extra_pnginfo")}
     messages: list = []
 
     def send(type_: str, **data):
@@ -48,17 +52,19 @@ def run_prompt(ctx) -> dict:
     executed: list[str] = []
     for nid in order:
         if nid in cached:
-            _, values[nid], ui = cache[nid]
-            if ui:
-                ui_outputs[nid] = ui
+            values[nid] = cache[nid].outputs
+            if cache[nid].ui:
+                ui_outputs[nid] = cache[nid].ui
             continue
         node = prompt[nid]
         send("executing", node=nid, display_node=nid)
-        inputs = {k: values[v[0]][v[1]] if is_link(v) else v for k, v in node["inputs"].items()
-                  if k in NODES[node["class_type"]].INPUTS}
+        cls = NODES[node["class_type"]]
+        inputs = {k: values[v[0]][v[1]] if is_link(v) else v for k, v in node["inputs"].items() if k in cls.INPUTS}
+        if cls.OUTPUT_NODE:
+            inputs.update(hidden)
         try:
             ctx.check_cancel()
-            out = NODES[node["class_type"]]().run(ctx, nid, **inputs)
+            out = cls().run(ctx, nid, **inputs)
         except JobCancelled:
             send("execution_interrupted", node_id=nid, node_type=node["class_type"], executed=executed)
             ctx.emit("executing", node=None, display_node=None, prompt_id=prompt_id)  # ComfyUI's closing message
@@ -74,10 +80,10 @@ def run_prompt(ctx) -> dict:
             result["error"] = {"node_id": nid, "node_type": node["class_type"], "message": str(e)}
             raise WorkflowFailed(f"node {nid} ({node['class_type']}): {e}", result) from None
         ui = None
-        if isinstance(out, dict):
-            out, ui = out["result"], out.get("ui")
+        if isinstance(out, Shown):
+            out, ui = out.result, out.ui
         values[nid] = tuple(out)
-        cache[nid] = (keys[nid], values[nid], ui)
+        cache[nid] = CachedNode(keys[nid], values[nid], ui)
         executed.append(nid)
         if ui:
             ui_outputs[nid] = ui
@@ -122,14 +128,12 @@ def _file_stamp(paths, kind: str, name: str):
                 "input": lambda: paths.output_file(name, kind="input")}[kind]()
     except (LoraflowError, KeyError):
         return None
-    from pathlib import Path
-
     p = Path(path)
     if not p.exists():
         return str(path)
     if p.is_dir():
         files = [f for f in p.rglob("*") if f.is_file()]
-        return [str(p), len(files), max((f.stat().st_mtime_ns for f in files), default=0)]
-    stat = p.stat()
-    return [str(p), stat.st_size, stat.st_mtime_ns]
+        return [str(p), [(f.name, f.stat().st_size, f.stat().st_mtime_ns, f.stat().st_ino) for f in sorted(files)]]
+    stat = p.stat()  # rewritten in place: size or mtime changes; replaced by rename: the inode does
+    return [str(p), stat.st_size, stat.st_mtime_ns, stat.st_ino]
 

@@ -1,29 +1,28 @@
 """The core ComfyUI node set as thin shells over loraflow's functions.
 
 Each node declares its inputs (as ComfyUI's `INPUT_TYPES` shows them in /object_info), its output
-types and a `run(ctx, **inputs)` that calls plain functions (`models.families` prompt encoding, the
-diffusers pipeline with `latents=` / `output_type="latent"`, the VAE). Nothing in a workflow can
-name code: `class_type` is looked up in `NODES`, values are data.
+types and a `run(ctx, **inputs)` that calls plain functions (the session's prompt encoding, the one
+denoising engine `loraflow.generate.engine` that `generate` uses too, the VAE). Nothing in a workflow
+can name code: `class_type` is looked up in `NODES`, values are data.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
-from loraflow.errors import ConfigError, LoraflowError
 from loraflow.models.loading import BUILTIN_MODELS
-from loraflow.serve.comfy.values import Conditioning, ModelRef, activate
+from loraflow.models.lora.load import check_family, read_lora
+from loraflow.serve.comfy.sampling import (
+    SAMPLER_NAMES, SCHEDULER_NAMES, SamplerInputs, inpaint_latent, sample, save_images, scale_images, vae_decode,
+    vae_encode,
+)
+from loraflow.serve.comfy.values import (
+    Conditioning, ControlHint, ControlNetRef, Latent, ModelRef, NodeError, Shown, activate,
+)
 
+__all__ = ["NODES", "NodeError", "SAMPLER_NAMES", "SCHEDULER_NAMES", "object_info"]
 MAX_RESOLUTION = 16384
 LINK_TYPES = ("MODEL", "CLIP", "VAE", "CONDITIONING", "LATENT", "IMAGE", "MASK", "CONTROL_NET")
-# KSampler names (ComfyUI `comfy/samplers.py`) -> our sampler table (generate/schedulers.py)
-SAMPLER_NAMES = ("euler", "euler_ancestral", "heun", "lms", "dpmpp_2m", "dpmpp_2m_sde", "ddim", "uni_pc")
-SCHEDULER_NAMES = ("normal", "karras")
-_KARRAS_OK = ("dpmpp_2m", "dpmpp_2m_sde")
-
-
-class NodeError(LoraflowError):
-    """A node that could not run; reported for that node (ComfyUI `execution_error`)."""
 
 
 @dataclass
@@ -70,8 +69,9 @@ class Node:
     OUTPUT_NODE: ClassVar[bool] = False
     FILE_INPUTS: ClassVar[dict[str, str]] = {}  # input -> file kind; its mtime joins the cache key
 
-    def run(self, ctx, node_id: str, **inputs) -> tuple | dict:
-        """Returns the outputs tuple, or {"result": tuple, "ui": {...}} for output nodes."""
+    def run(self, ctx, node_id: str, **inputs) -> tuple | Shown:
+        """Returns the outputs tuple, or `Shown(outputs, ui)` for output nodes (which also get the
+        hidden inputs `prompt` and `extra_pnginfo`, as in ComfyUI)."""
         raise NotImplementedError
 
     @classmethod
@@ -118,8 +118,6 @@ class LoraLoader(Node):
 
     def run(self, ctx, node_id, model, clip, lora_name, strength_model, strength_clip):
         path = str(ctx.paths.lora(lora_name))
-        from loraflow.models.lora.load import check_family, read_lora
-
         check_family(read_lora(path), model.session(ctx).family.name)  # wrong family: an error on this node
         return model.with_lora(path, strength_model), clip.with_lora(path, strength_clip)
 
@@ -132,9 +130,7 @@ class ControlNetLoader(Node):
     FILE_INPUTS = {"control_net_name": "ControlNet"}
 
     def run(self, ctx, node_id, control_net_name):
-        from loraflow.serve.comfy.control import load_controlnet
-
-        return (load_controlnet(ctx, ctx.paths.controlnet(control_net_name)),)
+        return (ControlNetRef(str(ctx.paths.controlnet(control_net_name))),)  # weights load when sampled
 
 
 class LoadImage(Node):
@@ -187,8 +183,6 @@ class ControlNetApplyAdvanced(Node):
     OUTPUT_NAMES = ("positive", "negative")
 
     def run(self, ctx, node_id, positive, negative, control_net, image, strength, start_percent, end_percent, vae=None):
-        from loraflow.serve.comfy.values import ControlHint
-
         if start_percent > end_percent:
             raise NodeError(f"start_percent {start_percent} is after end_percent {end_percent}")
         hint = ControlHint(control_net, image, strength, start_percent, end_percent)
@@ -211,7 +205,7 @@ class EmptyLatentImage(Node):
     def run(self, ctx, node_id, width, height, batch_size):
         import torch
 
-        return ({"samples": torch.zeros((batch_size, 4, height // 8, width // 8))},)
+        return (Latent(torch.zeros((batch_size, 4, height // 8, width // 8))),)
 
 
 class KSampler(Node):
@@ -227,14 +221,17 @@ class KSampler(Node):
 
     def run(self, ctx, node_id, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
             denoise):
-        from loraflow.serve.comfy.sampling import sample
-
-        return (sample(ctx, node_id, model, seed, steps, cfg, sampler_name, scheduler, positive, negative,
-                       latent_image, strength=denoise, node_type="KSampler"),)
+        s = SamplerInputs(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image)
+        # denoise < 1: the last int(steps * denoise) steps of the schedule, as diffusers' img2img strength
+        start = steps - min(int(steps * denoise), steps)
+        if start >= steps:
+            return (latent_image,)  # nothing to denoise
+        return (sample(ctx, node_id, "KSampler", s, start_step=start),)
 
 
 class KSamplerAdvanced(Node):
-    """KSampler with explicit noise on/off and a start/end step (start > 0 runs img2img from that step)."""
+    """KSampler over steps [start_at_step, end_at_step) of the schedule, adding noise or not, returning
+    the latent with the noise left at end_at_step or denoised fully (ComfyUI's KSamplerAdvanced)."""
 
     CATEGORY = "sampling"
     INPUTS = {"model": LINK("MODEL"), "add_noise": COMBO(("enable", "disable")),
@@ -247,17 +244,12 @@ class KSamplerAdvanced(Node):
 
     def run(self, ctx, node_id, model, add_noise, noise_seed, steps, cfg, sampler_name, scheduler, positive,
             negative, latent_image, start_at_step, end_at_step, return_with_leftover_noise):
-        from loraflow.serve.comfy.sampling import sample
-
-        if end_at_step < steps or return_with_leftover_noise == "enable":
-            raise NodeError("end_at_step < steps and return_with_leftover_noise are not supported yet "
-                            "(loraflow samples to the end); set end_at_step >= steps")
-        if start_at_step >= steps:
-            return (latent_image,)
-        if add_noise == "disable" and start_at_step == 0:
-            raise NodeError("add_noise=disable from step 0 is not supported (the input must be noise)")
-        return (sample(ctx, node_id, model, noise_seed, steps, cfg, sampler_name, scheduler, positive, negative,
-                       latent_image, strength=1.0 - start_at_step / steps, node_type="KSamplerAdvanced"),)
+        s = SamplerInputs(model, noise_seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image)
+        end = None if end_at_step >= steps else end_at_step
+        if start_at_step >= min(steps, end_at_step):
+            return (latent_image,)  # an empty window: ComfyUI returns the latent as it is
+        return (sample(ctx, node_id, "KSamplerAdvanced", s, start_step=start_at_step, end_step=end,
+                       add_noise=add_noise == "enable", full_denoise=return_with_leftover_noise == "disable"),)
 
 
 class VAEDecode(Node):
@@ -268,9 +260,7 @@ class VAEDecode(Node):
     OUTPUTS = ("IMAGE",)
 
     def run(self, ctx, node_id, samples, vae):
-        from loraflow.serve.comfy.sampling import vae_decode
-
-        return (vae_decode(vae.session(ctx).pipe.vae, samples["samples"]),)
+        return (vae_decode(vae.session(ctx).pipe.vae, samples.samples),)
 
 
 class VAEEncode(Node):
@@ -281,10 +271,31 @@ class VAEEncode(Node):
     OUTPUTS = ("LATENT",)
 
     def run(self, ctx, node_id, pixels, vae):
-        from loraflow.serve.comfy.sampling import vae_encode
-
         pipe = vae.session(ctx).pipe
-        return ({"samples": vae_encode(pipe.vae, pixels, pipe.vae_scale_factor)},)
+        return (Latent(vae_encode(pipe.vae, pixels, pipe.vae_scale_factor)),)
+
+
+class VAEEncodeForInpaint(Node):
+    """Images -> latents for inpainting: what the mask covers is greyed out and will be redrawn."""
+
+    CATEGORY = "latent/inpaint"
+    INPUTS = {"pixels": LINK("IMAGE"), "vae": LINK("VAE"), "mask": LINK("MASK"), "grow_mask_by": INT(6, 0, 64)}
+    OUTPUTS = ("LATENT",)
+
+    def run(self, ctx, node_id, pixels, vae, mask, grow_mask_by):
+        pipe = vae.session(ctx).pipe
+        return (inpaint_latent(pipe.vae, pixels, mask, grow_mask_by, pipe.vae_scale_factor),)
+
+
+class SetLatentNoiseMask(Node):
+    """Limits sampling to the masked area of a latent (1 = redraw); the rest keeps the input."""
+
+    CATEGORY = "latent/inpaint"
+    INPUTS = {"samples": LINK("LATENT"), "mask": LINK("MASK")}
+    OUTPUTS = ("LATENT",)
+
+    def run(self, ctx, node_id, samples, mask):
+        return (Latent(samples.samples, mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1])),)
 
 
 # ---- images ---------------------------------------------------------------------------------------
@@ -298,8 +309,6 @@ class ImageScale(Node):
     OUTPUTS = ("IMAGE",)
 
     def run(self, ctx, node_id, image, upscale_method, width, height, crop):
-        from loraflow.serve.comfy.sampling import scale_images
-
         return (scale_images(image, upscale_method, width, height, crop),)
 
 
@@ -310,27 +319,15 @@ class SaveImage(Node):
     INPUTS = {"images": LINK("IMAGE"), "filename_prefix": STRING("ComfyUI")}
     OUTPUT_NODE = True
 
-    def run(self, ctx, node_id, images, filename_prefix):
-        from loraflow.serve.comfy.sampling import save_images
-
-        saved = save_images(ctx, images, filename_prefix, ctx.job.payload.get("prompt"),
-                            ctx.job.payload.get("extra_data", {}).get("extra_pnginfo"))
-        return {"result": (), "ui": {"images": saved}}
+    def run(self, ctx, node_id, images, filename_prefix, prompt=None, extra_pnginfo=None):
+        return Shown((), {"images": save_images(ctx, images, filename_prefix, prompt, extra_pnginfo)})
 
 
 NODES: dict[str, type[Node]] = {cls.__name__: cls for cls in (
     CheckpointLoaderSimple, LoraLoader, CLIPTextEncode, EmptyLatentImage, KSampler, KSamplerAdvanced,
-    VAEDecode, VAEEncode, SaveImage, LoadImage, ControlNetLoader, ControlNetApplyAdvanced, ImageScale,
+    VAEDecode, VAEEncode, VAEEncodeForInpaint, SetLatentNoiseMask, SaveImage, LoadImage, ControlNetLoader,
+    ControlNetApplyAdvanced, ImageScale,
 )}
-
-
-def sampler_for(sampler_name: str, scheduler: str) -> str:
-    """ComfyUI's sampler + scheduler pair -> a name `generate/schedulers.py` knows."""
-    from loraflow.generate.schedulers import canonical_sampler
-
-    if scheduler == "karras" and sampler_name not in _KARRAS_OK:
-        raise ConfigError(f"scheduler 'karras' works with {', '.join(_KARRAS_OK)} here, not '{sampler_name}'")
-    return canonical_sampler(sampler_name + ("_karras" if scheduler == "karras" else ""))
 
 
 def object_info(paths, name: str | None = None) -> dict:

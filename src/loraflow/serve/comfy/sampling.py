@@ -1,77 +1,115 @@
-"""Plain functions behind the sampling and image nodes: the family's diffusers pipeline driven with
-`latents=` / `output_type="latent"`, VAE decode/encode, resizing and saving."""
+"""Plain functions behind the sampling and image nodes: node inputs -> the one denoising engine
+(`loraflow.generate.engine`), VAE decode/encode, resizing and saving."""
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 
-from loraflow.serve.comfy.values import Conditioning, ModelRef, activate
+from loraflow.atomic import atomic_save_image
+from loraflow.errors import ConfigError
+from loraflow.generate.engine import ControlInput, LatentSampling, sample_latents
+from loraflow.generate.schedulers import canonical_sampler
+from loraflow.serve.comfy.values import Conditioning, Latent, ModelRef, NodeError, activate
+from loraflow.serve.paths import safe_join
+from loraflow.serve.preview import Throttle, latent_to_jpeg
+
+# KSampler names (ComfyUI `comfy/samplers.py`) -> our sampler table (generate/schedulers.py)
+SAMPLER_NAMES = ("euler", "euler_ancestral", "heun", "lms", "dpmpp_2m", "dpmpp_2m_sde", "ddim", "uni_pc")
+SCHEDULER_NAMES = ("normal", "karras")
+_KARRAS_OK = ("dpmpp_2m", "dpmpp_2m_sde")
 
 
-def sample(ctx, node_id: str, model: ModelRef, seed: int, steps: int, cfg: float, sampler_name: str,
-           scheduler: str, positive: Conditioning, negative: Conditioning, latent: dict, strength: float = 1.0,
-           node_type: str = "KSampler") -> dict:
-    """Denoise `latent["samples"]` (B, C, h, w), C and the pixel size h * vae_scale_factor being the
-    model's. strength 1: from pure noise (text-to-image, the noise from `seed` is added to the latent as
-    ComfyUI does); strength < 1: img2img from that point. An empty latent of another shape (e.g.
-    EmptyLatentImage's 4 channels for a model with 8) is replaced by the model's (`fit_latent`)."""
-    import torch
+@dataclass(frozen=True)
+class SamplerInputs:
+    """The inputs KSampler and KSamplerAdvanced share."""
 
-    from loraflow.serve.comfy.nodes import NodeError, sampler_for
-    from loraflow.serve.preview import Throttle, latent_to_jpeg
+    model: ModelRef
+    seed: int
+    steps: int
+    cfg: float
+    sampler_name: str
+    scheduler: str
+    positive: Conditioning
+    negative: Conditioning
+    latent: Latent
 
-    if strength <= 0:
-        return latent
-    session = activate(ctx, model)
-    session.set_scheduler(sampler_for(sampler_name, scheduler))
-    pipe, family = session.pipe, session.family
-    samples = fit_latent(pipe, latent["samples"], node_type)  # (B, C, h, w)
-    batch, _, h, w = samples.shape
-    scale = pipe.vae_scale_factor  # pixels per latent cell: 8 for SD/SDXL VAEs, 4 for the demo model's
-    # 1. conditioning: one length for positive and negative (CLIP chunks), repeated over the batch
-    pos, neg = _same_length(session, positive.embeds, negative.embeds)
-    dtype, device = pipe.unet.dtype, pipe.unet.device
-    kwargs = family.call_kwargs(_repeat(pos, batch, dtype), _repeat(neg, batch, dtype))
-    if positive.controls:  # ControlNet: the family's ControlNet pipeline over the same modules
-        from loraflow.serve.comfy.control import control_pipeline
 
-        if strength < 1.0:
-            raise NodeError("ControlNet with denoise < 1 (img2img) is not supported in workflows yet")
-        pipe, control_kwargs = control_pipeline(ctx, session, positive.controls, h * scale, w * scale)
-        kwargs.update(control_kwargs)
-    # 2. progress, previews and cancel at every step
+def sample(ctx, node_id: str, node_type: str, s: SamplerInputs, start_step: int = 0, end_step: int | None = None,
+           add_noise: bool = True, full_denoise: bool = True) -> Latent:
+    """LATENT `s.latent` denoised over steps [start_step, end_step) of an `s.steps`-step schedule, by
+    the one engine (`loraflow.generate.engine.sample_latents`). From step 0 with noise this is
+    text-to-image; a later start is img2img from that step. The latent's channels and pixel size
+    h * vae_scale_factor are the model's (an empty one of another shape is refitted, `fit_latent`)."""
+    session = activate(ctx, s.model)
+    pipe = session.pipe
+    samples = fit_latent(pipe, s.latent.samples, node_type)  # (B, C, h, w)
+    mask = latent_mask(s.latent.noise_mask, samples.shape)  # (B, 1, h, w) or None
+    height, width = samples.shape[2] * pipe.vae_scale_factor, samples.shape[3] * pipe.vae_scale_factor
+    controls = tuple(ControlInput(h.controlnet.path, hint_image(h.image, width, height), h.strength,
+                                  h.start_percent, h.end_percent) for h in s.positive.controls)
     throttle = Throttle()
 
-    def on_step_end(p, i, t, callback_kwargs):
-        ctx.progress(i + 1, total_steps, node=node_id)
+    def on_step(done: int, total: int, latents) -> None:  # progress, previews and cancel at every step
+        ctx.progress(done, total, node=node_id)
         if throttle.ready():
-            ctx.preview(latent_to_jpeg(callback_kwargs["latents"], family.name))
-        return callback_kwargs
+            ctx.preview(latent_to_jpeg(latents, session.family.name))
 
-    generator = torch.Generator("cpu").manual_seed(seed % 2**63)
-    common = dict(guidance_scale=cfg, output_type="latent", callback_on_step_end=on_step_end, **kwargs)
-    with torch.no_grad():
-        if strength >= 1.0:
-            # 3a. text-to-image: ComfyUI's noisy start is latent + noise * sigma_max; the pipeline
-            # multiplies what it is given by init_noise_sigma, so hand it noise + latent / sigma_max.
-            total_steps = steps
-            noise = torch.randn(samples.shape, generator=generator)
-            pipe.scheduler.set_timesteps(steps)
-            start = noise + samples / pipe.scheduler.init_noise_sigma
-            out = pipe(latents=start.to(device, dtype), height=h * scale, width=w * scale, num_inference_steps=steps,
-                       **common)
-        else:
-            # 3b. img2img from the given latents: the first (1 - strength) of the steps are skipped
-            total_steps = max(1, int(steps * strength))
-            i2i = _img2img_pipeline(ctx, session)
-            i2i.scheduler = pipe.scheduler
-            if not bool(samples.abs().sum()):
-                raise NodeError("denoise < 1 needs an input latent (VAEEncode), not an empty one")
-            if samples.shape[1] != 4:  # diffusers' img2img takes only 4-channel tensors as latents
-                common["latents"] = _img2img_start(i2i, samples.to(device, dtype), strength, steps, generator)
-            out = i2i(image=samples.to(device, dtype), strength=strength, num_inference_steps=steps,
-                      generator=generator, **common)
-    return {"samples": out.images.detach().float().cpu()}
+    out = sample_latents(session, LatentSampling(
+        samples, s.positive.embeds, s.negative.embeds, s.seed, s.steps, s.cfg,
+        sampler=sampler_for(s.sampler_name, s.scheduler), start_step=start_step, end_step=end_step,
+        full_denoise=full_denoise, add_noise=add_noise, mask=mask, controls=controls, on_step=on_step))
+    return Latent(out, s.latent.noise_mask)
+
+
+def sampler_for(sampler_name: str, scheduler: str) -> str:
+    """ComfyUI's sampler + scheduler pair -> a name `generate/schedulers.py` knows."""
+    if scheduler == "karras" and sampler_name not in _KARRAS_OK:
+        raise ConfigError(f"scheduler 'karras' works with {', '.join(_KARRAS_OK)} here, not '{sampler_name}'")
+    return canonical_sampler(sampler_name + ("_karras" if scheduler == "karras" else ""))
+
+
+def latent_mask(mask, shape):
+    """A LATENT's noise_mask (B, 1, H, W) in pixels -> (B, 1, h, w) at the latent's size, bilinear, the
+    batch repeated to B (ComfyUI `comfy/sampler_helpers.py` prepare_mask). 1 = redraw, 0 = keep."""
+    if mask is None:
+        return None
+    import torch.nn.functional as F
+
+    batch = shape[0]
+    m = mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1]).float()
+    m = F.interpolate(m, size=tuple(shape[2:]), mode="bilinear", align_corners=False).clamp(0, 1)
+    return m.repeat(-(-batch // m.shape[0]), 1, 1, 1)[:batch]
+
+
+def inpaint_latent(vae, pixels, mask, grow: int, scale: int = 8) -> Latent:
+    """ComfyUI's VAEEncodeForInpaint: pixels under the mask are set to grey before encoding (the VAE
+    does not see what will be redrawn); the mask, grown by `grow` pixels, becomes the noise mask.
+    pixels (B, H, W, C) in [0, 1], mask (B, H, W) or (H, W): 1 = redraw."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    height, width = pixels.shape[1], pixels.shape[2]
+    m = mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1]).float()
+    m = F.interpolate(m, size=(height, width), mode="bilinear", align_corners=False).round()  # (B, 1, H, W)
+    grey = (pixels[..., :3] - 0.5) * (1 - m).permute(0, 2, 3, 1) + 0.5
+    latents = vae_encode(vae, grey, scale)
+    if grow > 0:  # dilate: a pixel is redrawn when any pixel of the grow x grow box around it is
+        kernel = torch.ones((1, 1, grow, grow))
+        m = F.conv2d(m, kernel, padding=math.ceil((grow - 1) / 2)).clamp(0, 1)[..., :height, :width]
+    multiple = math.lcm(8, scale)  # vae_encode's crop
+    return Latent(latents, m[..., :height // multiple * multiple, :width // multiple * multiple])
+
+
+def hint_image(image, width: int, height: int):
+    """IMAGE (B, H, W, C) -> the first image as PIL RGB at the output size (a ControlNet's hint)."""
+    import numpy as np
+    from PIL import Image
+
+    array = (image[0].float().clamp(0, 1).numpy() * 255).round().astype(np.uint8)  # (H, W, C)
+    return Image.fromarray(array[..., :3]).convert("RGB").resize((width, height), Image.BICUBIC)
 
 
 def fit_latent(pipe, samples, node_type: str = "KSampler"):
@@ -82,8 +120,6 @@ def fit_latent(pipe, samples, node_type: str = "KSampler"):
     plus the spatial size for VAEs that do not downscale by 8). Any other latent must already fit."""
     import torch
 
-    from loraflow.serve.comfy.nodes import NodeError
-
     channels, scale = pipe.unet.config.in_channels, pipe.vae_scale_factor
     batch, got, h, w = samples.shape
     if got == channels:
@@ -92,59 +128,6 @@ def fit_latent(pipe, samples, node_type: str = "KSampler"):
         return torch.zeros((batch, channels, h * 8 // scale, w * 8 // scale), dtype=samples.dtype)
     raise NodeError(f"{node_type}: latent_image has {got} channels, this model expects {channels} "
                     "(a LATENT made with another model's VAE?)")
-
-
-def _img2img_start(i2i, init, strength: float, steps: int, generator):
-    """The noisy start latents the img2img pipeline makes itself in `prepare_latents` (the input noised to
-    the first timestep kept by `strength`), for latents it would not recognise as latents (not 4 channels)."""
-    from diffusers.utils.torch_utils import randn_tensor
-
-    i2i.scheduler.set_timesteps(steps, device=init.device)
-    timesteps, _ = i2i.get_timesteps(steps, strength, init.device)
-    noise = randn_tensor(init.shape, generator=generator, device=init.device, dtype=init.dtype)
-    return i2i.scheduler.add_noise(init, noise, timesteps[:1].repeat(init.shape[0]))
-
-
-def _img2img_pipeline(ctx, session):
-    """The family's img2img pipeline over the same components (no weights copied), kept per session."""
-    cache = ctx.state.setdefault("img2img", {})
-    key = id(session.pipe)
-    if key not in cache:
-        cls = session.family.pipeline_class("img2img")
-        components = {k: v for k, v in session.pipe.components.items() if k in _init_params(cls)}
-        cache.clear()
-        cache[key] = cls(**components)
-        cache[key].set_progress_bar_config(disable=True)
-        # the image processor passes a tensor with the VAE's channel count through as latents (default 4)
-        cache[key].image_processor.register_to_config(vae_latent_channels=session.pipe.vae.config.latent_channels)
-    return cache[key]
-
-
-def _init_params(cls) -> set[str]:
-    import inspect
-
-    return set(inspect.signature(cls.__init__).parameters)
-
-
-def _same_length(session, pos, neg):
-    """Pad the shorter CLIP embedding with empty-prompt chunks (as A1111 / GenerationSession)."""
-    import torch
-
-    from loraflow.models.families import PromptEmbeds
-
-    lp, ln = pos.embeds.shape[1], neg.embeds.shape[1]
-    if lp == ln:
-        return pos, neg
-    empty = session.encode([""])[0].embeds  # (1, 77, D)
-    pad = lambda e, n: PromptEmbeds(torch.cat([e.embeds] + [empty] * ((n - e.embeds.shape[1]) // empty.shape[1]), 1), e.pooled)
-    return (pad(pos, ln), neg) if lp < ln else (pos, pad(neg, lp))
-
-
-def _repeat(embeds, batch: int, dtype):
-    from loraflow.models.families import PromptEmbeds
-
-    return PromptEmbeds(embeds.embeds.repeat(batch, 1, 1).to(dtype),
-                        None if embeds.pooled is None else embeds.pooled.repeat(batch, 1).to(dtype))
 
 
 def vae_decode(vae, samples):
@@ -245,9 +228,6 @@ def save_images(ctx, images, prefix: str, prompt: dict | None, extra_pnginfo: di
     import numpy as np
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
-
-    from loraflow.atomic import atomic_save_image
-    from loraflow.serve.paths import safe_join
 
     prefix = prefix.strip() or "ComfyUI"
     target = safe_join(ctx.paths.outputs, prefix, "output")  # refuses ../ and absolute prefixes

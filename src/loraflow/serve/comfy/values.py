@@ -1,5 +1,6 @@
 """Values that flow along workflow links. Conventions follow ComfyUI where a client can see them:
-LATENT is `{"samples": (B, C, h, w)}` (scaled by the VAE's scaling factor, diffusers' convention),
+LATENT is a `Latent` (ComfyUI's `{"samples": (B, C, h, w), "noise_mask": ...}` as a type), samples
+scaled by the VAE's scaling factor (diffusers' convention),
 C the VAE's latent channels (4 for SD/SDXL) and (h, w) the pixel size over the pipeline's
 vae_scale_factor (8 for SD/SDXL); EmptyLatentImage's model-less (B, 4, H/8, W/8) zeros are refitted
 by the samplers.
@@ -7,7 +8,53 @@ IMAGE is a float tensor (B, H, W, C) in [0, 1], MASK is (B, H, W)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from loraflow.errors import LoraflowError
+from loraflow.generate.session import LoraSpec
+
+
+class NodeError(LoraflowError):
+    """A node that could not run; reported for that node (ComfyUI `execution_error`)."""
+
+
+@dataclass(frozen=True)
+class WorkflowJob:
+    """A queued ComfyUI prompt (the payload POST /prompt stores)."""
+
+    prompt: dict  # API format, normalised: node id -> {"class_type", "inputs"}
+    outputs: list[str]  # the output nodes to run, in order
+    extra_data: dict = field(default_factory=dict)  # the client's extra_data (extra_pnginfo)
+
+    @classmethod
+    def from_payload(cls, payload: dict) -> "WorkflowJob":
+        return cls(payload["prompt"], list(payload["outputs"]), payload.get("extra_data") or {})
+
+
+@dataclass(frozen=True)
+class Shown:
+    """What an output node returns: its outputs and what the client is shown (ComfyUI's "ui")."""
+
+    result: tuple
+    ui: dict
+
+
+@dataclass(frozen=True)
+class CachedNode:
+    """A node's outputs kept between runs, reused while its cache key is unchanged."""
+
+    key: str
+    outputs: tuple
+    ui: dict | None = None
+
+
+@dataclass(frozen=True)
+class Latent:
+    """LATENT: a batch of latents and, for inpainting, where sampling may change them."""
+
+    samples: Any  # (B, C, h, w)
+    noise_mask: Any = None  # (B, 1, H, W) in pixels, 1 = redraw, 0 = keep; None: everywhere
 
 
 @dataclass(frozen=True)
@@ -27,18 +74,21 @@ class ModelRef:
 
 def activate(ctx, ref: ModelRef):
     """The session of `ref` with exactly `ref.loras` applied."""
-    from pathlib import Path
-
-    from loraflow.generate.session import LoraSpec
-
     session = ref.session(ctx)
     session.set_loras([LoraSpec(Path(p), w) for p, w in ref.loras])
     return session
 
 
+@dataclass(frozen=True)
+class ControlNetRef:
+    """CONTROL_NET: a ControlNet file; its weights load when a sampler uses it, once per model."""
+
+    path: str
+
+
 @dataclass
 class ControlHint:
-    controlnet: Any  # a ControlNet reference
+    controlnet: ControlNetRef
     image: Any  # IMAGE (B, H, W, C)
     strength: float
     start_percent: float
