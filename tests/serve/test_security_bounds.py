@@ -3,6 +3,7 @@ body a 4xx, workflow cycles and long chains without recursion, ComfyUI's closing
 after a failure, and a wedged job that ignores its cancel never blocks the queue."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import threading
@@ -165,15 +166,15 @@ def wedged(monkeypatch):
     release, calls = threading.Event(), []
     real = jobs.JOB_KINDS["generate"]
 
-    def run(ctx):
+    def run(ctx, job):
         calls.append(ctx.job.id)
         if len(calls) == 1:
             while not release.wait(0.05):  # a stuck call: never looks at ctx.cancel
                 pass
             return {}
-        return real.run(ctx)
+        return real.run(ctx, job)
 
-    monkeypatch.setitem(jobs.JOB_KINDS, "generate", jobs.JobKind("generate", real.validate, run, real.help))
+    monkeypatch.setitem(jobs.JOB_KINDS, "generate", dataclasses.replace(real, run=run))
     yield release
     release.set()
 
