@@ -23,12 +23,18 @@ TARGET_PRESETS: dict[str, tuple[str, ...]] = {
     "attn+ff": ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"),
     # every Linear inside the transformer blocks plus their proj_in/proj_out (kohya's default `networks.lora`)
     "all-linear": ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out"),
-    # all-linear plus the 3x3/1x1 convs of the ResNet blocks (kohya's LoCon `conv_dim`)
+    # all-linear plus what kohya's `conv_dim` adds (sd-scripts networks/lora.py: every Conv2d / Linear in
+    # ResnetBlock2D, Downsample2D, Upsample2D): ResNet convs, their time-embedding projections, samplers
     "conv": ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out",
-             "conv1", "conv2", "conv_shortcut"),
+             "conv1", "conv2", "conv_shortcut", "time_emb_proj", "downsamplers.0.conv", "upsamplers.0.conv"),
 }
-# Text-encoder (CLIP) modules trained when `train_text_encoder` is on (kohya / diffusers choice).
-TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+# Text-encoder (CLIP) modules trained when `train_text_encoder` is on: attention (diffusers' choice), or
+# attention + MLP (kohya's CLIPAttention + CLIPMLP; ComfyUI maps both).
+TEXT_ENCODER_PRESETS: dict[str, tuple[str, ...]] = {
+    "attn": ("q_proj", "k_proj", "v_proj", "out_proj"),
+    "attn+mlp": ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"),
+}
+TEXT_ENCODER_TARGETS = TEXT_ENCODER_PRESETS["attn"]
 
 _PRECISION_ALIASES = {"16-mixed": "fp16", "bf16-mixed": "bf16", "32": "no", "32-true": "no", "fp32": "no",
                       "16": "fp16", "bf16-true": "bf16"}
@@ -55,6 +61,11 @@ class TrainConfig(Options):
         "attn", "UNet modules LoRA trains: attn (to_q/k/v/out, as the tutorial) | attn+ff | all-linear | conv (+ResNet convs)")
     train_text_encoder: bool = opt(False, "also put LoRA on the text encoder(s) ("
                                    + ", ".join(f.title for f in FAMILIES.values() if f.lora_text_encoders) + " only)")
+    text_encoder_targets: Literal["attn", "attn+mlp"] = opt(
+        "attn", "text-encoder modules: attn (q/k/v/out_proj) | attn+mlp (+fc1/fc2, as kohya)")
+    lora_type: Literal["lora", "locon", "loha", "lokr", "dora"] = opt(
+        "lora", "adapter: lora | locon (lora + the conv preset's convs) | loha | lokr | dora (peft's "
+                "LoHa/LoKr/DoRA, saved with the LyCORIS keys ComfyUI and A1111 load)", aliases=("algo",))
     # ---- data ---------------------------------------------------------------------------
     resolution: int | None = opt(None, "training resolution; buckets keep area <= resolution^2 "
                                        "(default: the model's native size: 1024 SDXL/Kolors, 512 SD1.5, 64 demo)", ge=64)
@@ -123,6 +134,9 @@ class TrainConfig(Options):
         family = get_family(self.family) if self.family else None  # None: detected when the model loads
         if self.train_text_encoder and family is not None and not family.lora_text_encoders:
             raise ValueError(f"train_text_encoder: {family.text_encoder_note}")
+        if self.lora_type in ("loha", "lokr", "dora") and self.save_format != "kohya":
+            raise ValueError(f"save_format '{self.save_format}': a {self.lora_type} has no diffusers/peft file "
+                             "layout; use save_format kohya (ComfyUI, A1111 and loraflow read it)")
         return self
 
     def check_required(self) -> None:

@@ -29,7 +29,7 @@ def training_metadata(config: TrainConfig, *, family: str, model_name: str, mode
     """The `ss_*` / `modelspec.*` keys only training knows (all strings, as safetensors requires). The
     format keys (`ss_network_dim`, `ss_network_alpha`, `modelspec.architecture`, ...) come from `save_lora`."""
     meta = {
-        "ss_network_args": json.dumps({"loraflow_targets": config.lora_targets}),
+        "ss_network_args": json.dumps({"loraflow_targets": config.lora_targets, "loraflow_type": config.lora_type}),
         "ss_sd_model_name": model_name,
         "ss_num_train_images": str(num_images),
         "ss_num_epochs": str(epochs),
@@ -73,13 +73,18 @@ def base_model_sha256(path: Path | None) -> str | None:
 
 def save_lora_files(output: Path, name: str, unet_state: dict, te_states: dict, *, family: str, rank: int,
                     alpha: float, dtype, resolution: int, tag_freq: dict, metadata: dict[str, str],
-                    with_diffusers: bool) -> tuple[Path, Path | None]:
+                    with_diffusers: bool, lora_type: str = "lora") -> tuple[Path, Path | None]:
     """OUTPUT/NAME.safetensors (kohya) and optionally OUTPUT/NAME.diffusers.safetensors, written
-    atomically by the LoRA-formats layer (`loraflow.models.lora.save.save_lora`)."""
+    atomically by the LoRA-formats layer (`loraflow.models.lora.save.save_lora`; LoHa / LoKr / DoRA:
+    `adapter_types.save_adapter`, kohya layout only)."""
+    from loraflow.models.lora.adapter_types import LYCORIS_TYPES, save_adapter
     from loraflow.models.lora.save import save_lora
 
     common = dict(family=family, rank=rank, alpha=alpha, dtype=dtype, metadata=metadata, output_name=name,
                   resolution=resolution, tag_frequency=tag_freq)
+    if lora_type in LYCORIS_TYPES:
+        return Path(save_adapter(output / f"{name}.safetensors", unet_state, te_states, lora_type=lora_type,
+                                 **common)), None
     kohya = save_lora(output / f"{name}.safetensors", unet_state, te_states, fmt="kohya", **common)
     diffusers = None
     if with_diffusers:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loraflow.train.config import TARGET_PRESETS, TEXT_ENCODER_TARGETS, TrainConfig
+from loraflow.train.config import TARGET_PRESETS, TEXT_ENCODER_PRESETS, TrainConfig
 
 WEIGHT_DTYPES = {"no": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
@@ -144,18 +144,26 @@ def _vae_config(folder: Path) -> dict:
     return {**defaults, **AutoencoderKL.load_config(folder)}
 
 
-def lora_config(rank: int, alpha: float, targets):
-    from peft import LoraConfig
+def lora_config(rank: int, alpha: float, targets, lora_type: str = "lora"):
+    from loraflow.models.lora.adapter_types import peft_config
 
-    # Gaussian A, zero B: the adapter starts as a no-op (diffusers' train_text_to_image_lora_sdxl.py)
-    return LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=list(targets))
+    # every type starts as a no-op (Gaussian A, zero B for LoRA: diffusers' train_text_to_image_lora_sdxl.py)
+    return peft_config(lora_type, rank, alpha, targets)
+
+
+def unet_targets(config: TrainConfig) -> tuple[str, ...]:
+    """The preset's modules; LoCon adds the conv preset's (kohya's conv_dim set)."""
+    targets = TARGET_PRESETS[config.lora_targets]
+    if config.lora_type == "locon":
+        targets = tuple(dict.fromkeys(targets + TARGET_PRESETS["conv"]))
+    return targets
 
 
 def add_lora(model: TrainModel, config: TrainConfig) -> None:
     """Inject LoRA into the UNet (and CLIP text encoders when asked); adapters in fp32."""
     import torch
 
-    model.unet.add_adapter(lora_config(config.lora_rank, config.lora_alpha, TARGET_PRESETS[config.lora_targets]))
+    model.unet.add_adapter(lora_config(config.lora_rank, config.lora_alpha, unet_targets(config), config.lora_type))
     if config.train_text_encoder:
         if not model.family.lora_text_encoders:  # a detected family the config could not check
             from loraflow.errors import ConfigError
@@ -166,7 +174,8 @@ def add_lora(model: TrainModel, config: TrainConfig) -> None:
         for name in model.family.lora_text_encoders:
             encoder = getattr(model.pipe, name)
             # peft directly: transformers' `add_adapter` insists on a newer peft than diffusers needs
-            te_config = lora_config(config.lora_rank, config.lora_alpha, TEXT_ENCODER_TARGETS)
+            te_config = lora_config(config.lora_rank, config.lora_alpha,
+                                    TEXT_ENCODER_PRESETS[config.text_encoder_targets], config.lora_type)
             inject_adapter_in_model(te_config, encoder)
             encoder.peft_config = {"default": te_config}  # read by get/set_peft_model_state_dict
             model.text_encoders.append(encoder)

@@ -236,7 +236,8 @@ def _resume(config, model, accelerator, optimizer, lr_scheduler) -> tuple[int, l
     if path is None:
         return 0, []
     saved = checkpoint.read_state(path).get("config", {})
-    for key in ("lora_rank", "lora_targets", "train_text_encoder", "batch_size", "gradient_accumulation", "seed"):
+    for key in ("lora_rank", "lora_targets", "lora_type", "text_encoder_targets", "train_text_encoder", "batch_size",
+                "gradient_accumulation", "seed"):
         if key in saved and saved[key] != getattr(config, key):
             raise ConfigError(f"resume: {path} was trained with {key}={saved[key]!r}, this run has "
                               f"{getattr(config, key)!r}; resume with the same value")
@@ -408,6 +409,11 @@ def train(config: TrainConfig | dict, progress: Callable[[int, int], None] | Non
         result.lora_path, result.diffusers_path = write_outputs(config, model, data, accelerator, step, started)
         result.loss_curve = draw_loss_curve(logger.losses, output / "loss.png")
         print(f"saved {result.lora_path}", flush=True)
+        from loraflow.models.lora.compat import check_trained  # which tools load every module
+
+        models = {"unet": accelerator.unwrap_model(model.unet),
+                  **{n: getattr(model.pipe, n, None) for n in model.family.text_encoder_names}}
+        print(check_trained(result.lora_path, models), flush=True)
     _validate(config, model, accelerator, step, logger)
     logger.close()
     result.stats = {"vae_encode_calls": latents.encode_calls, "text_encode_calls": texts.encode_calls,
@@ -436,4 +442,5 @@ def write_outputs(config, model, data, accelerator, step, started):
     return export.save_lora_files(
         Path(config.output), config.name, unet_state, te_states, family=model.family.name, rank=config.lora_rank,
         alpha=config.lora_alpha, dtype=getattr(torch, config.save_dtype), resolution=config.resolution,
-        tag_freq=tags, metadata=meta, with_diffusers=config.save_format == "kohya+diffusers")
+        tag_freq=tags, metadata=meta, with_diffusers=config.save_format == "kohya+diffusers",
+        lora_type=config.lora_type)

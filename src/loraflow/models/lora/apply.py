@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 from loraflow.errors import InputError
 from loraflow.models.families import family_title
-from loraflow.models.lora import formats
+from loraflow.models.lora import formats, lycoris
 from loraflow.models.lora.load import LoraFile, fits_family, guess_family, read_lora, to_diffusers_state_dict
 
 LoraSpec = tuple[str | os.PathLike | LoraFile, float]  # (file, weight)
@@ -33,9 +33,13 @@ def apply_loras(pipe, loras: Sequence[LoraSpec], family: str, *, allow_pickle: b
     """
     files = [spec if isinstance(spec, LoraFile) else read_lora(spec, allow_pickle=allow_pickle) for spec, _ in loras]
     prepared = [(lora, *_fit_to_pipeline(pipe, lora, family)) for lora in files]  # check all before changing pipe
+    # LyCORIS files (LoHa, LoKr, DoRA, diffs) are merged into the weights, reversibly (`lycoris` module)
+    merged = lycoris.plan_for_pipeline(pipe, [(f, w) for f, (_, w) in zip(files, loras) if f.adapters],
+                                       _components(pipe))
     remove_loras(pipe)
     names: list[str] = []
     try:
+        lycoris.merge(merged)
         for i, (lora, state_dict, alphas) in enumerate(prepared):
             name = _adapter_name(lora, i, names)
             _load_adapter(pipe, name, state_dict, alphas)
@@ -63,6 +67,7 @@ def remove_loras(pipe) -> None:
                 if getattr(model, "peft_config", None) is not None:
                     del model.peft_config
                     model._hf_peft_config_loaded = False
+        lycoris.restore(model)
 
 
 def _components(pipe) -> list[str]:
@@ -100,7 +105,8 @@ def _fit_to_pipeline(pipe, lora: LoraFile, family: str) -> tuple[dict[str, Any],
                 continue
             out_sd[f"{component}.{name}.lora_A.weight"] = down
             out_sd[f"{component}.{name}.lora_B.weight"] = up
-            out_alphas[f"{component}.{name}"] = alphas[target]
+            # keyed as `lora_config_kwargs` looks it up (with CLIP's `text_model.`), else alpha falls back to rank
+            out_alphas[f"{component}.{formats.canonical_module(component, name)}"] = alphas[target]
     if bad:
         apparent = guess_family(lora)
         if not fits_family(apparent, family):

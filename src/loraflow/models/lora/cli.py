@@ -5,10 +5,12 @@ Light at import time (no torch): the work is done by plain functions in `load.py
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from typing import Literal, Optional
 
 from loraflow.config import Options, opt
 from loraflow.models.families import FamilyName
+from loraflow.models.lora import tools_cli
 
 
 class InfoOptions(Options):
@@ -20,10 +22,15 @@ class ConvertOptions(Options):
                                                     "peft (UNet only)")
     family: Optional[FamilyName] = opt(None, "model family; guessed from the file if not given")
     allow_pickle: bool = opt(False, "read a pickled .pt/.bin/.ckpt file (with torch.load(weights_only=True))")
+    lora_alpha: Optional[float] = opt(None, "DiffSynth-Studio input: the lora_alpha it was trained with "
+                                      "(scale alpha/rank; the 1.x tutorial's default is 4)")
+    lora_scale: Optional[float] = opt(None, "DiffSynth-Studio input: the lora_alpha given to DiffSynth's loader "
+                                      "(it multiplies B@A as is)")
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("lora", help="inspect or convert LoRA files (kohya, diffusers, peft)")
+    p = subparsers.add_parser("lora", help="inspect or convert LoRA files (kohya, diffusers, peft, LyCORIS, "
+                                          "DiffSynth-Studio)")
     sub = p.add_subparsers(dest="lora_command", metavar="ACTION", required=True)
 
     info = sub.add_parser("info", help="format, ranks, alphas, targets and training metadata of a LoRA file")
@@ -36,6 +43,7 @@ def register(subparsers) -> None:
     convert.add_argument("output")
     ConvertOptions.add_arguments(convert)
     convert.set_defaults(func=run_convert)
+    tools_cli.register(sub)  # resize, merge, extract
 
 
 def run_info(args: argparse.Namespace) -> int:
@@ -49,17 +57,26 @@ def run_info(args: argparse.Namespace) -> int:
 def run_convert(args: argparse.Namespace) -> int:
     from loraflow.models.lora.load import convert_lora
 
+    from loraflow.models.lora.diffsynth import convert_diffsynth
+
     options = ConvertOptions.from_cli(args)
+    out = convert_diffsynth(args.input, args.output, family=options.family, lora_alpha=options.lora_alpha,
+                            lora_scale=options.lora_scale, allow_pickle=options.allow_pickle)
+    if out is not None:  # DiffSynth-Studio LoRAs become kohya files, then any other layout
+        if options.to != "kohya":
+            out = convert_lora(out, out, to=options.to, family=options.family)
+        print(f"wrote {out} ({options.to}, from DiffSynth-Studio)")
+        tools_cli.check_after_export(out, options.family)
+        return 0
     out = convert_lora(args.input, args.output, to=options.to, family=options.family,
                        allow_pickle=options.allow_pickle)
     print(f"wrote {out} ({options.to})")
+    tools_cli.check_after_export(out, options.family)
     return 0
 
 
 def format_info(lora) -> str:
     """Text for `lora info`: one `key: value` line per fact, then the training metadata."""
-    from collections import Counter
-
     from loraflow.models.lora.load import guess_family
 
     modules = lora.modules()
@@ -70,12 +87,16 @@ def format_info(lora) -> str:
     lines = [
         f"file:        {lora.name}",
         f"format:      {lora.format}",
+        f"type:        {_types(lora)}",
         f"family:      {guess_family(lora) or 'unknown'}",
         f"rank:        {_counted(ranks)}",
         f"alpha:       {_counted(alphas)}",
         "modules:     " + ", ".join(f"{c} {n}" for c, n in counts.items()),
         f"keys:        unet {_keys(lora, 'unet')}, text encoders {len(lora.state_dict) - _keys(lora, 'unet')}",
         f"targets:     {', '.join(targets)}",
+        f"base model:  {tools_cli.base_model_line(lora.metadata)}",
+        "blocks:",
+        *tools_cli.block_table(modules),
     ]
     meta = {k: v for k, v in sorted(lora.metadata.items())
             if k.startswith(("ss_", "sshs_", "modelspec.")) or k == "lora_adapter_metadata"}
@@ -85,7 +106,17 @@ def format_info(lora) -> str:
     return "\n".join(lines)
 
 
+def _types(lora) -> str:
+    """LoRA, or the LyCORIS kinds with their module counts (`loha (120 modules), diff (2 modules)`)."""
+    if not lora.adapters:
+        return "lora"
+    kinds = Counter(("dora" if a.dora_scale is not None else a.kind) for a in lora.adapters.values())
+    return ", ".join(f"{kind} ({n} modules)" for kind, n in kinds.most_common())
+
+
 def _keys(lora, component: str) -> int:
+    if lora.format == "lycoris":
+        return sum(not k.startswith(("lora_te", "text_encoder")) for k in lora.state_dict)
     if lora.format == "kohya":
         return sum(k.startswith("lora_unet_") for k in lora.state_dict)
     if lora.format == "peft":

@@ -17,7 +17,7 @@ from typing import Any
 
 from loraflow.errors import InputError, ModelLoadError
 from loraflow.models.families import FAMILIES, family_title, get_family
-from loraflow.models.lora import formats
+from loraflow.models.lora import formats, lycoris
 from loraflow.models.lora.formats import detect_lora_format  # noqa: F401  (part of this module's API)
 from loraflow.models.lora.kohya_keys import is_sgm_name, underscores_to_dots
 from loraflow.models.lora.metadata import family_from_metadata
@@ -31,19 +31,22 @@ class LoraFile:
 
     state_dict: dict[str, Any]  # tensors exactly as in the file
     metadata: dict[str, str]  # safetensors metadata (`ss_*`, `modelspec.*`, `lora_adapter_metadata`, ...)
-    format: str  # "kohya" | "diffusers" | "peft"
+    format: str  # "kohya" | "diffusers" | "peft" | "lycoris" (LoHa/LoKr/DoRA/diff/Tucker LoCon: see `adapters`)
     rank: int  # most common rank over modules
     alpha: float  # most common alpha (kohya meaning: scale = alpha / rank)
     path: Path | None = None
     neutral: dict[str, Any] = field(default_factory=dict, repr=False)  # diffusers-layout tensors
     alphas: dict[str, float] = field(default_factory=dict, repr=False)  # `<component>.<module>` -> alpha
+    adapters: dict[str, Any] = field(default_factory=dict, repr=False)  # LyCORIS: target -> lycoris.Adapter
 
     @property
     def name(self) -> str:
         return str(self.path) if self.path else "LoRA"
 
     def modules(self) -> dict[str, tuple[int, float]]:
-        """`<component>.<module>` -> (rank, alpha)."""
+        """`<component>.<module>` -> (rank, alpha); rank 0 for full-rank LyCORIS modules (diff, whole LoKr)."""
+        if self.adapters:
+            return {t: (a.rank or 0, self.alphas[t]) for t, a in self.adapters.items()}
         return {t: (r, self.alphas[t]) for t, r in formats.module_ranks(self.neutral).items()}
 
     def components(self) -> list[str]:
@@ -53,6 +56,12 @@ class LoraFile:
 def read_lora(path: str | os.PathLike, *, allow_pickle: bool = False) -> LoraFile:
     """Read a `.safetensors` LoRA (pickled `.pt/.bin/.ckpt` only with `allow_pickle=True`, and
     then with `torch.load(weights_only=True)`)."""
+    state_dict, metadata = read_state_dict(path, allow_pickle=allow_pickle)
+    return lora_from_state_dict(state_dict, metadata, path)
+
+
+def read_state_dict(path: str | os.PathLike, *, allow_pickle: bool = False) -> tuple[dict[str, Any], dict[str, str]]:
+    """(tensors, safetensors metadata) of a LoRA file, as stored; the same checks as `read_lora`."""
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"LoRA file not found: {path}")
@@ -65,7 +74,7 @@ def read_lora(path: str | os.PathLike, *, allow_pickle: bool = False) -> LoraFil
         state_dict, metadata = _read_safetensors(path)
     else:
         raise ModelLoadError(f"{path}: not a LoRA file; expected .safetensors")
-    return lora_from_state_dict(state_dict, metadata, path)
+    return state_dict, metadata
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
@@ -96,24 +105,26 @@ def lora_from_state_dict(state_dict: dict[str, Any], metadata: dict[str, str] | 
     """A `LoraFile` from tensors already in memory (e.g. a file read elsewhere)."""
     metadata = dict(metadata or {})
     source = str(path) if path else "LoRA"
-    fmt = formats.detect_lora_format(state_dict)
+    fmt = "lycoris" if lycoris.is_lycoris(state_dict) else formats.detect_lora_format(state_dict)
     adapter_meta = _adapter_metadata(metadata, source)
-    if fmt == "kohya":
+    adapters: dict[str, Any] = {}
+    if fmt == "lycoris":
+        alphas, adapters = lycoris.read_adapters(state_dict, adapter_meta, source)
+        neutral = {}
+    elif fmt == "kohya":
         neutral, alphas = formats.kohya_to_neutral(state_dict, source)
     elif fmt == "diffusers":
         neutral, alphas = formats.diffusers_to_neutral(state_dict, adapter_meta, source)
     elif fmt == "peft":
         neutral, alphas = formats.peft_to_neutral(state_dict, adapter_meta, "unet", source)
-    elif fmt == "lycoris":
-        raise InputError(f"{source}: LyCORIS (LoHa/LoKr/DoRA) files are not supported; only plain LoRA")
     else:
         raise InputError(f"{source}: not a LoRA state dict (keys such as {', '.join(list(state_dict)[:3])}); "
                          "expected kohya (lora_unet_...), diffusers (unet....lora_A.weight) or peft keys")
     if not alphas:
         raise InputError(f"{source}: holds no LoRA modules")
-    ranks = formats.module_ranks(neutral)
+    ranks = formats.module_ranks(neutral) if not adapters else {t: a.rank or 0 for t, a in adapters.items()}
     return LoraFile(state_dict, metadata, fmt, formats.most_common(ranks.values()),
-                    formats.most_common(alphas.values()), Path(path) if path else None, neutral, alphas)
+                    formats.most_common(alphas.values()), Path(path) if path else None, neutral, alphas, adapters)
 
 
 def _adapter_metadata(metadata: dict[str, str], source: str) -> dict[str, Any] | None:
@@ -186,6 +197,9 @@ def convert_lora(src: str | os.PathLike, dst: str | os.PathLike, *, to: str, fam
     if to not in formats.FORMATS:
         raise InputError(f"unknown LoRA format '{to}'; choose one of: {', '.join(formats.FORMATS)}")
     lora = read_lora(src, allow_pickle=allow_pickle)
+    if lora.adapters:  # LoHa/LoKr/DoRA/diff have no diffusers or peft layout to go to
+        raise InputError(f"{lora.name}: a LyCORIS file ({', '.join(sorted({a.kind for a in lora.adapters.values()}))}) "
+                         "is loaded as it is; convert rewrites plain LoRA files")
     family = family or guess_family(lora)
     if to == "kohya" and family not in FAMILIES:
         raise InputError(f"{lora.name}: cannot tell which model family it is for; pass --family {'|'.join(FAMILIES)}")
