@@ -13,7 +13,8 @@ from loraflow.config import Options, _wants_number
 from loraflow.errors import ConfigError
 
 MODULES = ("loraflow.generate.options", "loraflow.generate.storyboard", "loraflow.train.config",
-           "loraflow.data.options", "loraflow.data.recipe", "loraflow.data.ops.registry", "loraflow.serve.options")
+           "loraflow.data.options", "loraflow.data.recipe", "loraflow.data.ops.registry", "loraflow.serve.options",
+           "loraflow.models.lora.cli", "loraflow.models.lora.tools_cli", "loraflow.score.run")
 
 
 def _all_options() -> list[type[Options]]:
