@@ -44,3 +44,35 @@ def test_cancel_points_change_nothing_and_are_removed(pipe):
         after = len(seen)
         pipe.vae.decode(latents)
     assert torch.equal(plain, hooked) and after > 0 and len(seen) == after
+
+
+def test_a_workflow_cancel_lands_inside_the_vae_decode_node(server):
+    """ComfyUI path: the executor hooks the pipeline of a node's MODEL/VAE inputs while the node runs."""
+    from loraflow.serve.comfy.values import WorkflowJob
+    from loraflow.serve.context import JobCancelled, JobContext, WorkerState
+    from loraflow.serve.store import Job
+
+    prompt = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny-sdxl"}},
+              "2": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+              "3": {"class_type": "VAEDecode", "inputs": {"samples": ["2", 0], "vae": ["1", 2]}},
+              "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "never"}}}
+    state = server.thread.state
+    ctx = JobContext(Job("cancel-test", 1, "workflow", {}, "running", 0.0), state.paths, state.models, state.bus,
+                     state.store, WorkerState())
+    calls, events = [], []
+    ctx.emit = lambda type_, **data: events.append((type_, data))
+
+    def check():  # calls 1-3: before nodes 1, 2, 3; call 4 is the first block inside VAEDecode
+        calls.append(1)
+        if len(calls) == 5:
+            raise JobCancelled("cancelled inside the decode")
+
+    ctx.check_cancel = check
+    with pytest.raises(JobCancelled):
+        from loraflow.serve.comfy.executor import run_prompt
+
+        run_prompt(ctx, WorkflowJob(prompt, ["4"]))
+    interrupted = [data for type_, data in events if type_ == "execution_interrupted"]
+    assert interrupted and interrupted[0]["node_id"] == "3" and sorted(interrupted[0]["executed"]) == ["1", "2"]
+    assert events[-1] == ("executing", {"node": None, "display_node": None, "prompt_id": "cancel-test"})
+    assert not list(state.paths.outputs.glob("never*"))

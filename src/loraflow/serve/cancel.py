@@ -8,8 +8,8 @@ within one block. The hooks only read a flag: outputs are unchanged.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Callable
+from contextlib import ExitStack, contextmanager
+from typing import Callable, Iterable
 
 # (component, block lists) of diffusers' UNet2DConditionModel and AutoencoderKL
 _BLOCKS = (("unet", ("down_blocks", "mid_block", "up_blocks")),
@@ -39,3 +39,16 @@ def cancel_points(pipe, check: Callable[[], None]):
     finally:
         for handle in handles:
             handle.remove()
+
+
+@contextmanager
+def cancel_points_in(pipes: Iterable, check: Callable[[], None]):
+    """`cancel_points` over several pipelines at once (each distinct pipeline hooked once)."""
+    unique: list = []
+    for pipe in pipes:
+        if not any(pipe is seen for seen in unique):  # MODEL, CLIP and VAE of one checkpoint share a pipe
+            unique.append(pipe)
+    with ExitStack() as stack:
+        for pipe in unique:
+            stack.enter_context(cancel_points(pipe, check))
+        yield

@@ -19,7 +19,8 @@ from pathlib import Path
 from loraflow.errors import LoraflowError
 from loraflow.serve.comfy.graph import is_link, normalize, topological_order
 from loraflow.serve.comfy.nodes import NODES
-from loraflow.serve.comfy.values import CachedNode, Shown, WorkflowJob
+from loraflow.serve.cancel import cancel_points_in
+from loraflow.serve.comfy.values import CachedNode, ModelRef, Shown, WorkflowJob
 from loraflow.serve.context import JobCancelled, JobContext
 
 
@@ -64,7 +65,9 @@ def run_prompt(ctx: JobContext, workflow: WorkflowJob) -> dict:
             inputs.update(hidden)
         try:
             ctx.check_cancel()
-            out = cls().run(ctx, nid, **inputs)
+            pipes = [v.session(ctx).pipe for v in inputs.values() if isinstance(v, ModelRef)]
+            with cancel_points_in(pipes, ctx.check_cancel):  # a cancel lands inside a long VAE decode too
+                out = cls().run(ctx, nid, **inputs)
         except JobCancelled:
             send("execution_interrupted", node_id=nid, node_type=node["class_type"], executed=executed)
             ctx.emit("executing", node=None, display_node=None, prompt_id=prompt_id)  # ComfyUI's closing message
