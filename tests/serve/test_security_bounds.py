@@ -11,10 +11,9 @@ import time
 
 import httpx
 import pytest
+import websockets.sync.client as websockets_sync
 
 from serve_helpers import TINY, wait_job
-
-websockets_sync = pytest.importorskip("websockets.sync.client")
 
 
 @pytest.mark.parametrize("kind,body,field", [
