@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
+<<<<<<< HEAD
 import math
 import re
+=======
+import os
+>>>>>>> main
 import types
 import typing
 from pathlib import Path
@@ -46,8 +50,11 @@ class Options(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _accept_aliases(cls, data: Any) -> Any:
-        # So Python callers may use the same alias names as files and flags: Config(steps=2).
-        return cls._canonical_keys(data, cls.__name__) if isinstance(data, dict) else data
+        # So Python callers may use the same alias names as files and flags: Config(steps=2),
+        # and pathlib paths wherever a file name is asked for: Config(out=Path("outputs")).
+        if not isinstance(data, dict):
+            return data
+        return {k: _fspath(v) for k, v in cls._canonical_keys(data, cls.__name__).items()}
 
     @field_validator("*", mode="before")
     @classmethod
@@ -117,8 +124,10 @@ class Options(BaseModel):
         return amap
 
     def merged(self, overrides: dict[str, Any], source: str = "command line"):
-        """A copy with `overrides` (canonical or alias keys) applied and re-validated."""
-        data = self.model_dump()
+        """A copy with `overrides` (canonical or alias keys) applied and re-validated. Only the values
+        that were set are carried over: a default is no input, and some defaults (None for "not
+        chosen yet") would not validate as one."""
+        data = self.model_dump(exclude_unset=True)
         data.update(self._canonical_keys(overrides, source))
         return type(self).from_dict(data, source)
 
@@ -166,6 +175,7 @@ class Options(BaseModel):
         return cls.from_dict(base, source)
 
 
+<<<<<<< HEAD
 OUTPUT_FOLDER_FIELDS = ("out", "output")  # every command's output folder is named one of these
 
 
@@ -195,6 +205,14 @@ def _flat_args(annotation: Any) -> list[Any]:
 def _infinite_default(field) -> bool:
     default = getattr(field, "default", None)
     return isinstance(default, float) and math.isinf(default)
+=======
+def _fspath(value: Any) -> Any:
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_fspath(v) for v in value)
+    return value
+>>>>>>> main
 
 
 def _extra(field) -> dict[str, Any]:

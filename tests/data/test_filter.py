@@ -42,7 +42,9 @@ def test_seed_recipe_is_the_tutorials_verbatim():
     assert SEED_RECIPE.read_text(encoding="utf-8").strip() in text
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "examples" / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+# auto-captions.yaml names local model folders; test_mappers.py runs it on tiny models instead
+@pytest.mark.parametrize("path", sorted(p for p in (REPO / "examples" / "recipes").glob("*.yaml")
+                                        if p.name != "auto-captions.yaml"), ids=lambda p: p.name)
 def test_example_recipes_load(path):
     from loraflow.data.recipe import load_recipe
 

@@ -5,10 +5,14 @@ from __future__ import annotations
 import os
 import shutil
 
+from pathlib import Path
+
 import playwright.sync_api as sync_api  # the dev install's; Chromium itself is a system package
 import pytest
+import yaml
 
 CHROMIUM = os.environ.get("LORAFLOW_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+DEMO_STORY = Path(__file__).resolve().parents[2] / "examples" / "stories" / "demo-shapes.yaml"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -48,6 +52,9 @@ def test_generate_in_the_browser(page, tmp_path):
     info = page.inner_text("#gallery .card pre")
     assert "an orange cat" in info and "Seed: 42" in info and "<lora:style:0.7>" in info and "Karras" in info
     assert page.inner_text("#status-text") == "done"
+    # the live preview ends on the finished picture, not on the last noisy latent
+    page.wait_for_function("document.querySelector('#preview').src === document.querySelector('#gallery .card img').src",
+                           timeout=10_000)
     shot = tmp_path / "generate.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 5000
@@ -57,10 +64,12 @@ def test_generate_in_the_browser(page, tmp_path):
 def test_storyboard_in_the_browser(page, tmp_path):
     page.click("button[data-tab=storyboard]")
     page.wait_for_function("document.querySelectorAll('#story-model option').length > 0")
-    page.select_option("#story-model", "tiny-sdxl")
+    # it opens on the demo story, whose words the default (demo) model knows
+    assert page.input_value("#story-model") == "demo"
+    assert yaml.safe_load(page.input_value("#story")) == yaml.safe_load(DEMO_STORY.read_text(encoding="utf-8"))
     page.click("#run-story")
-    page.wait_for_function("document.querySelector('#story-grid') && document.querySelector('#story-grid').naturalWidth === 256",
-                           timeout=60_000)
+    page.wait_for_function("document.querySelector('#story-grid') && document.querySelector('#story-grid').naturalWidth === 512",
+                           timeout=120_000)
     shot = tmp_path / "storyboard.png"
     page.screenshot(path=str(shot), full_page=True)
     _keep(shot)

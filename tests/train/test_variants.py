@@ -54,7 +54,9 @@ def test_validation_grid_and_loss_curve(tmp_path, shapes_dataset):
     from PIL import Image
 
     assert Image.open(result.output / "samples" / samples[0]).size == (128, 64)  # 2 images side by side
-    assert Image.open(result.loss_curve).size == (800, 400)
+    assert [step for step, _ in result.validations] == [1, 2]  # every step, and the end of the run once
+    markers = [line for line in result.loss_figure.axes[0].lines if line.get_label() == "validation"]
+    assert markers and Image.open(result.loss_curve).format == "PNG"
 
 
 def test_options_that_change_the_objective(tmp_path, shapes_dataset):

@@ -94,6 +94,11 @@ $("gen-form").addEventListener("submit", async (event) => {
     $("status-text").textContent = "queued";
     const end = await follow(job, $("progress"), $("status-text"), $("preview"));
     if (end.status !== "done") showError($("error"), `${end.status}: ${end.error || ""}`);
+    // the live previews are noisy latents; the preview ends on the finished picture
+    else if (end.result && end.result.images && end.result.images.length) {
+      $("preview").src = withToken(end.result.images.at(-1).url);
+      $("preview").hidden = false;
+    }
     await loadGallery();
   } catch (e) {
     showError($("error"), e.message);
