@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-<<<<<<< HEAD
 import math
-import re
-=======
 import os
->>>>>>> main
+import re
 import types
 import typing
 from pathlib import Path
@@ -175,7 +172,6 @@ class Options(BaseModel):
         return cls.from_dict(base, source)
 
 
-<<<<<<< HEAD
 OUTPUT_FOLDER_FIELDS = ("out", "output")  # every command's output folder is named one of these
 
 
@@ -205,14 +201,14 @@ def _flat_args(annotation: Any) -> list[Any]:
 def _infinite_default(field) -> bool:
     default = getattr(field, "default", None)
     return isinstance(default, float) and math.isinf(default)
-=======
+
+
 def _fspath(value: Any) -> Any:
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     if isinstance(value, (list, tuple)):
         return type(value)(_fspath(v) for v in value)
     return value
->>>>>>> main
 
 
 def _extra(field) -> dict[str, Any]:

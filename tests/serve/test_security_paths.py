@@ -27,7 +27,9 @@ NOT_PATHS = {
                     "recipe.image_special_token", "recipe.eoc_special_token", "recipe.process.*.*.text_key",
                     "recipe.process.*.*.image_key", "recipe.process.*.*.min_size", "recipe.process.*.*.max_size",
                     "recipe.process.*.*.hash_method", "recipe.process.*.*.lang", "recipe.process.*.*.tokenization",
-                    "recipe.process.*.*.any_or_all", "recipe.process.*.*.device"},
+                    "recipe.process.*.*.any_or_all", "recipe.process.*.*.device", "recipe.process.*.*.prompt",
+                    "recipe.process.*.*.prompt_key", "recipe.process.*.*.original_text_key",
+                    "recipe.process.*.*.tag_field_name"},
 }
 
 
@@ -104,6 +106,9 @@ CASES = [
     ("data-filter", "recipe.process.0.image_aesthetics_filter.hf_scorer_model",
      {"recipe": {"dataset_path": "input.jsonl", "export_path": "out.jsonl",
                  "process": [{"image_aesthetics_filter": {"hf_scorer_model": "{v}"}}]}}),
+    ("data-filter", "recipe.process.0.image_captioning_mapper.hf_img2seq",
+     {"recipe": {"dataset_path": "input.jsonl", "export_path": "out.jsonl",
+                 "process": [{"image_captioning_mapper": {"hf_img2seq": "{v}"}}]}}),
     ("data-filter", "recipe.process.0.image_text_similarity_filter.hf_clip",
      {"recipe": {"dataset_path": "input.jsonl", "export_path": "out.jsonl",
                  "process": [{"image_text_similarity_filter": {"hf_clip": "{v}"}}]}}),

@@ -46,7 +46,8 @@ PATH_FIELDS: dict[str, dict[str, str]] = {
     "data-filter": {"recipe.dataset_path": "dataset", "recipe.export_path": "export",
                     # model-backed ops (model_filters.py) name local model folders
                     "recipe.process.*.*.hf_scorer_model": "model", "recipe.process.*.*.clip_model": "model",
-                    "recipe.process.*.*.hf_clip": "model"},
+                    "recipe.process.*.*.hf_clip": "model", "recipe.process.*.*.hf_img2seq": "model",
+                    "recipe.process.*.*.tagger_model": "model"},
 }
 
 

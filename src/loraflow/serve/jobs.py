@@ -24,6 +24,7 @@ from loraflow.models.prompt_syntax import extract_lora_tags
 from loraflow.serve.comfy.executor import run_prompt
 from loraflow.serve.cancel import cancel_points
 from loraflow.serve.comfy.values import WorkflowJob
+from loraflow.serve.confine import confine_payload
 from loraflow.serve.context import JobContext
 from loraflow.serve.paths import NotFound, ServerPaths, safe_join
 from loraflow.serve.preview import unet_previews
@@ -280,14 +281,18 @@ def validate_data_filter(body: Any, paths: ServerPaths) -> dict:
         update[key] = str(paths.data_file(value))
     if not Path(update["dataset_path"]).is_file():
         raise Invalid(f"recipe: key 'dataset_path' = {recipe.dataset_path!r}: not found in the data folder", "recipe.dataset_path")
+    # the path policy before the ops are built: an op that checks its model folder exists must never
+    # be shown one outside (its answer would tell what is there)
+    confined = confine_payload("data-filter", {"recipe": json.loads(recipe.model_copy(update=update).model_dump_json())},
+                               paths)["recipe"]
     try:  # build the ops now so a bad op name is a 422, not a failed job
-        build_ops(recipe, "recipe")
+        build_ops(Recipe(**confined), "recipe")
     except ConfigError as e:
         raise Invalid(str(e), "recipe.process") from None
     np = body.get("np", 1)
-    if not isinstance(np, int) or np < 1:
+    if not isinstance(np, int) or isinstance(np, bool) or np < 1:
         raise Invalid("data-filter: key 'np' must be a positive integer", "np")
-    return {"recipe": json.loads(recipe.model_copy(update=update).model_dump_json()), "np": np}
+    return {"recipe": confined, "np": np}
 
 
 def run_data_filter(ctx: JobContext, job: DataFilterJob) -> dict:
