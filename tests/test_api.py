@@ -94,6 +94,18 @@ def test_storyboard_from_a_dict(demo, tmp_path):
     assert (tmp_path / "story" / "story.json").is_file() and board._repr_png_()[:4] == b"\x89PNG"
 
 
+def test_storyboard_with_a_cast_on_the_demo_model_is_scored_by_the_checker(demo, tmp_path):
+    from loraflow.demo.checker import read_image
+
+    story = {"defaults": {"seed": 3, "steps": 12}, "characters": [{"name": "hero", "description": "a red star"}],
+             "scenes": [{"prompt": "{hero} on the left, white background"}, {"prompt": "{hero} at the top, gray background"}]}
+    board = demo.storyboard(story, out=tmp_path / "story", progress=False)
+    assert board.record["identity"]["scorer"] == "demo-checker"
+    for panel, scene in zip(board.panels, board.record["scenes"]):
+        reading = read_image(panel)
+        assert scene["scores"]["identity"]["hero"] == ((reading.colour == "red") + (reading.shape == "star")) / 2
+
+
 def test_storyboard_top_level_loads_the_demo_model(tmp_path):
     board = loraflow.storyboard("examples/stories/demo-shapes.yaml", out=tmp_path / "s", steps=1, device="cpu",
                                 grid_width=128, grid_height=256, progress=False)

@@ -1,6 +1,7 @@
 """The command line: help without torch, generate/storyboard end to end on files, one-line errors."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -68,3 +69,16 @@ def test_tutorial_underscore_flags_are_accepted(tmp_path):
     rc = main(["generate", "--model", "tiny:sd15", "--prompt", "x", "--cfg_scale", "3", "--num_inference_steps", "1",
                "--height", "64", "--width", "64", "--seed", "1", "--out", str(tmp_path)])
     assert rc == 0 and (tmp_path / "00000-1.png").is_file()
+
+
+def test_storyboard_with_a_cast_on_the_demo_model_scores_identity_and_repairs(tmp_path, capsys):
+    story = ROOT / "examples" / "stories" / "demo-cast.yaml"
+    rc = main(["storyboard", str(story), "--steps", "2", "--out", str(tmp_path), "--repair",
+               "--repair-threshold", "1", "--repair-budget", "2"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    index = json.loads((tmp_path / "story.json").read_text(encoding="utf-8"))
+    assert index["identity"]["scorer"] == "demo-checker"  # auto: the demo model's checker
+    assert all(set(s["scores"]["identity"]) == {m["name"] for m in s["cast"]} for s in index["scenes"])
+    assert (tmp_path / "contact-sheet.png").is_file() and "contact-sheet.html" in out
+    assert f"repair: {index['repair']['renders']} of 2 re-renders" in out

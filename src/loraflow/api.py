@@ -192,10 +192,14 @@ class Session:
         else:
             cfg = StoryboardConfig.from_dict(data, "storyboard")
             story_obj = story if isinstance(story, Story) else Story.from_dict(story, "story")
+        from loraflow.demo.identity import identity_for
         from loraflow.generate.storyboard import run_storyboard
+        from loraflow.models.loading import DEMO
 
+        # a cast on the demo model is scored by the demo checker, as `loraflow storyboard` does
+        identity = identity_for(cfg.identity, cfg.clip, self.pipeline.loaded.source == DEMO)
         with progress_for(progress, "storyboard") as update:
-            record = run_storyboard(cfg, session=self.pipeline, progress=update, story=story_obj)
+            record = run_storyboard(cfg, session=self.pipeline, progress=update, story=story_obj, identity=identity)
         return Storyboard(Path(cfg.out), record)
 
 

@@ -39,14 +39,22 @@ def test_score_writes_per_panel_and_story_scores(story, tmp_path, tiny_clip_dir,
         sum(s["scores"]["aesthetic"] for s in saved["scenes"]) / 2)
 
 
-def test_best_of_keeps_the_highest_scoring_seed(story, tmp_path, tiny_clip_dir, head_files, scorer):
+@pytest.mark.parametrize("metric", ["aesthetic", "combined"])
+def test_best_of_keeps_the_highest_scoring_seed(story, tmp_path, tiny_clip_dir, head_files, scorer, metric):
     cfg = StoryboardConfig(story=str(story), out=str(tmp_path / "o"), model="tiny:sdxl", best_of=3,
-                           clip=str(tiny_clip_dir), aesthetic=str(head_files["mlp"]))
+                           best_of_metric=metric, text_weight=2.0, clip=str(tiny_clip_dir),
+                           aesthetic=str(head_files["mlp"]))
     index = run_storyboard(cfg, scorer=scorer)
+
+    def value(c):  # the combined score: weighted mean of CLIP score / 100 (weight 2) and aesthetic / 10 (weight 1)
+        return c["aesthetic"] if metric == "aesthetic" else (2 * c["clip"] / 100 + c["aesthetic"] / 10) / 3
+
     for scene in index["scenes"]:
         seeds = [c["seed"] for c in scene["candidates"]]
         assert seeds == [5, 6, 7]
-        best = max(scene["candidates"], key=lambda c: c["aesthetic"])
+        assert all(c["combined"] == pytest.approx((2 * c["clip"] / 100 + c["aesthetic"] / 10) / 3)
+                   for c in scene["candidates"])
+        best = max(scene["candidates"], key=value)
         assert scene["seed"] == best["seed"] and scene["scores"]["aesthetic"] == best["aesthetic"]
         assert f"Seed: {best['seed']}" in scene["infotext"]
 

@@ -187,3 +187,28 @@ def test_serve_cli_help_does_not_import_fastapi_or_torch():
             "print(sorted(m for m in ('fastapi', 'uvicorn', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("character, field", [
+    ({"name": "hero", "description": "a cat", "lora": "../../../etc/passwd"}, None),
+    ({"name": "hero", "description": "a cat", "references": ["/etc/passwd"]}, None),
+    ({"name": "hero", "description": "a cat", "references": ["../jobs.sqlite"]}, None),
+    ({"name": "hero", "description": "a cat", "references": ["missing.png"]}, "story.characters.0.references.0"),
+    ({"name": "villain", "description": "a cat"}, "story.scenes[0].cast"),
+])
+def test_story_characters_name_only_files_the_server_allows(server, character, field):
+    story = {"characters": [character], "scenes": [{"prompt": "{hero} sleeps", "cast": ["hero"]}]}
+    r = server.post("/api/jobs/storyboard", json={"model": "tiny-sdxl", "story": story})
+    assert r.status_code in (400, 403, 404, 422) and b"SQLite" not in r.content, r.text
+    if field:
+        assert r.json()["field"] == field
+
+
+def test_storyboard_job_with_a_cast_resolves_the_character_lora(server):
+    story = {"defaults": {"height": 64, "width": 64, "num_inference_steps": 2},
+             "characters": [{"name": "hero", "description": "an orange cat", "lora": "style", "lora_weight": 0.5}],
+             "scenes": [{"prompt": "{hero} sleeps"}]}
+    done = wait_job(server, server.post("/api/jobs/storyboard", json={"model": "tiny-sdxl", "story": story}).json()["id"])
+    assert done["status"] == "done", done["error"]
+    scene = done["result"]["story"]["scenes"][0]
+    assert scene["prompt"] == "an orange cat sleeps" and "<lora:style:0.5>" in scene["infotext"]

@@ -35,10 +35,24 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_storyboard_cmd(args: argparse.Namespace) -> int:
-    from loraflow.generate.storyboard import run_storyboard
+    from loraflow.generate.storyboard import load_story, run_storyboard
 
     config = StoryboardConfig.from_cli(args, None, story=args.story)
+    from loraflow.demo.identity import identity_for
+    from loraflow.models.loading import DEMO
+
+    model = config.model or load_story(config.story).model or DEMO  # no model: the demo model
+    identity = identity_for(config.identity, config.clip, model == DEMO)
     with StepBar("storyboard") as update:
-        index = run_storyboard(config, progress=update)
+        index = run_storyboard(config, progress=update, identity=identity)
     print(f"{len(index['scenes'])} scenes -> {config.out}/{index['grid']} ({index['grid_size'][0]}x{index['grid_size'][1]})")
+    if "contact_sheet" in index:
+        sheet = index["contact_sheet"]
+        weakest = f" (weakest: scene {sheet['weakest']})" if sheet["weakest"] else ""
+        print(f"scores: {config.out}/{sheet['html']}{weakest}")
+    if "repair" in index:
+        from loraflow.generate.story_scoring import describe_repair
+
+        print(describe_repair(index["repair"]))
     return 0
+

@@ -25,6 +25,7 @@ from pydantic import Field, field_validator
 from loraflow.atomic import atomic_save_image, atomic_write_text, check_outputs_apart
 from loraflow.config import Options, opt
 from loraflow.errors import ConfigError
+from loraflow.generate.cast import Character, PanelCast, cast_problem, resolve_cast
 from loraflow.generate.control.units import PREVIOUS, ControlUnit, parse_units
 from loraflow.generate.options import GenerateConfig, ModelOptions, SamplingOptions
 from loraflow.generate.session import GenerationSession, ProgressFn, save_results
@@ -44,6 +45,8 @@ class Scene(Options):
     init_image: str | None = opt(None, f"img2img start image; {PREVIOUS} = the previous scene's picture")
     strength: float = opt(0.75, "img2img: how much to change init_image", aliases=("denoising_strength",),
                           ge=0.0, le=1.0)
+    cast: list[str] = opt([], "characters in this scene (names from the story's `characters`); "
+                              "{name} in the prompt also brings one in")
 
     @field_validator("control", mode="before")
     @classmethod
@@ -94,13 +97,21 @@ class Story(Options):
                                           "units that name no model")
     defaults: StoryDefaults = Field(default_factory=StoryDefaults)
     grid: GridOptions = Field(default_factory=GridOptions)
+    characters: list[Character] = opt([], "the cast: {name, description, references, lora, lora_weight, trigger}")
+    language: str | None = opt(None, "which description of each character scenes use (default: zh for a "
+                                     "prompt with Chinese characters, else en)")
     scenes: list[Scene] = Field(..., min_length=1)
 
-    def scene_prompt(self, scene: Scene) -> str:
+    def scene_prompt(self, scene: Scene, prompt: str | None = None) -> str:
+        """The style prefix + `prompt` (default: the scene's own prompt)."""
+        prompt = scene.prompt if prompt is None else prompt
         if not self.style:
-            return scene.prompt
+            return prompt
         sep = "" if self.style.endswith((",", "，", " ")) else ","
-        return f"{self.style}{sep}{scene.prompt}"
+        return f"{self.style}{sep}{prompt}"
+
+    def panel_casts(self) -> list[PanelCast]:
+        return [resolve_cast(self.characters, scene, k, self.language) for k, scene in enumerate(self.scenes)]
 
 
 class StoryboardConfig(ModelOptions, SamplingOptions):
@@ -114,13 +125,31 @@ class StoryboardConfig(ModelOptions, SamplingOptions):
     grid_height: int | None = opt(None, "final grid height (overrides the story)", ge=1, le=MAX_GRID_SIDE)
     score: bool = opt(False, "score every panel (aesthetic and/or CLIP score) into story.json")
     best_of: int = opt(1, "render N seeds per scene (seed, seed+1, ...) and keep the best-scoring one", ge=1, le=64)
-    best_of_metric: Literal["aesthetic", "clip"] = opt("aesthetic", "which score --best-of maximises")
+    best_of_metric: Literal["combined", "identity", "aesthetic", "clip"] = opt(
+        "combined", "which score --best-of maximises (combined: weighted mean of identity, text and aesthetic)")
     clip: str | None = opt(None, "local CLIP folder for CLIP scores (and for a bare aesthetic head)")
     aesthetic: str | None = opt(None, "local aesthetic predictor (folder or head file) for aesthetic scores")
+    identity: Literal["auto", "clip", "demo", "none"] = opt(
+        "auto", "how each character's identity is scored: clip (CLIP-I cosine against its references or first "
+                "panel, needs --clip), demo (the demo checker: colour and shape); auto: demo on the demo model, "
+                "clip when --clip is given")
+    identity_weight: float = opt(1.0, "weight of identity in the combined score", ge=0.0)
+    text_weight: float = opt(1.0, "weight of the CLIP score / 100 in the combined score", ge=0.0)
+    aesthetic_weight: float = opt(1.0, "weight of the aesthetic score / 10 in the combined score", ge=0.0)
+    repair: bool = opt(False, "re-render panels whose combined score is under --repair-threshold, new seeds each")
+    repair_threshold: float = opt(0.5, "combined score (0..1) a panel must reach under --repair", ge=0.0, le=1.0)
+    repair_budget: int = opt(8, "most re-renders --repair may spend on the whole story", ge=1)
+
+    def score_weights(self) -> dict[str, float]:
+        return {"identity": self.identity_weight, "text": self.text_weight, "aesthetic": self.aesthetic_weight}
 
 
 def load_story(path: str | Path) -> Story:
-    return Story.from_file(path)
+    story = Story.from_file(path)
+    problem = cast_problem(story.characters, story.scenes)
+    if problem:
+        raise ConfigError(f"{path}: {problem}")
+    return story
 
 
 def scene_configs(story: Story, cfg: StoryboardConfig) -> list[GenerateConfig]:
@@ -128,13 +157,13 @@ def scene_configs(story: Story, cfg: StoryboardConfig) -> list[GenerateConfig]:
     d = story.defaults
     loras = cfg.lora or story.loras
     items = []
-    for i, scene in enumerate(story.scenes):
+    for i, (scene, cast) in enumerate(zip(story.scenes, story.panel_casts())):
         seed = scene.seed if scene.seed is not None else (cfg.seed if cfg.seed is not None else d.seed)
         if scene.seed is None and d.seed_policy == "increment":
             seed += i
         items.append(GenerateConfig(
             model=cfg.model or story.model,
-            prompt=story.scene_prompt(scene),
+            prompt=story.scene_prompt(scene, cast.prompt),
             negative_prompt=scene.negative_prompt if scene.negative_prompt is not None
             else (cfg.negative_prompt or story.negative_prompt),
             guidance_scale=cfg.guidance_scale if cfg.guidance_scale is not None else d.guidance_scale,
@@ -143,7 +172,7 @@ def scene_configs(story: Story, cfg: StoryboardConfig) -> list[GenerateConfig]:
             width=cfg.width or d.width,
             seed=seed,
             scheduler=cfg.scheduler or d.scheduler,
-            lora=loras,
+            lora=[*loras, *cast.loras],
             lora_dir=cfg.lora_dir,
             control=[u if u.model else u.model_copy(update={"model": story.controlnets.get(u.type)})
                      for u in scene.control],
@@ -197,33 +226,59 @@ def _check_before_rendering(cfg: StoryboardConfig, story: Story, items: list[Gen
     check_outputs_apart(outputs, inputs, "storyboard")
 
 
+def render_all(session: GenerationSession, story: Story, items: list[GenerateConfig], out: Path,
+               cfg: StoryboardConfig, progress: ProgressFn | None = None) -> list:
+    """One render per scene: batched, or in order when a scene reads the previous panel."""
+    if any(scene.uses_previous() for scene in story.scenes):
+        return render_in_order(session, items, out, progress)
+    results = session.generate_many(items, batch_size=cfg.batch_size, progress=progress)
+    for k, result in enumerate(results, start=1):
+        save_results([result], out, stem=f"scene-{k:02d}")
+    return results
+
+
 def run_storyboard(cfg: StoryboardConfig, session: GenerationSession | None = None,
-                   progress: ProgressFn | None = None, scorer=None, story: Story | None = None) -> dict:
+                   progress: ProgressFn | None = None, scorer=None, identity=None,
+                   story: Story | None = None) -> dict:
     """Render every scene, the grid and story.json into `cfg.out`; returns the story.json dict.
+    `scorer` / `identity` replace the ones the options would load (`identity`: an IdentityScorer);
     `story` is the story itself when it comes from Python rather than from the file `cfg.story`."""
-    from loraflow.generate.grid import make_grid
-    from loraflow.generate.story_scoring import load_scorer, pick_best_of, score_results
+    from loraflow.generate import story_scoring as scoring
 
     story = story if story is not None else load_story(cfg.story)
+    casts = story.panel_casts()
     items = scene_configs(story, cfg)
     _check_before_rendering(cfg, story, items)
-    scorer = scorer or load_scorer(cfg)
+    panels = scoring.panel_scorer(cfg, casts, scorer, identity)
     if session is None:
         session = GenerationSession.from_options(cfg.model_copy(update={"model": cfg.model or story.model}))
     out = Path(cfg.out)
     candidates: list[list[dict]] = [[] for _ in items]
     scores: list[dict | None] = [None] * len(items)
     if cfg.best_of > 1:
-        results, scores, candidates = pick_best_of(session, items, out, cfg, scorer, progress)
-    elif any(scene.uses_previous() for scene in story.scenes):
-        results = render_in_order(session, items, out, progress)
+        results, scores, candidates = scoring.pick_best_of(session, items, out, cfg, panels, progress)
     else:
-        results = session.generate_many(items, batch_size=cfg.batch_size, progress=progress)
-        for k, result in enumerate(results, start=1):
-            save_results([result], out, stem=f"scene-{k:02d}")
+        results = render_all(session, story, items, out, cfg, progress)
+        if panels is not None:
+            scores = scoring.score_in_order(panels, results, items)
+    repaired = scoring.repair(session, items, results, scores, out, cfg, panels) if cfg.repair else None
 
-    if scorer is not None and cfg.best_of == 1:
-        scores = score_results(scorer, results, items)
+    index = story_index(story, session, items, casts, results, scores, candidates, write_grid(story, cfg, results, out))
+    if panels is not None:
+        from loraflow.generate.contact_sheet import write_contact_sheet
+
+        index["scores"] = scoring.summarize(scores)
+        if panels.identity is not None:
+            index["identity"] = {"scorer": panels.identity.name, "anchors": dict(panels.anchored_by)}
+        index["contact_sheet"] = write_contact_sheet(out, index, [r.image for r in results])
+    if repaired is not None:
+        index["repair"] = repaired
+    atomic_write_text(out / "story.json", json.dumps(index, ensure_ascii=False, indent=2))
+    return index
+
+
+def write_grid(story: Story, cfg: StoryboardConfig, results: list, out: Path):
+    from loraflow.generate.grid import make_grid
 
     grid_opts = story.grid
     captions = cfg.captions if cfg.captions is not None else grid_opts.captions
@@ -232,26 +287,21 @@ def run_storyboard(cfg: StoryboardConfig, session: GenerationSession | None = No
     size = (width, height) if width and height else None
     grid = make_grid([r.image for r in results], grid_opts.columns, size,
                      [s.title or f"{k}" for k, s in enumerate(story.scenes, 1)] if captions else None, grid_opts.font)
-    grid_path = out / "grid.png"
-    atomic_save_image(grid, grid_path)
-    index = {
-        "title": story.title,
-        "model": session.loaded.name,
-        "family": session.family.name,
-        "grid": grid_path.name,
-        "grid_size": list(grid.size),
-        "scenes": [
-            {"index": k, "title": s.title, "description": s.description, "prompt": items[k - 1].prompt,
-             "negative_prompt": items[k - 1].negative_prompt, "seed": r.seed, "file": r.path.name, "infotext": r.infotext,
-             **({"scores": sc} if sc is not None else {}),
-             **({"candidates": candidates[k - 1]} if candidates[k - 1] else {})}
-            for k, (s, r, sc) in enumerate(zip(story.scenes, results, scores), start=1)
-        ],
-    }
-    if scorer is not None:
-        from loraflow.generate.story_scoring import summarize
+    atomic_save_image(grid, out / "grid.png")
+    return grid
 
-        index["scores"] = summarize(scores)
-    atomic_write_text(out / "story.json", json.dumps(index, ensure_ascii=False, indent=2))
-    return index
 
+def story_index(story: Story, session: GenerationSession, items, casts, results, scores, candidates, grid) -> dict:
+    """story.json: per scene the resolved prompt, LoRAs and cast (words, LoRA, references), seed, file, scores."""
+    def scene(k: int, s: Scene) -> dict:
+        item, cast, r, sc = items[k], casts[k], results[k], scores[k]
+        return {"index": k + 1, "title": s.title, "description": s.description, "prompt": item.prompt,
+                "negative_prompt": item.negative_prompt, "loras": list(item.lora), "seed": r.seed, "file": r.path.name,
+                "infotext": r.infotext,
+                **({"cast": cast.to_json(), "references": [p for c in cast.members for p in c.references]}
+                   if cast.members else {}),
+                **({"scores": sc} if sc is not None else {}),
+                **({"candidates": candidates[k]} if candidates[k] else {})}
+
+    return {"title": story.title, "model": session.loaded.name, "family": session.family.name, "grid": "grid.png",
+            "grid_size": list(grid.size), "scenes": [scene(k, s) for k, s in enumerate(story.scenes)]}

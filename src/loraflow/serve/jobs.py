@@ -16,6 +16,7 @@ from typing import Any, Callable, Generic, TypeVar
 from loraflow.data.filter_run import filter_dataset
 from loraflow.data.recipe import Recipe, build_ops
 from loraflow.errors import ConfigError
+from loraflow.generate.cast import cast_problem
 from loraflow.generate.options import GenerateConfig
 from loraflow.generate.session import save_results
 from loraflow.generate.storyboard import Story, StoryboardConfig, run_storyboard as render_storyboard
@@ -208,6 +209,11 @@ def validate_storyboard(body: Any, paths: ServerPaths) -> dict:
         update["model"] = _resolve_model(None, paths)
     if story.grid.font:
         story_update["grid"] = story.grid.model_copy(update={"font": str(safe_join(paths.models, story.grid.font, "font"))})
+    if story.characters:
+        story_update["characters"] = [_serve_character(c, i, paths) for i, c in enumerate(story.characters)]
+    problem = cast_problem(story.characters, story.scenes)
+    if problem:
+        raise Invalid(f"story.{problem}", "story." + problem.split(":")[0])
     scenes = []
     for i, scene in enumerate(story.scenes):
         prompt, tags = _prompt_loras(scene.prompt, paths)
@@ -217,6 +223,17 @@ def validate_storyboard(body: Any, paths: ServerPaths) -> dict:
         scenes.append(scene)
     return {"config": json.loads(cfg.model_copy(update=update).model_dump_json()),
             "story": json.loads(story.model_copy(update=story_update).model_dump_json())}
+
+
+def _serve_character(character, i: int, paths: ServerPaths):
+    """A character's LoRA from models_dir/loras and its references from the uploads or outputs, like
+    every other file a request names."""
+    changes: dict[str, Any] = {"references": [
+        str(_reference_image(None, f"story.characters.{i}.references.{j}", ref, paths))
+        for j, ref in enumerate(character.references)]}
+    if character.lora:
+        changes["lora"] = str(paths.lora(character.lora))
+    return character.model_copy(update=changes)
 
 
 def run_storyboard(ctx: JobContext, job: StoryboardJob) -> dict:

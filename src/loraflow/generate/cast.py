@@ -1,0 +1,134 @@
+"""A story's cast: characters defined once, placed into the scenes that name them.
+
+    characters:
+      - name: kitten
+        description: {en: "an orange kitten with a white chest", zh: "一只胸口白色的橘色小猫"}
+        references: [refs/kitten-1.png]            # what its identity score compares against
+        lora: models/kitten.safetensors            # optional character LoRA
+        lora_weight: 0.8
+        trigger: ohwx kitten                       # the LoRA's trigger word(s), put before the description
+    scenes:
+      - {prompt: "{kitten} plays in a garden"}     # {name} is replaced by trigger + description
+      - {prompt: "a rainy street", cast: [kitten]} # a listed character's words go before the prompt
+
+Each panel gets the words, LoRA and references of the characters it names (`PanelCast`); the
+storyboard records them in story.json per scene, and scores each character's identity.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from pydantic import field_validator
+
+from loraflow.config import Options, opt
+from loraflow.errors import ConfigError
+
+PLACEHOLDER = re.compile(r"\{([^{}\s|:]+)\}")  # {kitten}; `|` and `:` are left to other prompt syntaxes
+CJK = re.compile(r"[\u3400-\u9fff]")
+DEFAULT_LANGUAGE = "en"
+
+
+class Character(Options):
+    name: str = opt(..., "how scenes name it: `cast: [NAME]` or `{NAME}` in a prompt", min_length=1)
+    description: str | dict[str, str] = opt(
+        ..., "the words that draw it: one string, or one per language ({en: ..., zh: ...})")
+    references: list[str] = opt([], "reference images of the character; its identity score compares panels "
+                                     "against them (without any, against the first panel it appears in)")
+    lora: str | None = opt(None, "a LoRA of this character, applied to the panels it appears in")
+    lora_weight: float = opt(1.0, "weight of the character's LoRA")
+    trigger: str = opt("", "the LoRA's trigger word(s), put before the description")
+    reference_strength: float | None = opt(
+        None, "how strongly the references steer the picture (IP-Adapter scale); not supported yet", ge=0.0)
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        if not PLACEHOLDER.fullmatch("{" + v + "}"):
+            raise ValueError("a character name has no spaces, braces, '|' or ':'")
+        return v
+
+    @field_validator("description")
+    @classmethod
+    def _some_description(cls, v):
+        if isinstance(v, dict) and not v:
+            raise ValueError("give at least one language, e.g. {en: ...}")
+        return v
+
+    def words(self, language: str) -> str:
+        """Trigger and description in `language` (else English, else the first one given)."""
+        d = self.description
+        text = d if isinstance(d, str) else d.get(language) or d.get(DEFAULT_LANGUAGE) or next(iter(d.values()))
+        return ", ".join(part for part in (self.trigger.strip(), text.strip()) if part)
+
+    def descriptions(self) -> list[str]:
+        """Every language's description (what an identity scorer may read the definition from)."""
+        return [self.description] if isinstance(self.description, str) else list(self.description.values())
+
+
+@dataclass(frozen=True)
+class PanelCast:
+    """What a scene's cast adds to its panel."""
+
+    members: tuple[Character, ...]  # in order of first mention (placeholders, then `cast:`)
+    prompt: str  # the scene prompt with the cast's words in it (before the story's style prefix)
+    loras: tuple[str, ...]  # `file:weight` of the cast's LoRAs
+    language: str
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.members]
+
+    def to_json(self) -> list[dict]:
+        """The resolved cast as story.json records it."""
+        return [{"name": c.name, "words": c.words(self.language), "lora": _lora_arg(c),
+                 "references": list(c.references), "reference_strength": c.reference_strength}
+                for c in self.members]
+
+
+def scene_language(prompt: str, language: str | None) -> str:
+    """The story's language, else zh for a prompt with Chinese characters, else en."""
+    return language or ("zh" if CJK.search(prompt) else DEFAULT_LANGUAGE)
+
+
+def cast_problem(characters: list[Character], scenes) -> str | None:
+    """The first mistake in a story's cast, as `key: what is wrong`, or None."""
+    names = [c.name for c in characters]
+    seen = set()
+    for i, c in enumerate(characters):
+        if c.name in seen:
+            return f"characters[{i}].name: '{c.name}' is defined twice"
+        seen.add(c.name)
+        if c.reference_strength:  # steering needs IP-Adapter, which storyboards cannot load yet
+            return (f"characters[{i}].reference_strength: steering a panel with reference images (IP-Adapter) is "
+                    "not supported yet; leave it out (references are still used for the identity score)")
+    known = ", ".join(names) or "none defined"
+    for k, scene in enumerate(scenes):
+        for name in scene.cast:
+            if name not in seen:
+                return f"scenes[{k}].cast: unknown character '{name}' (characters: {known})"
+        for name in PLACEHOLDER.findall(scene.prompt):
+            if name not in seen:
+                return f"scenes[{k}].prompt: unknown character '{{{name}}}' (characters: {known})"
+    return None
+
+
+def resolve_cast(characters: list[Character], scene, index: int, language: str | None = None) -> PanelCast:
+    """The scene's prompt with `{name}` replaced by the character's words, and the words of characters
+    that are only listed in `cast:` put in front; their LoRAs and references come with them."""
+    problem = cast_problem(characters, [scene])
+    if problem:
+        raise ConfigError(problem.replace("scenes[0]", f"scenes[{index}]", 1))
+    by_name = {c.name: c for c in characters}
+    lang = scene_language(scene.prompt, language)
+    mentioned = list(dict.fromkeys(PLACEHOLDER.findall(scene.prompt)))
+    prompt = PLACEHOLDER.sub(lambda m: by_name[m.group(1)].words(lang), scene.prompt)
+    listed = [n for n in dict.fromkeys(scene.cast) if n not in mentioned]
+    if listed:
+        prompt = ",".join([by_name[n].words(lang) for n in listed] + [prompt])
+    members = tuple(by_name[n] for n in mentioned + listed)
+    return PanelCast(members, prompt, tuple(_lora_arg(c) for c in members if c.lora), lang)
+
+
+def _lora_arg(c: Character) -> str | None:
+    return f"{c.lora}:{c.lora_weight:g}" if c.lora else None
