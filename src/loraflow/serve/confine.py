@@ -40,9 +40,11 @@ PATH_FIELDS: dict[str, dict[str, str]] = {
         "story.model": "model", "story.loras.*": "lora", "story.controlnets.*": "controlnet",
         "story.grid.font": "font", "story.scenes.*.init_image": "image",
         "story.scenes.*.control.*.image": "image", "story.scenes.*.control.*.model": "controlnet",
+        "story.characters.*.lora": "lora", "story.characters.*.references.*": "image",
     },
     "train": {"model": "model", "vae": "model", "dataset": "dataset", "output": "server", "cache_dir": "server",
-              "name": "name", "resume": "server", "validation_clip": "model", "validation_aesthetic": "model"},
+              "name": "name", "resume": "server", "validation_clip": "model", "validation_aesthetic": "model",
+              "reg_dataset": "dataset", "eval_dataset": "dataset"},
     "data-filter": {"recipe.dataset_path": "dataset", "recipe.export_path": "export",
                     # model-backed ops (model_filters.py) name local model folders
                     "recipe.process.*.*.hf_scorer_model": "model", "recipe.process.*.*.clip_model": "model",
