@@ -324,9 +324,11 @@ def setup_accelerator(config: TrainConfig):
     return Accelerator(mixed_precision=config.mixed_precision, cpu=cpu)
 
 
-def train(config: TrainConfig | dict, progress: Callable[[int, int], None] | None = None) -> TrainResult:
+def train(config: TrainConfig | dict, progress: Callable[[int, int], None] | None = None,
+          on_step: Callable[[int, float, float], None] | None = None) -> TrainResult:
     """Run a training. `progress(step, total)` is called after every optimizer step; an exception
-    it raises (e.g. a server's cancel) stops the run there, with saved checkpoints intact."""
+    it raises (e.g. a server's cancel) stops the run there, with saved checkpoints intact.
+    `on_step(step, loss, lr)` gets each step's numbers (the web UI's live loss chart)."""
     from loraflow.train.feedback import Logger, draw_loss_curve
     from loraflow.train.files import atomic_write_text
     from loraflow.train.model_setup import identity_from_files, identity_of, load_for_training
@@ -391,6 +393,8 @@ def train(config: TrainConfig | dict, progress: Callable[[int, int], None] | Non
         step_loss = optimizer_step(step, config, data, model, unet, optimizer, lr_scheduler, latents, texts, accelerator)
         step += 1
         logger.step(step, step_loss, lr_scheduler.get_last_lr()[0], step % config.log_every == 0)
+        if on_step is not None:
+            on_step(step, step_loss, lr_scheduler.get_last_lr()[0])
         if progress is not None:
             progress(step, steps)
         if config.save_every and step % config.save_every == 0 and step < steps:
