@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import types
 import typing
 from pathlib import Path
@@ -44,8 +45,11 @@ class Options(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _accept_aliases(cls, data: Any) -> Any:
-        # So Python callers may use the same alias names as files and flags: Config(steps=2).
-        return cls._canonical_keys(data, cls.__name__) if isinstance(data, dict) else data
+        # So Python callers may use the same alias names as files and flags: Config(steps=2),
+        # and pathlib paths wherever a file name is asked for: Config(out=Path("outputs")).
+        if not isinstance(data, dict):
+            return data
+        return {k: _fspath(v) for k, v in cls._canonical_keys(data, cls.__name__).items()}
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -87,8 +91,10 @@ class Options(BaseModel):
         return amap
 
     def merged(self, overrides: dict[str, Any], source: str = "command line"):
-        """A copy with `overrides` (canonical or alias keys) applied and re-validated."""
-        data = self.model_dump()
+        """A copy with `overrides` (canonical or alias keys) applied and re-validated. Only the values
+        that were set are carried over: a default is no input, and some defaults (None for "not
+        chosen yet") would not validate as one."""
+        data = self.model_dump(exclude_unset=True)
         data.update(self._canonical_keys(overrides, source))
         return type(self).from_dict(data, source)
 
@@ -134,6 +140,14 @@ class Options(BaseModel):
         given.update({k: v for k, v in fixed.items() if v is not None})
         base.update(given)
         return cls.from_dict(base, source)
+
+
+def _fspath(value: Any) -> Any:
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_fspath(v) for v in value)
+    return value
 
 
 def _extra(field) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from data_helpers import noise_image, save, write_manifest
-from loraflow.data.export import export
+from loraflow.data.export_run import export
 from loraflow.data.options import ExportOptions
 from loraflow.data.training_manifest import TrainingItem, read_training_items
 from loraflow.errors import InputError

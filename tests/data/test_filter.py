@@ -34,14 +34,17 @@ def seed_layout(root: Path, rows: list) -> Path:
 
 
 def test_seed_recipe_is_the_tutorials_verbatim():
-    seeds = list(Path("/work/shared/seed").glob("*.txt"))
+    # the shared material sits beside the checkout (../shared) or inside it (shared/), never at a fixed path
+    seeds = [p for folder in (REPO / "shared" / "seed", REPO.parent / "shared" / "seed") for p in folder.glob("*.txt")]
     if not seeds:
         pytest.skip("tutorial text not available here")
     text = seeds[0].read_text(encoding="utf-8")
     assert SEED_RECIPE.read_text(encoding="utf-8").strip() in text
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "examples" / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+# auto-captions.yaml names local model folders; test_mappers.py runs it on tiny models instead
+@pytest.mark.parametrize("path", sorted(p for p in (REPO / "examples" / "recipes").glob("*.yaml")
+                                        if p.name != "auto-captions.yaml"), ids=lambda p: p.name)
 def test_example_recipes_load(path):
     from loraflow.data.recipe import load_recipe
 

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from data_helpers import make_awkward_images, make_bad_inputs, noise_image, save, write_manifest
-from loraflow.data.ingest import ingest
+from loraflow.data.ingest_run import ingest
 from loraflow.data.options import IngestOptions
 from loraflow.errors import ConfigError, InputError
 

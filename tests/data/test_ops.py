@@ -88,4 +88,5 @@ def test_own_hashes_are_stable_and_discriminate(method):
 def test_every_op_has_a_name_and_params():
     assert set(OPS) == {"image_shape_filter", "image_aspect_ratio_filter", "image_size_filter", "image_deduplicator",
                         "text_length_filter", "words_num_filter", "image_sharpness_filter",
-                        "image_aesthetics_filter", "image_text_similarity_filter"}
+                        "image_aesthetics_filter", "image_text_similarity_filter",
+                        "image_captioning_mapper", "image_tagging_mapper"}

@@ -7,7 +7,7 @@ from PIL import Image
 
 from data_helpers import noise_image, save, write_manifest
 from loraflow.data.options import StatsOptions
-from loraflow.data.stats import compute_stats
+from loraflow.data.stats_run import compute_stats
 
 
 def test_stats_numbers_and_histogram_png(tmp_path):

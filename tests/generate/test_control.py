@@ -82,24 +82,40 @@ def test_two_controlnets_both_steer(tiny_session, controlnet_dir, reference):
     assert len(both.control_images) == 2 and "ControlNet 1" in both.params
 
 
-@pytest.mark.parametrize("window,runs", [((0.0, 1.0), 4), ((0.0, 0.5), 2), ((0.5, 1.0), 2), ((0.25, 0.75), 2)])
-def test_start_end_window_runs_the_controlnet_only_inside_it(tiny_session, controlnet_dir, reference, window, runs):
+# diffusers' rule (pipeline_controlnet.py, `controlnet_keep`): step i of N runs the ControlNet unless
+# i / N < start or (i + 1) / N > end. Written out for N = 4 so the expected steps are plain numbers.
+WINDOWS = {(0.0, 1.0): [0, 1, 2, 3], (0.0, 0.5): [0, 1], (0.5, 1.0): [2, 3], (0.25, 0.75): [1, 2], (0.5, 0.75): [2]}
+
+
+@pytest.mark.parametrize("window", list(WINDOWS), ids=lambda w: f"{w[0]}-{w[1]}")
+def test_start_end_window_runs_the_controlnet_on_exactly_its_steps(tiny_session, controlnet_dir, reference, window):
+    """Instrumented: which of the 4 denoising steps actually ran the ControlNet network."""
     s = tiny_session("sd15")
     cn = controlnet_dir("sd15")
     s.generate(config("sd15", control=[f"canny:{reference}"], controlnet=[cn]))  # load it
     model = controlnet_of(s, cn)
-    before = model.forward_calls
-    steps = []
+    step_times, ran_times, current = [], [], {}
 
-    def record(pipe, i, t, kw):  # which steps ran the ControlNet (CFG batches cond+uncond in one call)
-        steps.append(model.forward_calls)
-        return kw
+    def unet_step(module, args, kwargs):  # one UNet call per step (CFG batches cond + uncond)
+        step_times.append(float((args[1] if len(args) > 1 else kwargs["timestep"]).flatten()[0]))
 
-    s.generate(config("sd15", control=[f"canny:{reference}:1:{window[0]}:{window[1]}"], controlnet=[cn]))
-    assert model.forward_calls - before == runs
-    # diffusers' rule: step i of N runs when not (i/N < start or (i+1)/N > end)
-    expected = [not (i / 4 < window[0] or (i + 1) / 4 > window[1]) for i in range(4)]
-    assert sum(expected) == runs
+    def controlnet_call(module, args, kwargs):
+        current["t"] = float((args[1] if len(args) > 1 else kwargs["timestep"]).flatten()[0])
+
+    def network_ran(module, args, output):  # conv_in runs only when the network itself runs
+        ran_times.append(current["t"])
+
+    hooks = [s.pipe.unet.register_forward_pre_hook(unet_step, with_kwargs=True),
+             model.register_forward_pre_hook(controlnet_call, with_kwargs=True),
+             model.conv_in.register_forward_hook(network_ran)]
+    try:
+        s.generate(config("sd15", control=[f"canny:{reference}:1:{window[0]}:{window[1]}"], controlnet=[cn]))
+    finally:
+        for h in hooks:
+            h.remove()
+    assert len(step_times) == 4
+    assert [i for i, t in enumerate(step_times) if t in ran_times] == WINDOWS[window]
+    assert len(ran_times) == len(WINDOWS[window])  # once per step that runs it, never outside
 
 
 def test_window_changes_the_image(tiny_session, controlnet_dir, reference):

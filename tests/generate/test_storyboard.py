@@ -91,3 +91,31 @@ def test_bad_story_gives_one_line_errors(tmp_path):
 def test_example_stories_parse(name):
     story = load_story(EXAMPLES / name)
     assert len(story.scenes) == 8
+
+
+def test_shared_negative_prompt_reaches_index_infotext_and_pixels(tiny_session, tmp_path):
+    """The story's negative prompt is used for every scene: recorded in story.json and in the PNG
+    infotext, and each panel equals a direct `generate` with that negative prompt (and not without)."""
+    import numpy as np
+
+    from loraflow.generate.infotext import parse_infotext, read_infotext
+    from loraflow.generate.options import GenerateConfig
+
+    negative = "(lowres, low quality:1.2), text"
+    story = write_story(tmp_path, n=2, negative_prompt=negative)
+    session = tiny_session("sdxl")
+    index = run_storyboard(StoryboardConfig(story=str(story), out=str(tmp_path / "out")), session=session)
+
+    def direct(prompt, negative_prompt):
+        config = GenerateConfig(model="tiny:sdxl", prompt=prompt, negative_prompt=negative_prompt, steps=2,
+                                height=64, width=64, seed=0, guidance_scale=4)
+        return np.asarray(session.generate(config)[0].image, dtype=np.int16)
+
+    for k, scene in enumerate(index["scenes"]):
+        assert scene["negative_prompt"] == negative
+        png = tmp_path / "out" / scene["file"]
+        assert parse_infotext(read_infotext(png))["negative_prompt"] == negative
+        panel = np.asarray(Image.open(png).convert("RGB"), dtype=np.int16)
+        prompt = f"anime,a cat number {k}"
+        assert np.abs(panel - direct(prompt, negative)).max() <= 1
+        assert np.abs(panel - direct(prompt, "")).max() > 1  # the negative prompt matters at all

@@ -1,4 +1,5 @@
-"""Weighted prompt encoding: equals diffusers at weight 1, weights change it, long prompts are kept."""
+"""Weighted prompt encoding: equals diffusers at weight 1, equals A1111's weighting computed by hand
+from the unweighted states (right tokens, mean kept), long prompts are kept."""
 from __future__ import annotations
 
 import pytest
@@ -12,7 +13,14 @@ LONG = ", ".join(["a cute orange cat in a cozy room"] * 14)  # well over 77 CLIP
 
 @pytest.fixture(scope="module")
 def pipes():
-    return {f: build_tiny_pipeline(f) for f in ("sd15", "sdxl", "kolors")}
+    pipes = {f: build_tiny_pipeline(f) for f in ("sd15", "sdxl", "kolors")}
+    # SD1.5 encodes with CLIP's final LayerNorm output. A released CLIP's LayerNorm has a bias; the
+    # tiny one's is zero, so every token's mean is ~0 and A1111's rescale (divide by the new mean)
+    # would divide by ~0. A fixed non-zero bias makes the hidden states' mean what it is in practice.
+    norm = pipes["sd15"].text_encoder.get_submodule("final_layer_norm")  # transformers 5 layout
+    with torch.no_grad():
+        norm.bias.copy_(torch.randn(norm.bias.shape, generator=torch.Generator().manual_seed(0)) * 0.5 + 0.5)
+    return pipes
 
 
 def test_unweighted_prompt_matches_diffusers_encode_prompt(pipes):
@@ -58,3 +66,77 @@ def test_kolors_accepts_up_to_256_tokens(pipes):
 def test_break_starts_a_new_clip_chunk(pipes):
     e = get_family("sd15").encode_prompts(pipes["sd15"], ["a cat BREAK a dog"])[0]
     assert e.embeds.shape[1] == 154
+
+
+# ---- A1111 weighting against a hand computation ------------------------------------------------
+# The reference: encode the prompt without weights, multiply each token's hidden state by its weight,
+# rescale to the unweighted mean (A1111 `sd_hijack_clip.py::process_tokens`: `z * (original_mean /
+# new_mean)`, per 77-token chunk and per text encoder). Token positions come from tokenizing each
+# segment on its own; the concatenation must equal the plain prompt's tokens, so positions line up.
+SEGMENTS = [("a ", 1.0), ("cute", 1.5), (" cat ", 1.0), ("sitting", 0.8)]  # changes that do not cancel out
+WEIGHTED = "a (cute:1.5) cat (sitting:0.8)"
+
+
+def token_weights(tokenizer, segments) -> list[float]:
+    """One weight per token of "".join(texts) (no special tokens)."""
+    ids, weights = [], []
+    for text, weight in segments:
+        seg = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids += seg
+        weights += [weight] * len(seg)
+    assert ids == tokenizer("".join(t for t, _ in segments), add_special_tokens=False)["input_ids"]
+    return weights
+
+
+def weigh_by_hand(hidden: torch.Tensor, weights: list[float], offset: int) -> torch.Tensor:
+    """hidden (1, L, D); token k sits at position offset + k."""
+    w = torch.ones(hidden.shape[1])
+    w[offset:offset + len(weights)] = torch.tensor(weights)
+    scaled = hidden * w[None, :, None]
+    return scaled * (hidden.mean() / scaled.mean())
+
+
+def clip_by_hand(hidden: torch.Tensor, weights: list[float]) -> torch.Tensor:
+    """CLIP layout: chunks of BOS + 75 tokens + EOS/pad, each rescaled to its own mean."""
+    chunks = []
+    for c in range(hidden.shape[1] // 77):
+        part = weights[75 * c:75 * (c + 1)]
+        chunk = hidden[:, 77 * c:77 * (c + 1)]
+        chunks.append(weigh_by_hand(chunk, part, 1) if any(x != 1.0 for x in part) else chunk)
+    return torch.cat(chunks, dim=1)
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl", "kolors"])
+def test_weights_scale_the_weighted_tokens_and_keep_the_mean(pipes, family):
+    pipe = pipes[family]
+    plain = "".join(t for t, _ in SEGMENTS)
+    with torch.no_grad():
+        base, got = get_family(family).encode_prompts(pipe, [plain, WEIGHTED])
+    weights = token_weights(pipe.tokenizer, SEGMENTS)
+    if family == "kolors":  # left-padded 256 window: [pad]* + [gMASK] sop + tokens
+        expected = weigh_by_hand(base.embeds, weights, base.embeds.shape[1] - len(weights))
+    elif family == "sdxl":  # each encoder's states weighted and rescaled on their own, then concatenated
+        d1 = pipe.text_encoder.config.hidden_size
+        expected = torch.cat([clip_by_hand(base.embeds[..., :d1], weights),
+                              clip_by_hand(base.embeds[..., d1:], token_weights(pipe.tokenizer_2, SEGMENTS))], dim=-1)
+    else:
+        expected = clip_by_hand(base.embeds, weights)
+    assert torch.allclose(got.embeds, expected, atol=1e-5), (got.embeds - expected).abs().max()
+    assert got.embeds.mean() == pytest.approx(base.embeds.mean().item(), rel=1e-4)
+    if base.pooled is not None:  # A1111 leaves the pooled embedding unweighted
+        assert torch.allclose(got.pooled, base.pooled)
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_weight_in_the_second_clip_chunk_lands_on_its_token(pipes, family):
+    """A weighted word past the first 75 tokens: weighted in chunk 2 only, at its own position."""
+    pipe = pipes[family]
+    segments = [(LONG + ", a ", 1.0), ("red", 1.6), (" ball", 1.0)]
+    weighted = LONG + ", a (red:1.6) ball"
+    with torch.no_grad():
+        base, got = get_family(family).encode_prompts(pipe, ["".join(t for t, _ in segments), weighted])
+    d1 = pipe.text_encoder.config.hidden_size if family == "sdxl" else base.embeds.shape[-1]
+    expected = clip_by_hand(base.embeds[..., :d1], token_weights(pipe.tokenizer, segments))
+    assert base.embeds.shape[1] >= 154
+    assert torch.allclose(got.embeds[..., :d1], expected, atol=1e-5), (got.embeds[..., :d1] - expected).abs().max()
+    assert torch.equal(got.embeds[:, :77], base.embeds[:, :77])  # chunk 1 holds no weight: untouched

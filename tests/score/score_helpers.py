@@ -46,3 +46,65 @@ def make_images(n: int = 3, size: tuple[int, int] = (48, 40)) -> list:
 
     rng = np.random.default_rng(0)
     return [Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)) for _ in range(n)]
+
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's normalisation
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def by_hand_pixels(image):
+    """CLIP preprocessing written out: shortest side -> 32 (bicubic), center crop 32x32, /255, mean/std."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    w, h = image.size
+    scale = IMAGE_SIZE / min(w, h)
+    size = (IMAGE_SIZE, int(h * scale)) if w <= h else (int(w * scale), IMAGE_SIZE)
+    x = np.asarray(image.convert("RGB").resize(size, Image.BICUBIC), dtype=np.float32) / 255.0  # (H, W, 3)
+    top, left = (x.shape[0] - IMAGE_SIZE) // 2, (x.shape[1] - IMAGE_SIZE) // 2
+    x = x[top:top + IMAGE_SIZE, left:left + IMAGE_SIZE]
+    x = (x - np.array(CLIP_MEAN, dtype=np.float32)) / np.array(CLIP_STD, dtype=np.float32)
+    return torch.from_numpy(x.transpose(2, 0, 1).copy())[None]  # (1, 3, 32, 32)
+
+
+def clip_scores_by_hand(clip_dir, images, prompts) -> list[float]:
+    """CLIPScore = 100 * max(cos(image, text), 0) (torchmetrics), from the CLIP folder's weights with
+    transformers' bare towers and projections: no image processor and no loraflow code involved."""
+    import torch
+    from transformers import CLIPModel, CLIPTokenizer
+
+    model, tokenizer = CLIPModel.from_pretrained(clip_dir).eval(), CLIPTokenizer.from_pretrained(clip_dir)
+    scores = []
+    with torch.no_grad():
+        for image, prompt in zip(images, prompts):
+            img = model.visual_projection(model.vision_model(pixel_values=by_hand_pixels(image)).pooler_output)
+            ids = torch.tensor([tokenizer(prompt)["input_ids"]])
+            txt = model.text_projection(model.text_model(input_ids=ids).pooler_output)
+            cos = torch.nn.functional.cosine_similarity(img, txt).item()
+            scores.append(100 * max(cos, 0.0))
+    return scores
+
+
+def by_hand_head(embeds, state: dict, indices: tuple[int, ...], relu: bool = False):
+    """The improved-aesthetic-predictor MLP written out: Linear layers at `indices` (ReLU between when asked)."""
+    import torch
+
+    x = embeds
+    for k, i in enumerate(indices):
+        x = x @ state[f"layers.{i}.weight"].T + state[f"layers.{i}.bias"]
+        if relu and k < len(indices) - 1:
+            x = torch.relu(x)
+    return x[:, 0]
+
+
+def reference_scores(vision, images, head_state, indices=(0, 2, 4, 6, 7), relu=False) -> list[float]:
+    """Aesthetic scores by hand: CLIP image embedding (written-out preprocessing), L2-normalised, then the head."""
+    import torch
+
+    with torch.no_grad():
+        out = []
+        for image in images:
+            emb = vision.visual_projection(vision.vision_model(pixel_values=by_hand_pixels(image)).pooler_output)
+            out.append(float(by_hand_head(emb / emb.norm(dim=-1, keepdim=True), head_state, indices, relu)[0]))
+    return out

@@ -9,7 +9,7 @@ from PIL import Image
 
 from loraflow.generate.infotext import format_infotext, save_png_with_infotext
 from loraflow.score.run import ScoreOptions, run_score
-from score_helpers import make_images
+from score_helpers import clip_scores_by_hand, make_images
 
 PROMPTS = ["a cat", "a red ball in the garden", "blue sky"]
 
@@ -35,7 +35,9 @@ def test_score_command_writes_table_json_and_chart(score_cli, story_dir, tiny_cl
     assert "scene-01.png" in stdout and "  mean" in stdout and "grid.png" not in stdout
     report = json.loads(out_json.read_text(encoding="utf-8"))
     assert [r["prompt"] for r in report["images"]] == PROMPTS  # from each PNG's own infotext
-    assert all(0 <= r["clip"] <= 100 and r["aesthetic"] is not None and r["error"] is None for r in report["images"])
+    assert all(r["aesthetic"] is not None and r["error"] is None for r in report["images"])
+    expected = clip_scores_by_hand(tiny_clip_dir, make_images(), PROMPTS)  # the PNGs hold these pixels
+    assert [r["clip"] for r in report["images"]] == pytest.approx(expected, abs=1e-3)
     (folder,) = report["folders"]
     aesthetic = [r["aesthetic"] for r in report["images"]]
     assert folder["images"] == 3 and folder["aesthetic_min"] == min(aesthetic)

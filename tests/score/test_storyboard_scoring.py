@@ -5,10 +5,12 @@ import json
 
 import pytest
 import yaml
+from PIL import Image
 
 from loraflow.errors import ConfigError
 from loraflow.generate.storyboard import StoryboardConfig, run_storyboard
 from loraflow.generate.story_scoring import plain_prompt
+from score_helpers import clip_scores_by_hand
 
 
 @pytest.fixture
@@ -28,8 +30,11 @@ def test_score_writes_per_panel_and_story_scores(story, tmp_path, tiny_clip_dir,
     index = run_storyboard(cfg, scorer=scorer)
     saved = json.loads((tmp_path / "o" / "story.json").read_text(encoding="utf-8"))
     assert saved == index
-    for scene in saved["scenes"]:
-        assert 0 <= scene["scores"]["clip"] <= 100 and scene["scores"]["aesthetic"] is not None
+    panels = [Image.open(tmp_path / "o" / scene["file"]) for scene in saved["scenes"]]
+    # CLIP sees the prompt without weights or LoRA tags, with the story's style prefix
+    expected = clip_scores_by_hand(tiny_clip_dir, panels, ["anime,a red circle", "anime,a blue square"])
+    assert [scene["scores"]["clip"] for scene in saved["scenes"]] == pytest.approx(expected, abs=1e-3)
+    assert all(scene["scores"]["aesthetic"] is not None for scene in saved["scenes"])
     assert saved["scores"]["mean_aesthetic"] == pytest.approx(
         sum(s["scores"]["aesthetic"] for s in saved["scenes"]) / 2)
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
 from PIL import Image
 
 from loraflow.train.trainer import train
+from score_helpers import clip_scores_by_hand
 
 
 def test_validation_scores_logged(tmp_path, tiny_clip_dir, head_files):
@@ -27,5 +29,10 @@ def test_validation_scores_logged(tmp_path, tiny_clip_dir, head_files):
     assert [line["step"] for line in lines] == [1, 2]
     for line in lines:
         assert len(line["images"]) == 2
-        assert 0 <= line["validation/clip"] <= 100
+        # the sample grid holds the two 64x64 images side by side; CLIP sees the prompts unweighted
+        with Image.open(result.output / "samples" / f"step-{line['step']:06d}.png") as grid:
+            images = [grid.crop((64 * k, 0, 64 * k + 64, 64)).convert("RGB") for k in range(2)]
+        expected = clip_scores_by_hand(tiny_clip_dir, images, ["a red square", "a blue square"])
+        assert [i["clip"] for i in line["images"]] == pytest.approx(expected, abs=1e-3)
+        assert line["validation/clip"] == pytest.approx(sum(expected) / 2, abs=1e-3)
         assert line["validation/aesthetic"] == sum(i["aesthetic"] for i in line["images"]) / 2

@@ -74,7 +74,8 @@ def test_storyboard_tab_opens_with_the_demo_story(page, tmp_path):
     shipped = yaml.safe_load((REPO / "examples" / "stories" / "demo-shapes.yaml").read_text(encoding="utf-8"))
     assert yaml.safe_load(page.input_value("#story")) == shipped
     page.wait_for_function("document.querySelectorAll('#story-model option').length > 0")
-    page.select_option("#story-model", "tiny-sdxl")
+    assert page.input_value("#story-model") == "demo"  # the model whose words the story uses
+    page.select_option("#story-model", "tiny-sdxl")  # faster here
     # the tiny model's own size is SDXL's 1024 px: ask for the demo model's 64 px, and 2 steps
     fast = page.input_value("#story").replace("num_inference_steps: 20", "num_inference_steps: 2\n  height: 64\n  width: 64")
     page.fill("#story", fast.replace("width: 512\n  height: 1024", "width: 256\n  height: 512"))

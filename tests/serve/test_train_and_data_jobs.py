@@ -28,6 +28,7 @@ def data_server(start_server, tmp_path):
     (data / "input.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
     url, thread = start_server(data_dir=str(data))
     with httpx.Client(base_url=url, timeout=60) as client:
+        client.data_dir = data
         yield client
 
 
@@ -71,5 +72,9 @@ def test_data_filter_job_counts_add_up(data_server):
     job = data_server.post("/api/jobs/data-filter", json={"recipe": recipe}).json()
     done = wait_job(data_server, job["id"], timeout=60)
     assert done["status"] == "done", done["error"]
-    text = json.dumps(done["result"])
-    assert "3 kept" in text or '"kept": 3' in text, text
+    # the images are 64, 80, 96 and 112 px wide: min_width 80 keeps the last three, rejects the first
+    result = done["result"]
+    assert (result["kept"], result["rejected"], result["errored"]) == (3, 1, 0), result
+    assert result["rejected_by"] == {"image_shape_filter": 1}
+    kept = [json.loads(line) for line in (data_server.data_dir / result["outputs"]["kept"]).read_text().splitlines()]
+    assert [row["text"] for row in kept] == ["a green square", "a blue square", "a yellow square"]

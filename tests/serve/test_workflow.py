@@ -85,6 +85,42 @@ def test_lora_changes_the_image_and_weight_zero_does_not(server):
     assert decoded(pixels(zero)) == decoded(pixels(base))
 
 
+def test_overwritten_lora_file_reruns_the_lora_node_and_changes_the_image(server):
+    """Same graph, same LoRA name, new bytes on disk: LoraLoader runs again and the new weights are
+    used (the picture equals one made with those weights under another name)."""
+    import os
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    loras = server.thread.state.paths.loras
+    swap, flipped = loras / "swap-test.safetensors", loras / "swap-test-flipped.safetensors"
+    original = load_file(loras / "style.safetensors")
+    # lora_B negated: the same shapes and size on disk, the opposite weight update
+    save_file({k: -v if ".lora_B." in k or "lora_up" in k else v for k, v in original.items()}, flipped)
+    save_file(original, swap)
+
+    def image_of(lora):
+        job, history = run(server, default_graph(lora=lora))
+        assert job["status"] == "done", job["error"]
+        data = server.get("/view", params=history["outputs"]["9"]["images"][0]).content
+        return job_result(server, history)["executed"], Image.open(io.BytesIO(data)).tobytes()
+
+    try:
+        _, before = image_of(swap.name)
+        stat = swap.stat()
+        save_file(load_file(flipped), swap)  # overwrite in place, as a re-trained LoRA would be
+        # a user's next run is seconds later; make the mtime differ by that much whatever the clock step
+        os.utime(swap, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))
+        executed, after = image_of(swap.name)
+        _, reference = image_of(flipped.name)
+    finally:
+        swap.unlink(missing_ok=True)
+        flipped.unlink(missing_ok=True)
+    assert "10" in executed  # the LoraLoader node ran again
+    assert after != before and after == reference
+
+
 def test_node_errors_name_the_node(server):
     graph = default_graph()
     graph["3"]["inputs"]["positive"] = ["5", 0]  # a LATENT where CONDITIONING is expected
@@ -178,28 +214,3 @@ def test_controlnet_workflow_runs_and_errors_per_node(server):
     job, history = run(server, graph)
     error = next(m[1] for m in history["status"]["messages"] if m[0] == "execution_error")
     assert job["status"] == "failed" and error["node_id"] == "32" and "start_percent" in error["exception_message"]
-
-
-def test_lora_file_changed_on_disk_reruns_the_loader_and_changes_the_image(server, models_dir):
-    """The node cache keys a LoRA by its file's size/mtime/inode, and the session re-applies a LoRA
-    whose file changed: overwriting the file (same name, same size) gives a new image."""
-    from safetensors.torch import load_file, save_file
-
-    path = models_dir / "loras" / "swap.safetensors"
-    style = load_file(models_dir / "loras" / "style.safetensors")
-    graph = default_graph(lora="swap.safetensors")
-
-    def image(history):
-        return Image.open(io.BytesIO(server.get("/view", params=history["outputs"]["9"]["images"][0]).content)).tobytes()
-
-    try:
-        save_file(style, path)
-        _, before = run(server, graph)
-        save_file({k: -v if "lora_B" in k or "lora_up" in k else v for k, v in style.items()}, path)
-        job, after = run(server, graph)
-        assert job["status"] == "done", job["error"]
-        assert "10" in job_result(server, after)["executed"]  # the LoraLoader ran again
-        changed = image(after) != image(before)
-        assert changed
-    finally:
-        path.unlink(missing_ok=True)  # other tests list the LoRA folder

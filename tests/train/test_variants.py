@@ -54,18 +54,26 @@ def test_validation_grid_and_loss_curve(tmp_path, shapes_dataset):
     from PIL import Image
 
     assert Image.open(result.output / "samples" / samples[0]).size == (128, 64)  # 2 images side by side
-    assert Image.open(result.loss_curve).size == (800, 400)
+    assert [step for step, _ in result.validations] == [1, 2]  # every step, and the end of the run once
+    markers = [line for line in result.loss_figure.axes[0].lines if line.get_label() == "validation"]
+    assert markers and Image.open(result.loss_curve).format == "PNG"
 
 
 def test_options_that_change_the_objective(tmp_path, shapes_dataset):
     result = train(base_config(tmp_path, shapes_dataset, max_steps=2, batch_size=2, gradient_checkpointing=True,
                                prediction_type="v_prediction", min_snr_gamma=5.0, noise_offset=0.05,
-                               caption_dropout=0.5, lora_targets="conv", lr_scheduler="cosine", lr_warmup_steps=1))
+                               caption_dropout=0.5, lora_targets="conv", lr_scheduler="cosine", lr_warmup_steps=1,
+                               lora_rank=4, lora_alpha=2.0))
     keys = _keys(result.lora_path)
     assert any("in_layers_2" in k for k in keys)  # resnet conv1 in SGM naming
     with safe_open(result.lora_path, "pt") as f:
         ups = [f.get_tensor(k) for k in f.keys() if k.endswith("lora_up.weight")]
+        alphas = {f.get_tensor(k).item() for k in f.keys() if k.endswith(".alpha")}
+        ranks = {f.get_tensor(k).shape[0] for k in f.keys() if k.endswith("lora_down.weight")}
+        meta = f.metadata()
     assert any(u.abs().sum() > 0 for u in ups)  # gradients reached the adapters through checkpointing
+    # the configured alpha, not the rank (the two differ here, so writing one for the other shows)
+    assert alphas == {2.0} and ranks == {4} and meta["ss_network_alpha"] == "2.0"
 
 
 def test_resume_with_other_rank_is_refused(tmp_path, shapes_dataset):

@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    from loraflow.data.ingest import ingest
+    from loraflow.data.ingest_run import ingest
 
     opts = IngestOptions.from_cli(args, source=args.source)
     result = ingest(opts)
@@ -49,14 +49,9 @@ def _ingest(args: argparse.Namespace) -> int:
 
 
 def _filter(args: argparse.Namespace) -> int:
-    from loraflow.data.filter_run import filter_dataset
-    from loraflow.errors import ConfigError
+    from loraflow.data.filter_run import filter_with_options
 
-    opts = FilterOptions.from_cli(args)
-    if not opts.config:
-        raise ConfigError("filter: give --config RECIPE.yaml (a data-juicer recipe)")
-    result = filter_dataset(opts.config, backend=opts.backend, np=opts.np, verify=opts.verify_images,
-                            progress=opts.progress, dj_process=opts.dj_process)
+    result = filter_with_options(FilterOptions.from_cli(args))
     for op, n in result.rejected_by.items():
         print(f"  {op}: {n} rejected")
     print(f"filter: {result.summary()}")
@@ -65,7 +60,7 @@ def _filter(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from loraflow.data.export import export
+    from loraflow.data.export_run import export
 
     opts = ExportOptions.from_cli(args, result=args.result)
     result = export(opts)
@@ -74,13 +69,10 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from loraflow.data.stats import compute_stats, default_plot_path
-    from loraflow.data.stats_plot import draw_histograms
+    from loraflow.data.stats_plot import stats_with_plot
 
-    opts = StatsOptions.from_cli(args, dataset=args.dataset)
-    stats = compute_stats(opts)
+    stats, _, path = stats_with_plot(StatsOptions.from_cli(args, dataset=args.dataset))
     print(stats.table())
-    path = draw_histograms(stats, opts.plot or default_plot_path(opts.dataset))
     print(f"histograms: {path}")
     return 0
 

@@ -15,8 +15,10 @@ from pathlib import Path
 from loraflow.data.executors import MAPPERS
 from loraflow.data.images import ImageError
 from loraflow.data.jsonl import read_jsonl, write_jsonl
+from loraflow.data.options import FilterOptions
 from loraflow.data.ops.base import STATS_KEY, Op, Rejection, SampleError, SampleImages
 from loraflow.data.recipe import Recipe
+from loraflow.errors import ConfigError
 
 log = logging.getLogger(__name__)
 LORAFLOW_KEY = "__loraflow__"  # our per-item verdict in the rejected/errored files
@@ -44,9 +46,12 @@ def sample_paths(sample: dict, key: str) -> list[str]:
 
 def evaluate(task: Task, batch: list[tuple[int, dict, dict]]) -> list[tuple[str, object, dict]]:
     """Per sample (verdict, payload, stats): ('kept', None) | ('rejected', Rejection) |
-    ('errored', message) | ('key', dedup key). Stats travel back because workers are other processes."""
+    ('errored', message) | ('key', dedup key) | ('kept', rewritten sample) from a mapper.
+    Stats (and a mapper's new sample) travel back because workers are other processes."""
     if task.ops[0].kind == "model":
         return _evaluate_model(task, batch)
+    if task.ops[0].kind == "mapper":
+        return _evaluate_mapper(task, batch)
     out: list[tuple[str, object, dict]] = []
     for _, sample, stats in batch:
         images: dict[str, SampleImages] = {}
@@ -97,6 +102,26 @@ def _evaluate_model(task: Task, batch: list[tuple[int, dict, dict]]) -> list[tup
     return out
 
 
+def _evaluate_mapper(task: Task, batch: list[tuple[int, dict, dict]]) -> list[tuple[str, object, dict]]:
+    """A mapper rewrites the whole chunk with one batched model call: ('kept', new sample) or
+    ('errored', message); the new sample travels back like the stats do."""
+    op = task.ops[0]
+    out: list[tuple[str, object, dict] | None] = []
+    ready = []
+    for _, sample, stats in batch:
+        try:
+            ready.append((SampleImages(sample_paths(sample, op.image_key), task.check_tail, task.verify), sample))
+            out.append(None)
+        except SampleError as e:
+            out.append(("errored", str(e), stats))
+    mapped = iter(op.map_batch(ready) if ready else [])
+    for i, (_, _, stats) in enumerate(batch):
+        if out[i] is None:
+            new = next(mapped)
+            out[i] = ("kept", new, stats) if isinstance(new, dict) else ("errored", new, stats)
+    return out
+
+
 @dataclass
 class FilterResult:
     kept: list[dict] = field(default_factory=list)
@@ -117,7 +142,7 @@ class FilterResult:
 def _segments(ops: list[Op]) -> list[list[Op]]:
     segs: list[list[Op]] = []
     for op in ops:
-        if op.kind in ("dedup", "model"):  # each alone: a barrier, or one batched model call
+        if op.kind in ("dedup", "model", "mapper"):  # each alone: a barrier, or one batched model call
             segs.append([op])
         elif segs and segs[-1][0].kind == "filter":
             segs[-1].append(op)
@@ -153,7 +178,7 @@ def run_filter(recipe: Recipe, ops: list[Op], backend: str = "local", np: int | 
     _warn_if_image_key_unused(recipe, ops, alive)
     for seg in _segments(ops):
         desc = seg[0].name if len(seg) == 1 else f"{len(seg)} filters"
-        seg_workers = 1 if seg[0].kind == "model" else workers  # one model in memory, batched
+        seg_workers = 1 if seg[0].kind in ("model", "mapper") else workers  # one model in memory, batched
         verdicts = mapper(evaluate, Task(seg, verify=verify), alive, seg_workers, desc, progress)
         survivors = []
         first_seen: dict[object, int] = {}
@@ -166,8 +191,8 @@ def run_filter(recipe: Recipe, ops: list[Op], backend: str = "local", np: int | 
                     if key:
                         first_seen[key] = number
                     status = "kept"
-            if status == "kept":
-                survivors.append((number, sample, stats))
+            if status == "kept":  # a mapper's payload is the rewritten sample
+                survivors.append((number, payload if isinstance(payload, dict) else sample, stats))
             elif status == "rejected":
                 assert isinstance(payload, Rejection)
                 result.rejected_by[payload.op] = result.rejected_by.get(payload.op, 0) + 1
@@ -224,3 +249,11 @@ def filter_dataset(recipe_path: str | Path, backend: str = "local", np: int | No
     result.outputs = {"kept": recipe.export_path, "rejected": str(recipe.rejected_path),
                       "errored": str(recipe.errored_path)}
     return result
+
+
+def filter_with_options(opts: FilterOptions) -> FilterResult:
+    """`loraflow data filter` and `loraflow.data.filter`: the options checked, then the recipe run."""
+    if not opts.config:
+        raise ConfigError("filter: give --config RECIPE.yaml (a data-juicer recipe)")
+    return filter_dataset(opts.config, backend=opts.backend, np=opts.np, verify=opts.verify_images,
+                          progress=opts.progress, dj_process=opts.dj_process)

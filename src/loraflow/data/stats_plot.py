@@ -1,46 +1,62 @@
-"""Histograms drawn with Pillow + numpy (no matplotlib): a 2x3 grid, one panel per stat."""
+"""Histograms of a dataset's stats with matplotlib: a 2x3 grid, one panel per column, with units."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
 
-from loraflow.data.stats import COLUMNS, DatasetStats
+from loraflow.data.options import StatsOptions
+from loraflow.data.stats_run import COLUMNS, DatasetStats, compute_stats, default_plot_path
+from loraflow.plots import new_figure, save_figure
 
-PANEL_W, PANEL_H, MARGIN, BINS = 420, 260, 36, 30
-
-
-def draw_histograms(stats: DatasetStats, path: str | Path) -> Path:
-    cols, rows = 3, 2
-    canvas = Image.new("RGB", (cols * PANEL_W, rows * PANEL_H + 30), "white")
-    draw = ImageDraw.Draw(canvas)
-    draw.text((10, 8), f"{stats.count} images, {len(stats.errored)} errored", fill="black")
-    for k, name in enumerate(COLUMNS):
-        x0, y0 = (k % cols) * PANEL_W, 30 + (k // cols) * PANEL_H
-        _panel(draw, x0, y0, name, np.asarray(stats.values[name], dtype=np.float64))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
-    return path
+# x-axis label per column: what it is and its unit
+LABELS = {
+    "width": "width (px)",
+    "height": "height (px)",
+    "aspect": "aspect ratio (width / height)",
+    "file_kb": "file size (KiB)",
+    "caption_chars": "caption length (characters)",
+}
+BINS = 30
 
 
-def _panel(draw: ImageDraw.ImageDraw, x0: int, y0: int, name: str, a: np.ndarray) -> None:
-    left, right = x0 + MARGIN, x0 + PANEL_W - 12
-    top, bottom = y0 + 22, y0 + PANEL_H - MARGIN
-    draw.text((left, y0 + 4), name, fill="black")
-    draw.rectangle([left, top, right, bottom], outline=(160, 160, 160))
-    if a.size == 0:
-        draw.text((left + 8, top + 8), "no data", fill="gray")
-        return
-    lo, hi = float(a.min()), float(a.max())
-    counts, edges = np.histogram(a, bins=BINS, range=(lo, hi if hi > lo else lo + 1))
-    bar_w = (right - left) / BINS
-    peak = counts.max()
-    for i, c in enumerate(counts):
-        h = (bottom - top - 4) * c / peak
-        draw.rectangle([left + i * bar_w + 1, bottom - h, left + (i + 1) * bar_w - 1, bottom], fill=(66, 120, 200))
-    draw.text((left, bottom + 4), f"{edges[0]:.4g}", fill="black")
-    label = f"{edges[-1]:.4g}"
-    draw.text((right - 7 * len(label), bottom + 4), label, fill="black")
-    draw.text((left + 4, top + 2), f"max bin {peak}", fill=(90, 90, 90))
+def histogram_figure(stats: DatasetStats):
+    """One histogram per stat (number of images per bin); an empty column says "no data"."""
+    from matplotlib.ticker import MaxNLocator
+
+    figure = new_figure(12, 6.5)
+    axes = figure.subplots(2, 3).ravel()
+    figure.suptitle(f"{stats.count} images, {len(stats.errored)} errored")
+    for ax, name in zip(axes, COLUMNS):
+        values = np.asarray(stats.values[name], dtype=np.float64)
+        ax.set_xlabel(LABELS[name])
+        ax.set_ylabel("images")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts: no 2.5 images
+        ax.grid(True, alpha=0.3)
+        if values.size == 0:
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="gray")
+            continue
+        lo, hi = float(values.min()), float(values.max())
+        if hi > lo:
+            ax.hist(values, bins=BINS, range=(lo, hi), color="#4278c8", edgecolor="white")
+        else:  # one value everywhere (all 1024 px): one bar centred on it, not a zero-width range
+            ax.hist(values, bins=1, range=(lo - 0.25, lo + 0.25), color="#4278c8", edgecolor="white")
+            ax.set_xlim(lo - 1, lo + 1)
+        ax.axvline(float(np.median(values)), color="#c03030", linestyle="--", linewidth=1,
+                   label=f"median {np.median(values):.4g}")
+        ax.legend(loc="upper right", fontsize="small")
+    axes[-1].axis("off")  # 5 columns on a 2x3 grid: the sixth panel holds nothing
+    return figure
+
+
+def draw_histograms(stats: DatasetStats, path: str | Path):
+    """Save the histograms as a PNG; returns (figure, path)."""
+    figure = histogram_figure(stats)
+    return figure, save_figure(figure, path)
+
+
+def stats_with_plot(opts: StatsOptions):
+    """What `loraflow data stats` does: the numbers, their histograms and the saved PNG's path."""
+    stats = compute_stats(opts)
+    figure, path = draw_histograms(stats, opts.plot or default_plot_path(opts.dataset))
+    return stats, figure, path

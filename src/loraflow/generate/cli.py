@@ -5,6 +5,7 @@ import argparse
 
 from loraflow.generate.options import GenerateConfig
 from loraflow.generate.storyboard import StoryboardConfig
+from loraflow.progress import StepBar
 
 
 def register(subparsers) -> None:
@@ -21,39 +22,12 @@ def register(subparsers) -> None:
     s.set_defaults(func=run_storyboard_cmd)
 
 
-class _StepBar:
-    """A tqdm bar opened at the first step, so notices printed while the model loads or prompts are
-    encoded (unknown words, the demo model) come before it instead of through it."""
-
-    def __init__(self, desc: str):
-        self.desc, self.bar = desc, None
-
-    def __call__(self, done: int, total: int) -> None:
-        if self.bar is None:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, desc=self.desc, unit="step")
-        self.bar.total = total  # a storyboard with best-of or references may learn its total late
-        self.bar.update(done - self.bar.n)  # tqdm's own rate and ETA
-
-    def __enter__(self) -> "_StepBar":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def run_generate(args: argparse.Namespace) -> int:
     from loraflow.generate.session import GenerationSession, save_results
 
-    config = GenerateConfig.from_cli(args, args.config)
-    if not config.prompt:
-        from loraflow.errors import ConfigError
-
-        raise ConfigError("no prompt: pass --prompt TEXT")
+    config = GenerateConfig.from_cli(args, args.config).require_prompt()
     session = GenerationSession.from_options(config)
-    with _StepBar("generate") as update:
+    with StepBar("generate") as update:
         results = session.generate(config, progress=update)
     for path in save_results(results, config.out):
         print(path)
@@ -64,7 +38,7 @@ def run_storyboard_cmd(args: argparse.Namespace) -> int:
     from loraflow.generate.storyboard import run_storyboard
 
     config = StoryboardConfig.from_cli(args, None, story=args.story)
-    with _StepBar("storyboard") as update:
+    with StepBar("storyboard") as update:
         index = run_storyboard(config, progress=update)
     print(f"{len(index['scenes'])} scenes -> {config.out}/{index['grid']} ({index['grid_size'][0]}x{index['grid_size'][1]})")
     return 0

@@ -101,3 +101,9 @@ class GenerateConfig(ReferenceOptions, ModelOptions, SamplingOptions):  # flags:
     num_images: int = opt(1, "images to make", aliases=("num_images_per_prompt", "n"), ge=1, le=64)
     batch_size: int = opt(1, "images per pipeline call", ge=1, le=64)
     out: str = opt("outputs", "output folder for PNGs", aliases=("output", "output_dir"))
+
+    def require_prompt(self) -> "GenerateConfig":
+        """The config itself, once it is known to have a prompt to draw."""
+        if not self.prompt:
+            raise ConfigError("no prompt: pass --prompt TEXT")
+        return self

@@ -170,12 +170,13 @@ def render_in_order(session: GenerationSession, items: list[GenerateConfig], out
 
 
 def run_storyboard(cfg: StoryboardConfig, session: GenerationSession | None = None,
-                   progress: ProgressFn | None = None, scorer=None) -> dict:
-    """Render every scene, the grid and story.json into `cfg.out`; returns the story.json dict."""
+                   progress: ProgressFn | None = None, scorer=None, story: Story | None = None) -> dict:
+    """Render every scene, the grid and story.json into `cfg.out`; returns the story.json dict.
+    `story` is the story itself when it comes from Python rather than from the file `cfg.story`."""
     from loraflow.generate.grid import make_grid
     from loraflow.generate.story_scoring import load_scorer, pick_best_of, score_results
 
-    story = load_story(cfg.story)
+    story = story if story is not None else load_story(cfg.story)
     items = scene_configs(story, cfg)
     scorer = scorer or load_scorer(cfg)
     if session is None:

@@ -1,68 +1,50 @@
-"""The score report as a picture: one row per image, an aesthetic bar (0-10, with the gate as a red
-line) and a CLIP score bar (0-100), grouped by folder with the folder's means. Pillow only."""
+"""The score report as a chart (matplotlib): one horizontal bar per image, aesthetic score (0-10,
+the gate as a red line) on the left and CLIP score (0-100) on the right, images grouped by
+folder with each folder's mean as a dashed line. Unreadable images keep their row, marked."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-ROW = 18  # px per image row
-LABEL_W, AES_W, CLIP_W, VALUE_W, PAD = 220, 300, 200, 56, 10
+from loraflow.plots import new_figure, save_figure
+
 AES_MAX, CLIP_MAX = 10.0, 100.0
-COLORS = {"bg": "white", "text": (30, 30, 30), "muted": (140, 140, 140), "aesthetic": (70, 130, 180),
-          "clip": (95, 170, 95), "gate": (210, 40, 40), "axis": (200, 200, 200), "header": (235, 235, 240)}
+COLORS = {"aesthetic": "#4682b4", "clip": "#5faa5f", "gate": "#d22828", "mean": "#333333"}
 
 
-def score_chart(report: dict[str, Any]):
-    """A PIL image of `report` (as returned by `loraflow.score.run.run_score`)."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    font = ImageFont.load_default()
-    groups = [(f, [r for r in report["images"] if r["folder"] == f["folder"]]) for f in report["folders"]]
-    n_rows = 2 + sum(1 + len(rows) for _, rows in groups)
-    aes_x = PAD + LABEL_W
-    clip_x = aes_x + AES_W + VALUE_W + PAD
-    width = clip_x + CLIP_W + VALUE_W + PAD
-    image = Image.new("RGB", (width, n_rows * ROW + 2 * PAD), COLORS["bg"])
-    draw = ImageDraw.Draw(image)
-
-    y = PAD
-    draw.text((PAD, y), "image", fill=COLORS["text"], font=font)
-    draw.text((aes_x, y), f"aesthetic (0-{AES_MAX:g})", fill=COLORS["aesthetic"], font=font)
-    draw.text((clip_x, y), f"CLIP score (0-{CLIP_MAX:g})", fill=COLORS["clip"], font=font)
-    y += 2 * ROW
-    top = y
-    for folder, rows in groups:
-        draw.rectangle((PAD, y, width - PAD, y + ROW - 2), fill=COLORS["header"])
-        means = f"mean aesthetic {_num(folder['aesthetic_mean'])}, CLIP {_num(folder['clip_mean'])}"
-        draw.text((PAD + 2, y + 2), _fit(f"{Path(folder['folder']).name or folder['folder']}  {means}", 60),
-                  fill=COLORS["text"], font=font)
-        y += ROW
-        for row in rows:
-            draw.text((PAD, y + 2), _fit(Path(row["file"]).name, 34), fill=COLORS["text"], font=font)
+def score_figure(report: dict[str, Any]):
+    """A matplotlib Figure of `report` (as returned by `loraflow.score.run.run_score`)."""
+    rows = [row for folder in report["folders"] for row in report["images"] if row["folder"] == folder["folder"]]
+    labels = [f"{Path(row['folder']).name}/{Path(row['file']).name}" if len(report["folders"]) > 1
+              else Path(row["file"]).name for row in rows]
+    figure = new_figure(10, 1.2 + 0.28 * max(len(rows), 3))
+    aes_ax, clip_ax = figure.subplots(1, 2, sharey=True)
+    positions = list(range(len(rows)))
+    for ax, key, vmax, title in ((aes_ax, "aesthetic", AES_MAX, "aesthetic score (0-10)"),
+                                 (clip_ax, "clip", CLIP_MAX, "CLIP score (0-100)")):
+        values = [row[key] if row[key] is not None else 0.0 for row in rows]
+        ax.barh(positions, values, color=COLORS[key], height=0.7, label=key)
+        ax.set_xlim(0, vmax)
+        ax.set_xlabel(title)
+        ax.grid(True, axis="x", alpha=0.3)
+        for folder in report["folders"]:  # each folder's mean across its own rows
+            mine = [i for i, row in enumerate(rows) if row["folder"] == folder["folder"]]
+            mean = folder[f"{key}_mean"]
+            if mean is not None and mine:
+                ax.plot([mean, mean], [mine[0] - 0.45, mine[-1] + 0.45], color=COLORS["mean"], linestyle="--",
+                        linewidth=1, label=f"mean {mean:.3g}" if len(report["folders"]) == 1 else None)
+        for i, row in enumerate(rows):
             if row["error"]:
-                draw.text((aes_x, y + 2), "unreadable", fill=COLORS["muted"], font=font)
-            _bar(draw, font, aes_x, y, AES_W, row["aesthetic"], AES_MAX, COLORS["aesthetic"])
-            _bar(draw, font, clip_x, y, CLIP_W, row["clip"], CLIP_MAX, COLORS["clip"])
-            y += ROW
+                ax.text(0.1, i, "unreadable", va="center", fontsize="small", color="gray")
+    aes_ax.set_yticks(positions, labels)
+    aes_ax.invert_yaxis()  # first image on top, as in the table
     if report.get("gate") is not None:
-        gx = aes_x + round(AES_W * min(max(report["gate"], 0.0), AES_MAX) / AES_MAX)
-        draw.line((gx, top - 4, gx, y), fill=COLORS["gate"], width=2)
-        draw.text((gx + 3, top - ROW + 2), f"gate {report['gate']:g}", fill=COLORS["gate"], font=font)
-    return image
+        aes_ax.axvline(report["gate"], color=COLORS["gate"], linewidth=1.5, label=f"gate {report['gate']:g}")
+    for ax in (aes_ax, clip_ax):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="lower right", fontsize="small")
+    return figure
 
 
-def _bar(draw, font, x: int, y: int, width: int, value: float | None, vmax: float, color) -> None:
-    draw.line((x, y + ROW - 3, x + width, y + ROW - 3), fill=COLORS["axis"])
-    if value is None:
-        return
-    length = round(width * min(max(value, 0.0), vmax) / vmax)
-    draw.rectangle((x, y + 3, x + max(length, 1), y + ROW - 4), fill=color)
-    draw.text((x + width + 4, y + 2), _num(value), fill=COLORS["text"], font=font)
-
-
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
-
-
-def _fit(text: str, chars: int) -> str:
-    return text if len(text) <= chars else text[: chars - 1] + "…"
+def save_score_chart(report: dict[str, Any], path: str | Path) -> Path:
+    return save_figure(score_figure(report), path)

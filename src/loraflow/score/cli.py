@@ -19,25 +19,13 @@ def register(subparsers) -> None:
 
 
 def run_score_cmd(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
+    from loraflow.progress import StepBar
     from loraflow.score.run import format_table, gate_failure, run_score, write_outputs
 
     options = ScoreOptions.from_cli(args, args.config, images=args.images)
-    bar = None
-
-    def update(done: int, total: int) -> None:
-        nonlocal bar  # opened once the models are loaded, so loading errors are not mixed into a bar
-        if bar is None:
-            bar = tqdm(total=total, desc="score", unit="img")
-        bar.n = done
-        bar.refresh()
-
-    try:
+    # the bar opens once the models are loaded, so loading errors are not mixed into it
+    with StepBar("score", unit="img") as update:
         report = run_score(options, progress=update)
-    finally:
-        if bar is not None:
-            bar.close()
     print(format_table(report))
     for path in write_outputs(report, options):
         print(f"wrote {path}")

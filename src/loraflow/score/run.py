@@ -154,15 +154,15 @@ def format_table(report: dict[str, Any]) -> str:
 
 def write_outputs(report: dict[str, Any], options: ScoreOptions) -> list[Path]:
     """The `--json` report and the `--chart` PNG, each written atomically."""
-    from loraflow.atomic import atomic_save_image, atomic_write_text
+    from loraflow.atomic import atomic_write_text
 
     written = []
     if options.json_out:
         atomic_write_text(options.json_out, json.dumps(report, ensure_ascii=False, indent=2))
         written.append(Path(options.json_out))
     if options.chart:
-        from loraflow.score.chart import score_chart
+        from loraflow.score.chart import save_score_chart
 
-        atomic_save_image(score_chart(report), options.chart)
+        save_score_chart(report, options.chart)
         written.append(Path(options.chart))
     return written

@@ -1,5 +1,6 @@
 """What a person watches during training: a progress bar, TensorBoard scalars (OUTPUT/logs; the
-default install has TensorBoard), sample-image grids and a loss-curve PNG (drawn with Pillow)."""
+default install has TensorBoard), sample-image grids, and the numbers the loss plot is drawn from
+(`loss_plot.py`)."""
 from __future__ import annotations
 
 import math
@@ -12,6 +13,8 @@ class Logger:
     def __init__(self, output: Path, total_steps: int, start_step: int, enabled: bool):
         self.enabled = enabled
         self.losses: list[tuple[int, float]] = []
+        self.learning_rates: list[tuple[int, float]] = []
+        self.validations: list[tuple[int, dict[str, float]]] = []  # (step, mean scores; {} when not scored)
         self.bar = self.tb = None
         if not enabled:
             return
@@ -27,6 +30,7 @@ class Logger:
 
     def step(self, step: int, loss: float, lr: float, log: bool) -> None:
         self.losses.append((step, loss))
+        self.learning_rates.append((step, lr))
         if not self.enabled:
             return
         self.bar.update(1)
@@ -35,6 +39,10 @@ class Logger:
             if self.tb is not None:
                 self.tb.add_scalar("train/loss", loss, step)
                 self.tb.add_scalar("train/lr", lr, step)
+
+    def validated(self, step: int, scores: dict[str, float]) -> None:
+        self.validations.append((step, dict(scores)))
+        self.scalars(scores, step)
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         if self.tb is not None:
@@ -66,41 +74,6 @@ def image_grid(images: list, columns: int | None = None):
     for i, image in enumerate(images):
         grid.paste(image, ((i % columns) * w, (i // columns) * h))
     return grid
-
-
-def draw_loss_curve(losses: list[tuple[int, float]], path: Path, size=(800, 400)) -> Path | None:
-    """Raw loss (light) and its moving average (dark) against the step, as a PNG."""
-    from PIL import Image, ImageDraw
-
-    points = [(s, v) for s, v in losses if math.isfinite(v)]
-    if len(points) < 2:
-        return None
-    width, height = size
-    margin = 50
-    image = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(image)
-    steps = [s for s, _ in points]
-    values = [v for _, v in points]
-    lo, hi = min(values), max(values)
-    hi = hi if hi > lo else lo + 1e-8
-
-    def xy(step: float, value: float) -> tuple[float, float]:
-        x = margin + (step - steps[0]) / max(1, steps[-1] - steps[0]) * (width - 2 * margin)
-        y = height - margin - (value - lo) / (hi - lo) * (height - 2 * margin)
-        return x, y
-
-    draw.rectangle([margin, margin, width - margin, height - margin], outline="black")
-    draw.line([xy(s, v) for s, v in points], fill=(170, 190, 230), width=1)
-    window = max(1, len(values) // 20)
-    smooth = [sum(values[max(0, i - window + 1):i + 1]) / len(values[max(0, i - window + 1):i + 1])
-              for i in range(len(values))]
-    draw.line([xy(s, v) for s, v in zip(steps, smooth)], fill=(20, 60, 160), width=2)
-    draw.text((margin, 10), f"loss (moving average over {window} steps)", fill="black")
-    draw.text((5, margin - 5), f"{hi:.4g}", fill="black")
-    draw.text((5, height - margin - 5), f"{lo:.4g}", fill="black")
-    draw.text((margin, height - margin + 10), f"step {steps[0]}", fill="black")
-    draw.text((width - margin - 60, height - margin + 10), f"step {steps[-1]}", fill="black")
-    return save_png(image, path)
 
 
 def save_png(image, path: Path) -> Path:

@@ -42,7 +42,10 @@ class TrainResult:
     diffusers_path: Path | None  # optional diffusers/peft file
     steps: int  # optimizer steps done in total
     losses: list[tuple[int, float]] = field(default_factory=list)  # (step, loss), also from before a resume
-    loss_curve: Path | None = None
+    loss_curve: Path | None = None  # OUTPUT/loss.png
+    loss_figure: object = None  # the same plot as a matplotlib Figure (shows inline in Jupyter)
+    learning_rates: list[tuple[int, float]] = field(default_factory=list)  # (step, lr) of this run's steps
+    validations: list[tuple[int, dict]] = field(default_factory=list)  # (step, mean validation scores)
     stats: dict = field(default_factory=dict)  # encoder call counts, cache settings, timings
     model: object = None  # the trained TrainModel in memory (pipeline with adapters)
 
@@ -259,6 +262,7 @@ def _validate(config, model, accelerator, step, logger) -> None:
                                          steps=config.validation_steps, resolution=config.resolution,
                                          out_dir=out_dir)
         logger.image("samples", path, step)
+        means: dict[str, float] = {}
         if config.validation_clip or config.validation_aesthetic:
             from loraflow.train.feedback import score_validation
 
@@ -268,8 +272,8 @@ def _validate(config, model, accelerator, step, logger) -> None:
                 model.scorer = Scorer.load(clip=config.validation_clip, aesthetic=config.validation_aesthetic,
                                            device=str(accelerator.device))
             means = score_validation(model.scorer, images, config.validation_prompt, step, out_dir)
-            logger.scalars(means, step)
             _say(accelerator, "step %d validation: %s" % (step, ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in means.items())))
+        logger.validated(step, means)
     accelerator.wait_for_everyone()
 
 
@@ -329,7 +333,8 @@ def train(config: TrainConfig | dict, progress: Callable[[int, int], None] | Non
     """Run a training. `progress(step, total)` is called after every optimizer step; an exception
     it raises (e.g. a server's cancel) stops the run there, with saved checkpoints intact.
     `on_step(step, loss, lr)` gets each step's numbers (the web UI's live loss chart)."""
-    from loraflow.train.feedback import Logger, draw_loss_curve
+    from loraflow.train.feedback import Logger
+    from loraflow.train.loss_plot import draw_loss_curve
     from loraflow.train.files import atomic_write_text
     from loraflow.train.model_setup import identity_from_files, identity_of, load_for_training
     from loraflow.train.optim import make_lr_scheduler, make_optimizer
@@ -407,7 +412,6 @@ def train(config: TrainConfig | dict, progress: Callable[[int, int], None] | Non
     result = TrainResult(output, None, None, step, logger.losses, model=model)
     if accelerator.is_main_process:
         result.lora_path, result.diffusers_path = write_outputs(config, model, data, accelerator, step, started)
-        result.loss_curve = draw_loss_curve(logger.losses, output / "loss.png")
         print(f"saved {result.lora_path}", flush=True)
         from loraflow.models.lora.compat import check_trained  # which tools load every module
 
@@ -415,6 +419,10 @@ def train(config: TrainConfig | dict, progress: Callable[[int, int], None] | Non
                   **{n: getattr(model.pipe, n, None) for n in model.family.text_encoder_names}}
         print(check_trained(result.lora_path, models), flush=True)
     _validate(config, model, accelerator, step, logger)
+    if accelerator.is_main_process:  # after the last validation, so the plot shows it too
+        result.learning_rates, result.validations = logger.learning_rates, logger.validations
+        result.loss_figure, result.loss_curve = draw_loss_curve(
+            logger.losses, output / "loss.png", logger.learning_rates, logger.validations)
     logger.close()
     result.stats = {"vae_encode_calls": latents.encode_calls, "text_encode_calls": texts.encode_calls,
                     "latent_cache": latents.root is not None, "text_cache": texts.root is not None,

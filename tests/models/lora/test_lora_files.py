@@ -117,7 +117,8 @@ def test_convert_round_trip_is_lossless(pipes, trained, tmp_path, fmt):
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     lora_a, lora_m = read_lora(src), read_lora(mid)
-    assert lora_m.format == other and lora_m.alphas == lora_a.alphas
+    assert lora_m.format == other and lora_m.alphas.keys() == lora_a.alphas.keys()
+    assert set(lora_m.alphas.values()) == set(lora_a.alphas.values()) == {3.0}  # saved with alpha=3
     assert _keys_and_meta(back)[1]["ss_network_alpha"] == "3.0"  # training metadata travels along
     from loraflow.models.hashing import lora_hash
 
@@ -129,7 +130,8 @@ def test_convert_to_peft_is_unet_only(pipes, trained, tmp_path):
     unet_only = save_lora(tmp_path / "u.safetensors", unet_sd, family="sd15", rank=4, alpha=2)
     peft_file = convert_lora(unet_only, tmp_path / "p.safetensors", to="peft")
     lora = read_lora(peft_file)
-    assert lora.format == "peft" and lora.alphas == read_lora(unet_only).alphas
+    assert lora.format == "peft" and set(lora.alphas.values()) == {2.0}  # saved with alpha=2 (rank 4)
+    assert lora.alphas.keys() == read_lora(unet_only).alphas.keys()
     both = save_lora(tmp_path / "b.safetensors", unet_sd, te_sds, family="sd15", rank=4, alpha=2)
     with pytest.raises(InputError, match="peft format holds one model"):
         convert_lora(both, tmp_path / "p2.safetensors", to="peft")
@@ -137,12 +139,40 @@ def test_convert_to_peft_is_unet_only(pipes, trained, tmp_path):
 
 def test_pickle_is_refused_unless_allowed(pipes, trained, tmp_path):
     _, _, unet_sd, _ = trained(pipes("sd15"))
-    path = save_lora(tmp_path / "a.safetensors", unet_sd, family="sd15", rank=4, alpha=4)
+    path = save_lora(tmp_path / "a.safetensors", unet_sd, family="sd15", rank=4, alpha=2)
     pt = tmp_path / "a.pt"
     torch.save(load_file(path), pt)
     with pytest.raises(ModelLoadError, match="refusing to unpickle"):
         read_lora(pt)
-    assert read_lora(pt, allow_pickle=True).alphas == read_lora(path).alphas
+    from_pickle = read_lora(pt, allow_pickle=True)
+    assert from_pickle.alphas.keys() == read_lora(path).alphas.keys()
+    assert set(from_pickle.alphas.values()) == {2.0} and from_pickle.rank == 4  # as saved, not alpha = rank
+
+
+class _RunsCodeWhenUnpickled:
+    """Unpickling this calls `open(marker, "w")`: a stand-in for any code a pickle can run."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pickle_that_would_run_code_is_refused_even_when_allowed(tmp_path, capsys):
+    """allow_pickle means torch.load(weights_only=True): tensors only, never arbitrary globals."""
+    from loraflow.cli import main
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"lora_unet_x.lora_down.weight": torch.zeros(2, 2), "payload": _RunsCodeWhenUnpickled(marker)}, evil)
+    with pytest.raises(ModelLoadError, match="evil.pt: cannot read") as err:
+        read_lora(evil, allow_pickle=True)
+    assert "\n" not in str(err.value)
+    assert main(["lora", "info", str(evil), "--allow-pickle"]) == 2
+    assert main(["lora", "convert", str(evil), str(tmp_path / "out.safetensors"), "--allow-pickle"]) == 2
+    assert "evil.pt" in capsys.readouterr().err
+    assert not marker.exists() and not (tmp_path / "out.safetensors").exists()
 
 
 def test_bad_files_are_one_line_errors(tmp_path):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
-from tqdm import tqdm
+from tqdm.auto import tqdm  # a widget bar in Jupyter, a text bar in a terminal
 
 from loraflow.data.images import ImageError, load_rgb, read_info
 from loraflow.data.jsonl import read_jsonl, write_jsonl

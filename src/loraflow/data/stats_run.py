@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
+from tqdm.auto import tqdm  # a widget bar in Jupyter, a text bar in a terminal
 
 from loraflow.data.images import ImageError, read_info
 from loraflow.data.jsonl import read_jsonl

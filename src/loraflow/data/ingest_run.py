@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
-from tqdm import tqdm
+from tqdm.auto import tqdm  # a widget bar in Jupyter, a text bar in a terminal
 
 from loraflow.data.executors import map_local
 from loraflow.data.images import ImageError, load_rgb, to_rgb
