@@ -119,6 +119,7 @@ def test_training_page_runs_shows_loss_samples_and_checkpoints(train_url, tmp_pa
         assert page.locator("#samples figcaption").all_inner_texts() == ["step-000002.png", "step-000004.png"]
         assert page.locator("#checkpoints tbody td:first-child").all_inner_texts() == ["step-000003", "step-000004"]
         assert page.is_disabled("#cancel-train") and page.is_disabled("#resume-train")
+        page.wait_for_function("[...document.querySelectorAll('#samples img')].every((i) => i.naturalWidth === 64)")
         screenshot(page, tmp_path, "train")
     job = httpx.get(train_url + "/api/jobs?kind=train").json()["jobs"][0]
     assert job["result"]["steps"] == 4
