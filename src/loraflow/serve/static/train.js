@@ -3,7 +3,7 @@
 // cancel it, and resume a cancelled / failed / interrupted run from its last checkpoint (re-queue).
 "use strict";
 
-const training = { job: null, losses: [], timer: null };
+const training = { job: null, losses: [], firstSteps: [], timer: null };  // firstSteps: each run's first step
 
 function trainConfig() {
   const yaml = $("train-yaml").value.trim();
@@ -108,9 +108,16 @@ async function watchTraining(job) {
   setButtons(job.status);
   clearInterval(training.timer);
   training.timer = setInterval(() => refreshTrainingFiles().catch(() => {}), 1500);
+  let started = false;
   try {
     const end = await follow(job, $("train-progress"), $("train-status"), {
-      loss: (d) => { training.losses.push(d); drawLoss(); },
+      loss: (d) => {
+        if (!started) { training.firstSteps.push(d.step); started = true; }
+        // a resumed run repeats the steps after its last checkpoint: those replace the old points
+        training.losses = training.losses.filter((p) => p.step < d.step);
+        training.losses.push(d);
+        drawLoss();
+      },
       status: (d) => setButtons(d.status),
     });
     if (end.status !== "done" && end.status !== "cancelled") showError($("train-error"), `${end.status}: ${end.error || ""}`);
@@ -124,9 +131,10 @@ async function watchTraining(job) {
 $("train-form").addEventListener("submit", async (event) => {
   event.preventDefault();
   showError($("train-error"), "");
+  training.submitted = true;
   try {
     const job = await api("/api/jobs/train", { method: "POST", body: JSON.stringify(trainConfig()) });
-    training.losses = [];
+    training.losses = []; training.firstSteps = [];
     $("samples").innerHTML = "";
     drawLoss();
     await watchTraining(job);
@@ -154,7 +162,7 @@ startup.push(async () => {
   fill($("train-model"), catalog.models);
   drawLoss();
   const { jobs } = await api("/api/jobs?kind=train&limit=1");
-  if (!jobs.length) return;
+  if (!jobs.length || training.job || training.submitted) return;  // a run started meanwhile here is followed already
   const job = jobs[0];
   $("train-status").textContent = job.status;
   if (ENDED.includes(job.status)) { training.job = job; setButtons(job.status); await refreshTrainingFiles(); }
