@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
@@ -88,3 +89,50 @@ def test_storyboard_tab_opens_with_the_demo_story(page, tmp_path):
     assert seeds == [f"seed {7 + i}" for i in range(8)]  # seed 7, seed_policy increment
     assert "not scored" in page.inner_text("#story-scores")
     screenshot(page, tmp_path, "storyboard")
+
+
+def test_storyboard_tab_shows_panel_scores(start_server, tmp_path):
+    """Scores need local weights: a tiny random CLIP and aesthetic head in the server's models folder."""
+    import sys
+
+    import torch
+    from safetensors.torch import save_file
+    from transformers import CLIPModel
+
+    from loraflow.models.tiny_tokenizers import build_clip_tokenizer
+
+    sys.path.insert(0, str(REPO / "tests" / "score"))  # the score tests' tiny CLIP recipe
+    from score_helpers import PROJ, mlp_head_state, save_processor, tiny_clip_config
+
+    models = tmp_path / "models"
+    tokenizer = build_clip_tokenizer(tmp_path / "vocab")
+    torch.manual_seed(2)
+    CLIPModel(tiny_clip_config(len(tokenizer))).save_pretrained(models / "tiny-clip")
+    tokenizer.save_pretrained(models / "tiny-clip")
+    save_processor(models / "tiny-clip")
+    save_file(mlp_head_state(PROJ), models / "head.safetensors")
+    url, _ = start_server(models_dir=str(models))
+    story = ("title: Two\ndefaults: {height: 64, width: 64, num_inference_steps: 2, seed: 3}\n"
+             "grid: {columns: 2, width: 128, height: 64}\n"
+             "scenes:\n  - {title: One, prompt: a red circle}\n  - {title: Two, prompt: a blue square}\n")
+    with browse(url) as page:
+        page.click("button[data-tab=storyboard]")
+        page.wait_for_function("document.querySelectorAll('#story-model option').length > 0")
+        page.select_option("#story-model", "tiny:sdxl")
+        page.fill("#story", story)
+        page.check("#story-score")
+        page.fill("#story-clip", "tiny-clip")
+        page.fill("#story-aesthetic", "head.safetensors")
+        page.click("#run-story")
+        page.wait_for_selector("#story-panels .panel-card", timeout=120_000)
+        facts = page.locator("#story-panels .panel-card .facts").all_inner_texts()
+        summary = page.inner_text("#story-scores")
+        screenshot(page, tmp_path, "storyboard-scores")
+    job = httpx.get(url + "/api/jobs?kind=storyboard").json()["jobs"][0]
+    record = job["result"]["story"]
+    for text, scene in zip(facts, record["scenes"]):  # each panel shows the scores its story record holds
+        assert text == f"seed {scene['seed']} · " + ", ".join(f"{k} {v:.2f}" for k, v in scene["scores"].items())
+    means = [s["scores"]["aesthetic"] for s in record["scenes"]]
+    assert f"mean_aesthetic {sum(means) / 2:.2f}" in summary
+    refused = httpx.post(url + "/api/jobs/storyboard", json={"story": story, "score": True, "clip": "/etc"})
+    assert refused.status_code == 403

@@ -201,6 +201,13 @@ def validate_storyboard(body: Any, paths: ServerPaths) -> dict:
     cfg = parse_options(StoryboardConfig, body, "storyboard")
     _server_only(cfg, ("out", "story"), "storyboard")
     update = _check_sampling(cfg, paths, "storyboard")
+    for key in ("clip", "aesthetic"):  # scorer weights are named inside models_dir, like every model
+        name = getattr(cfg, key)
+        if name:
+            path = safe_join(paths.models, name, key)
+            if not path.exists():
+                raise Invalid(f"storyboard: key '{key}' = {name!r}: not found in the server's models folder", key)
+            update[key] = str(path)
     story_update: dict[str, Any] = {"loras": _resolve_loras(story.loras, paths, "story.loras")}
     if story.model:
         story_update["model"] = _resolve_model(story.model, paths, "story.model")

@@ -20,7 +20,7 @@ function showStory(result) {
   const grid = element("img", { id: "story-grid", src: withToken(result.grid.url), alt: "storyboard grid" });
   const record = result.story || {};
   const summary = record.scores ? element("p", { id: "story-scores", textContent: "scores: " + scoreText(record.scores) })
-                                : element("p", { id: "story-scores", className: "hint", textContent: "not scored (scores need local CLIP / aesthetic weights: the storyboard job's score, clip and aesthetic options)" });
+                                : element("p", { id: "story-scores", className: "hint", textContent: "not scored (tick Score panels and name local CLIP / aesthetic weights)" });
   const panels = element("div", { id: "story-panels" });
   result.images.forEach((image, i) => panels.appendChild(panelCard(image, (record.scenes || [])[i])));
   box.append(element("h3", { textContent: record.title || "storyboard" }), grid, summary, element("h3", { textContent: "Panels" }), panels);
@@ -31,7 +31,12 @@ $("story-form").addEventListener("submit", async (event) => {
   showError($("story-error"), "");
   $("run-story").disabled = true;
   try {
-    const job = await api("/api/jobs/storyboard", { method: "POST", body: JSON.stringify({ story: $("story").value, model: $("story-model").value }) });
+    const body = { story: $("story").value, model: $("story-model").value };
+    if ($("story-score").checked) {  // scores need local weights, named inside the server's models folder
+      body.score = true;
+      for (const key of ["clip", "aesthetic"]) if ($("story-" + key).value.trim()) body[key] = $("story-" + key).value.trim();
+    }
+    const job = await api("/api/jobs/storyboard", { method: "POST", body: JSON.stringify(body) });
     const end = await follow(job, $("story-progress"), $("story-status"));
     if (end.status !== "done") { showError($("story-error"), `${end.status}: ${end.error || ""}`); return; }
     showStory(end.result);
