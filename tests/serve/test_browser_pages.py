@@ -105,6 +105,8 @@ def test_training_page_runs_shows_loss_samples_and_checkpoints(train_url, tmp_pa
     with browse(train_url, height=1000) as page:
         page.click("button[data-tab=train]")
         page.wait_for_function("document.querySelectorAll('#train-model option').length > 0")
+        page.wait_for_function("document.querySelector('#train-lora_rank').title !== ''")
+        assert "LoRA rank" in page.get_attribute("#train-lora_rank", "title")  # help from TrainConfig
         page.fill("#train-dataset", "shapes")
         page.select_option("#train-model", "tiny-sdxl")
         for field, value in (("max_steps", "4"), ("resolution", "64"), ("lora_rank", "4"), ("batch_size", "2"),

@@ -160,6 +160,11 @@ $("resume-train").onclick = async () => {
 // On load: show the latest train job (its checkpoints; resume when it stopped early).
 startup.push(async () => {
   fill($("train-model"), catalog.models);
+  const schema = await api("/api/options/train");  // field help from TrainConfig, as the CLI's --help
+  for (const [name, prop] of Object.entries(schema.properties || {})) {
+    const el = $("train-" + name);
+    if (el && prop.description) el.title = el.parentElement.title = prop.description;
+  }
   drawLoss();
   const { jobs } = await api("/api/jobs?kind=train&limit=1");
   if (!jobs.length || training.job || training.submitted) return;  // a run started meanwhile here is followed already
