@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "loraflow.data.cli",  # data ingest|filter|export|stats
     "loraflow.generate.cli",  # generate, storyboard
     "loraflow.train.cli",  # train
+    "loraflow.plan.cli",  # plan train|generate|storyboard
     "loraflow.models.cli",  # models info|download
     "loraflow.models.lora.cli",  # lora info|convert
     "loraflow.score.cli",  # score

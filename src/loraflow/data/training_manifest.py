@@ -25,32 +25,42 @@ class TrainingItem:
     image_path: Path
     caption: str
     repeats: int = 1
+    mask: Path | None = None  # loss-weight mask image from the metadata's mask column (training's masked loss)
 
 
-def read_training_items(path: str | Path) -> list[TrainingItem]:
+def read_training_items(path: str | Path, mask_column: str = "mask") -> list[TrainingItem]:
     """All items of a training folder/file; InputError (one line) if the layout is unknown,
-    a row is malformed or an image is missing."""
+    a row is malformed or an image (or a mask named in `mask_column`) is missing."""
     path = Path(path)
     if path.is_file():
-        items = _read_csv(path) if path.suffix == ".csv" else _read_jsonl(path)
+        items = _read_csv(path, mask_column) if path.suffix == ".csv" else _read_jsonl(path, mask_column)
     elif path.is_dir():
-        items = _read_folder(path)
+        items = _read_folder(path, mask_column)
     else:
         raise InputError(f"training data not found: {path}")
     missing = [i.image_path for i in items if not i.image_path.is_file()]
     if missing:
         raise InputError(f"{path}: {len(missing)} image(s) missing, e.g. {missing[0]}")
+    missing = [i.mask for i in items if i.mask is not None and not i.mask.is_file()]
+    if missing:
+        raise InputError(f"{path}: {len(missing)} mask(s) named in column '{mask_column}' missing, e.g. {missing[0]}")
     if not items:
         raise InputError(f"{path}: no training items")
     return items
 
 
-def _read_folder(root: Path) -> list[TrainingItem]:
+def _mask_path(base: Path, value) -> Path | None:
+    if not value:
+        return None
+    return Path(value) if Path(value).is_absolute() else base / value
+
+
+def _read_folder(root: Path, mask_column: str) -> list[TrainingItem]:
     for base in (root, root / "train"):
         if (base / "metadata.csv").is_file():
-            return _read_csv(base / "metadata.csv")
+            return _read_csv(base / "metadata.csv", mask_column)
         if (base / "metadata.jsonl").is_file():
-            return _read_jsonl(base / "metadata.jsonl")
+            return _read_jsonl(base / "metadata.jsonl", mask_column)
     kohya = sorted(d for d in root.iterdir() if d.is_dir() and _KOHYA_DIR.match(d.name))
     if kohya:
         return [item for d in kohya for item in _read_kohya_dir(d)]
@@ -58,15 +68,16 @@ def _read_folder(root: Path) -> list[TrainingItem]:
                      "(also under train/) or kohya N_name/ folders")
 
 
-def _read_csv(path: Path) -> list[TrainingItem]:
+def _read_csv(path: Path, mask_column: str) -> list[TrainingItem]:
     with open(path, encoding="utf-8-sig", newline="") as f:
         rows = list(csv.DictReader(f))
     if rows and not {"file_name", "text"} <= set(rows[0]):
         raise InputError(f"{path}: expected columns file_name,text; got {','.join(rows[0])}")
-    return [TrainingItem(path.parent / r["file_name"], r["text"] or "") for r in rows]
+    return [TrainingItem(path.parent / r["file_name"], r["text"] or "", mask=_mask_path(path.parent, r.get(mask_column)))
+            for r in rows]
 
 
-def _read_jsonl(path: Path) -> list[TrainingItem]:
+def _read_jsonl(path: Path, mask_column: str) -> list[TrainingItem]:
     items = []
     for line in read_jsonl(path):
         if line.sample is None:
@@ -80,14 +91,18 @@ def _read_jsonl(path: Path) -> list[TrainingItem]:
             image = Path(first) if Path(first).is_absolute() else path.parent / first
         else:
             raise InputError(f"{path}:{line.number}: no 'file_name' or 'image' field")
-        items.append(TrainingItem(image, str(s.get("text", "")), int(s.get("repeats", 1))))
+        items.append(TrainingItem(image, str(s.get("text", "")), int(s.get("repeats", 1)),
+                                  _mask_path(path.parent, s.get(mask_column))))
     return items
 
 
 def _read_kohya_dir(folder: Path) -> list[TrainingItem]:
     repeats = int(_KOHYA_DIR.match(folder.name).group(1))
     items = []
-    for image in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    stems = {p.stem for p in images}
+    # NAME_mask.png beside NAME.jpg is NAME's loss mask (training's masked loss), not an image of its own
+    for image in (p for p in images if not (p.stem.endswith("_mask") and p.stem[:-len("_mask")] in stems)):
         txt = image.with_suffix(".txt")
         caption = txt.read_text(encoding="utf-8").strip() if txt.is_file() else ""
         items.append(TrainingItem(image, caption, repeats))

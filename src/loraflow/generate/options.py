@@ -22,6 +22,10 @@ class ModelOptions(Options):
         "auto", "weights dtype; auto = float16 on CUDA, float32 on CPU"
     )
     allow_pickle: bool = opt(False, "allow loading .ckpt/.pt/.bin files (weights_only=True); off by default")
+    offload: Literal["none", "encoders", "model", "sequential"] = opt(
+        "none", "device memory: encoders (text encoders stay on the CPU) | model (one component on the GPU at a "
+                "time) | sequential (one layer at a time; slowest); `loraflow plan generate` shows each one's peak")
+    vae_tiling: bool = opt(False, "decode the VAE in tiles and one image at a time (less memory for large images)")
 
 
 class SamplingOptions(Options):

@@ -122,10 +122,18 @@ class GenerationSession:
 
     @classmethod
     def from_options(cls, options: ModelOptions) -> "GenerationSession":
-        return cls(load_pipeline(
+        from loraflow.generate.memory import apply_offload, enable_vae_tiling, load_device
+        from loraflow.models.loading import resolve_device
+
+        device = resolve_device(options.device)
+        loaded = load_pipeline(
             options.model, family=options.family, vae=options.vae, dtype=options.dtype,
-            device=options.device, allow_pickle=options.allow_pickle,
-        ))
+            device=load_device(options.offload, device), allow_pickle=options.allow_pickle,
+        )
+        apply_offload(loaded.pipe, loaded.family, options.offload, device)
+        if options.vae_tiling:
+            enable_vae_tiling(loaded.pipe.vae)
+        return cls(loaded)
 
     # ---- LoRAs ------------------------------------------------------------------------------
     def set_loras(self, loras: list[LoraSpec]) -> None:

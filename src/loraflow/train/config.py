@@ -77,7 +77,25 @@ class TrainConfig(Options):
     max_upscale: float = opt(2.0, "an image is never upscaled more than this to fill a bucket (smaller bucket instead)", gt=0)
     caption_prefix: str = opt("", "text put before every caption, e.g. the trigger word 'sks style, '",
                               aliases=("trigger_word",))
-    caption_dropout: float = opt(0.0, "probability of training on an empty caption", ge=0.0, le=1.0)
+    caption_dropout: float = opt(0.0, "probability of training on an empty caption", aliases=("caption_dropout_rate",),
+                                 ge=0.0, le=1.0)
+    shuffle_caption: bool = opt(False, "shuffle the caption's tags (split on caption_separator) at every sighting")
+    keep_tokens: int = opt(0, "leading tags that shuffling and tag dropout leave in place", ge=0)
+    caption_separator: str = opt(",", "what a caption's tags are split on", min_length=1)
+    tag_dropout: float = opt(0.0, "probability of dropping each tag (after keep_tokens) at a sighting",
+                             aliases=("caption_tag_dropout_rate",), ge=0.0, le=1.0)
+    caption_variants: int = opt(8, "with cached text embeddings: augmented versions cached per caption, used in turn",
+                                ge=1)
+    masked_loss: bool = opt(False, "weight the loss by a mask per image: the mask column, NAME_mask.png beside the "
+                                   "image, or its alpha channel (see README)", aliases=("alpha_mask",))
+    mask_column: str = opt("mask", "metadata column holding a mask image path (relative to the metadata file)",
+                           min_length=1)
+    reg_dataset: str | None = opt(None, "regularization (class) images with their own captions, mixed into the "
+                                        "batches: by default one reg image per training image each epoch (kohya)",
+                                  aliases=("reg_data_dir",))
+    reg_weight: float = opt(1.0, "loss weight of regularization images", aliases=("prior_loss_weight",), ge=0.0)
+    reg_repeats: int | None = opt(None, "sightings of each regularization image per epoch "
+                                        "(default: as many reg images as training images in total)", ge=1)
     cache_latents: bool = opt(True, "cache VAE latents on disk, keyed by image hash + settings")
     cache_text_embeds: bool = opt(True, "cache text embeddings on disk (off when the text encoder trains)")
     cache_dir: str | None = opt(None, "cache folder (default: ~/.cache/loraflow/train)")
@@ -98,10 +116,30 @@ class TrainConfig(Options):
     gradient_checkpointing: bool = opt(False, "recompute activations in backward to save memory",
                                        aliases=("use_gradient_checkpointing",))
     seed: int = opt(0, "random seed: data order, crops, flips, noise, timesteps")
+    # ---- device memory (`loraflow plan train` shows what each setting costs) ----------------
+    base_fp8: bool = opt(False, "store the frozen UNet Linear/Conv weights in fp8 (e4m3) and compute each layer in "
+                                "the mixed-precision dtype; needs fp16 or bf16")
+    text_encoders_on_cpu: bool = opt(False, "keep the text encoders on the CPU: captions (and validation prompts) "
+                                            "are encoded there once, into the cache")
+    vram: float | None = opt(None, "device memory in GiB to plan for: picks the fastest set of gradient_checkpointing, "
+                                   "base_fp8, adamw8bit, text_encoders_on_cpu that fits (auto on CUDA: free memory)", gt=0)
     # ---- objective ----------------------------------------------------------------------
     prediction_type: Literal["epsilon", "v_prediction"] | None = opt(None, "override the scheduler's prediction type")
     min_snr_gamma: float | None = opt(None, "min-SNR-gamma loss weighting (Hang et al. 2023); 5 is typical", gt=0)
     noise_offset: float = opt(0.0, "noise offset (Guttenberg 2023); 0.05-0.1 helps very dark/bright images", ge=0.0)
+    # ---- EMA, held-out evaluation, early stop -------------------------------------------
+    ema: bool = opt(False, "keep an exponential moving average of the LoRA weights: saved as NAME-ema.safetensors, "
+                           "used for validation images", aliases=("use_ema",))
+    ema_decay: float = opt(0.999, "EMA decay (ramped up from 0 as (1+t)/(10+t), diffusers EMAModel)", gt=0.0, lt=1.0)
+    ema_warmup: int = opt(0, "optimizer steps before the EMA starts averaging (it copies the weights until then)", ge=0)
+    ema_every: int = opt(1, "update the EMA every N optimizer steps", ge=1)
+    eval_every: int | None = opt(None, "every N steps: loss on a held-out split at fixed timesteps and noise; "
+                                       "the best step's LoRA is kept as NAME-best.safetensors", ge=1)
+    eval_dataset: str | None = opt(None, "held-out dataset for eval_every (default: hold out eval_split of the dataset)")
+    eval_split: float = opt(0.1, "fraction of the dataset held out (not trained on) when eval_every is set and "
+                                 "eval_dataset is not; at least one image", gt=0.0, lt=1.0)
+    eval_timesteps: int = opt(4, "fixed timesteps per held-out image, evenly spread over the noise schedule", ge=1)
+    early_stop: int | None = opt(None, "stop when the held-out loss has not improved for K evaluations", ge=1)
     # ---- checkpoints, feedback, output --------------------------------------------------
     save_every: int | None = opt(None, "save a checkpoint every N steps (one is always saved at the end)",
                                  aliases=("checkpointing_steps",), ge=1)
@@ -131,6 +169,12 @@ class TrainConfig(Options):
         if self.random_crop and self.center_crop:
             # --random-crop wins over the default center crop
             object.__setattr__(self, "center_crop", False)
+        if self.base_fp8 and self.mixed_precision == "no":
+            raise ValueError("base_fp8: the fp8-stored weights are computed in fp16 or bf16; set mixed_precision")
+        if self.text_encoders_on_cpu and self.train_text_encoder:
+            raise ValueError("text_encoders_on_cpu: a text encoder that trains must be on the training device")
+        if self.early_stop and not self.eval_every:
+            raise ValueError("early_stop needs eval_every (the held-out loss it watches)")
         family = get_family(self.family) if self.family else None  # None: detected when the model loads
         if self.train_text_encoder and family is not None and not family.lora_text_encoders:
             raise ValueError(f"train_text_encoder: {family.text_encoder_note}")

@@ -21,11 +21,11 @@ def clean_caption(text: str) -> str:
     return text.strip()
 
 
-def read_items(path: str | Path) -> list:
-    """Items with `.image_path`, `.caption`, `.repeats`; one-line errors name the file."""
+def read_items(path: str | Path, mask_column: str = "mask") -> list:
+    """Items with `.image_path`, `.caption`, `.repeats`, `.mask`; one-line errors name the file."""
     from loraflow.data.training_manifest import read_training_items
 
-    items = [dataclasses.replace(i, caption=clean_caption(i.caption)) for i in read_training_items(path)]
+    items = [dataclasses.replace(i, caption=clean_caption(i.caption)) for i in read_training_items(path, mask_column)]
     if not items:
         raise InputError(f"{path}: no training images found")
     return items

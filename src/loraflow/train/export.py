@@ -8,6 +8,7 @@ The files are written by the LoRA-formats layer; this module supplies what only 
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -48,6 +49,11 @@ def training_metadata(config: TrainConfig, *, family: str, model_name: str, mode
         "ss_noise_offset": str(config.noise_offset),
         "ss_min_snr_gamma": str(config.min_snr_gamma),
         "ss_caption_dropout_rate": str(config.caption_dropout),
+        "ss_caption_tag_dropout_rate": str(config.tag_dropout),
+        "ss_shuffle_caption": str(config.shuffle_caption),
+        "ss_keep_tokens": str(config.keep_tokens),
+        "ss_prior_loss_weight": str(config.reg_weight),
+        "ss_masked_loss": str(config.masked_loss),
         "ss_enable_bucket": str(config.bucketing),
         "ss_max_grad_norm": str(config.max_grad_norm),
         "ss_training_started_at": str(started),
@@ -91,3 +97,23 @@ def save_lora_files(output: Path, name: str, unet_state: dict, te_states: dict, 
         diffusers = save_lora(output / f"{name}.diffusers.safetensors", unet_state, te_states, fmt="diffusers",
                               **common)
     return Path(kohya), diffusers and Path(diffusers)
+
+
+def write_outputs(config, model, data, accelerator, step, started, suffix: str = ""):
+    """OUTPUT/NAME{suffix}.safetensors (+ the diffusers file for the main LoRA) from the adapters as they are."""
+    import torch
+
+    from loraflow.train.model_setup import lora_state_dicts
+
+    unet_state, te_states = lora_state_dicts(model, accelerator.unwrap_model)
+    model_hash = base_model_sha256(model.path)
+    epochs = math.ceil(step * config.gradient_accumulation * accelerator.num_processes / data.plan.batches_per_epoch)
+    meta = training_metadata(
+        config, family=model.family.name, model_name=model.name, model_hash=model_hash, num_images=len(data.train_items),
+        steps=step, epochs=epochs, started=started, prediction_type=model.prediction_type)
+    tags = tag_frequency([(i.image_path.parent.name, config.caption_prefix + i.caption) for i in data.train_items])
+    return save_lora_files(
+        Path(config.output), config.name + suffix, unet_state, te_states, family=model.family.name, rank=config.lora_rank,
+        alpha=config.lora_alpha, dtype=getattr(torch, config.save_dtype), resolution=config.resolution,
+        tag_freq=tags, metadata=meta, with_diffusers=config.save_format == "kohya+diffusers" and not suffix,
+        lora_type=config.lora_type)

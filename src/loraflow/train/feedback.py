@@ -98,11 +98,22 @@ def validation_images(model, prompts: list[str], *, step: int, seed: int, steps:
     with torch.no_grad():
         for i, prompt in enumerate(prompts):
             generator = torch.Generator("cpu").manual_seed(seed + i)
-            images.append(pipe(prompt, num_inference_steps=steps, height=resolution, width=resolution,
-                               generator=generator).images[0])
+            images.append(pipe(**_conditioning(model, prompt), num_inference_steps=steps, height=resolution,
+                               width=resolution, generator=generator).images[0])
     pipe.unet.train(unet_was_training)
     out_dir.mkdir(parents=True, exist_ok=True)
     return save_png(image_grid(images), out_dir / f"step-{step:06d}.png"), images
+
+
+def _conditioning(model, prompt: str) -> dict:
+    """The prompt for the pipeline, or its embeddings when the text encoders sit on another device than the
+    UNet (text_encoders_on_cpu): the pipeline would send the token ids to the UNet's device."""
+    encoder = getattr(model.pipe, model.family.text_encoder_names[0])
+    device = model.unet.device
+    if encoder is None or encoder.device == device:
+        return {"prompt": prompt}
+    positive, negative = model.family.encode_prompts(model.pipe, [prompt, ""])
+    return model.family.call_kwargs(positive.to(device, model.weight_dtype), negative.to(device, model.weight_dtype))
 
 
 def score_validation(scorer, images: list, prompts: list[str], step: int, out_dir: Path) -> dict[str, float]:

@@ -53,13 +53,19 @@ def load_for_training(config: TrainConfig, device: str, encoders: bool = True) -
 
     from loraflow.models.families import FAMILIES
     from loraflow.models.loading import load_pipeline
-    from loraflow.train.activation_memory import recompute_feed_forward_gates
 
     weight_dtype = WEIGHT_DTYPES[config.mixed_precision]
     skip = () if encoders else ("vae", *dict.fromkeys(n for f in FAMILIES.values() for n in f.text_encoder_names))
-    loaded = load_pipeline(config.model, family=config.family, vae=config.vae, dtype=weight_dtype, device=device,
+    # Loaded on the CPU; the VAE and text encoders go to the device for the cache pass, the UNet only after
+    # it (accelerator.prepare places it), so a ChatGLM and a UNet never share device memory.
+    # text_encoders_on_cpu: the encoders never come to the device at all.
+    loaded = load_pipeline(config.model, family=config.family, vae=config.vae, dtype=weight_dtype, device="cpu",
                            skip=skip)
     pipe, family = loaded.pipe, loaded.family
+    encoders = () if config.text_encoders_on_cpu else family.text_encoder_names
+    for name in ("vae", *encoders):
+        if getattr(pipe, name) is not None:
+            getattr(pipe, name).to(device)
     for name in ("unet", "vae", *family.text_encoder_names):
         if getattr(pipe, name) is not None:
             getattr(pipe, name).requires_grad_(False)
@@ -69,12 +75,26 @@ def load_for_training(config: TrainConfig, device: str, encoders: bool = True) -
     prediction_type = config.prediction_type or noise_scheduler.config.prediction_type
     model = TrainModel(pipe, family, loaded.name, loaded.source, loaded.path, getattr(torch, weight_dtype),
                        noise_scheduler, prediction_type)
+    prepare_unet(model, config)
+    return model
+
+
+def prepare_unet(model: TrainModel, config: TrainConfig) -> None:
+    """Frozen base -> trainable: fp8 storage, LoRA adapters, activation-memory settings. `loraflow plan`
+    runs this same function on the meta device."""
+    import torch
+
+    from loraflow.train.activation_memory import recompute_feed_forward_gates
+
+    if config.base_fp8:  # before the adapters, so the LoRA layers stay fp32
+        from loraflow.train.fp8_base import store_base_in_fp8
+
+        store_base_in_fp8(model.unet, model.weight_dtype)
     torch.manual_seed(config.seed)  # LoRA A matrices are drawn from the global RNG
     add_lora(model, config)
     if config.gradient_checkpointing:
-        pipe.unet.enable_gradient_checkpointing()
-    recompute_feed_forward_gates(pipe.unet)  # a third less feed-forward activation memory, same gradients
-    return model
+        model.unet.enable_gradient_checkpointing()
+    recompute_feed_forward_gates(model.unet)  # a third less feed-forward activation memory, same gradients
 
 
 @dataclass

@@ -43,15 +43,27 @@ def noisy_input_and_target(noise_scheduler, latents, noise, timesteps, predictio
     return noisy, target
 
 
-def diffusion_loss(pred, target, timesteps, noise_scheduler, prediction_type: str, min_snr_gamma: float | None):
-    """Mean over the batch of per-sample MSE, optionally min-SNR-gamma weighted. Computed in fp32."""
+def diffusion_loss(pred, target, timesteps, noise_scheduler, prediction_type: str, min_snr_gamma: float | None,
+                   weight=None, sample_weight=None):
+    """Mean over the batch of per-sample MSE, optionally min-SNR-gamma weighted. Computed in fp32.
+    `weight` (B, 1, h, w) in [0, 1] (masked loss): each sample's MSE is the weighted mean over its
+    latent cells, so a masked-out cell contributes nothing and a sample's scale does not depend on
+    how much of it is masked (an all-zero mask gives 0). `sample_weight` (B,) scales whole samples
+    (regularization images' prior-loss weight)."""
     import torch
     import torch.nn.functional as F
 
-    per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))  # (B,)
+    squared = F.mse_loss(pred.float(), target.float(), reduction="none")  # (B, C, h, w)
+    if weight is None:
+        per_sample = squared.mean(dim=(1, 2, 3))  # (B,)
+    else:
+        weight = weight.float().expand_as(squared)
+        per_sample = (squared * weight).sum(dim=(1, 2, 3)) / weight.sum(dim=(1, 2, 3)).clamp_min(1e-8)
     if min_snr_gamma:
         s = snr(noise_scheduler, timesteps.to(pred.device))
         clipped = torch.clamp(s, max=min_snr_gamma)
         weight = clipped / (s + 1.0) if prediction_type == "v_prediction" else clipped / s
         per_sample = per_sample * weight
+    if sample_weight is not None:
+        per_sample = per_sample * sample_weight.to(per_sample.device, per_sample.dtype)
     return per_sample.mean()

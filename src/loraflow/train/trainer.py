@@ -1,17 +1,19 @@
 """`train(config) -> TrainResult`: the whole LoRA training run, readable top to bottom.
 
     1. resolve the config, start accelerate (device, mixed precision, processes)
-    2. read the dataset, plan aspect-ratio buckets
+    2. read the dataset (+ held-out and regularization images, evaluation.py / regularization.py),
+       plan aspect-ratio buckets, caption variants (captions.py) and loss masks (masks.py)
     3. the caches; load the base model frozen, add fp32 LoRA adapters. When every latent and caption
        embedding the run reads is on disk already (a second run), the VAE and text encoders are not
        loaded at all, unless validation images need them (then the full pipeline is loaded as before)
     4. encode every image and caption once into the disk caches, release unused encoders
     5. optimizer + LR schedule, accelerate.prepare, resume
-    6. the loop: micro-batches -> loss -> backward -> clip -> step; checkpoints, samples, logs
-    7. write the kohya LoRA (+ diffusers file), loss curve, final samples
+    6. the loop: micro-batches -> loss -> backward -> clip -> step -> EMA (ema.py); checkpoints,
+       samples, logs, held-out evaluations and early stop
+    7. write the kohya LoRA (+ diffusers file, NAME-ema), loss curve, evaluation table, final samples
 
 Randomness is a pure function of (seed, global micro-batch index m): data order, crops, flips,
-caption dropout, latent samples, noise and timesteps. A resumed run therefore continues exactly
+caption dropout and variants, latent samples, noise and timesteps. A resumed run therefore continues exactly
 where the interrupted one would have been, and N processes x 1 micro-batch see the same data and
 noise as 1 process x N accumulated micro-batches (DDP averages what accumulation averages).
 """
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import random
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -27,8 +28,15 @@ from pathlib import Path
 from typing import Callable
 
 from loraflow.errors import ConfigError, LoraflowError
+from loraflow.plan.fit import cuda_free_bytes, fit_train_config
 from loraflow.train import checkpoint, objective
 from loraflow.train.config import TrainConfig
+from loraflow.train.ema import LoraEMA
+from loraflow.train.evaluation import HeldOut, report
+from loraflow.train.export import write_outputs
+from loraflow.train.regularization import sample_weights
+from loraflow.train.precache import (all_cached, cache_roots, encoders_needed_in_loop, make_stores, precache,
+                                     release_encoders)
 
 
 class TrainingDiverged(LoraflowError):
@@ -46,6 +54,8 @@ class TrainResult:
     loss_figure: object = None  # the same plot as a matplotlib Figure (shows inline in Jupyter)
     learning_rates: list[tuple[int, float]] = field(default_factory=list)  # (step, lr) of this run's steps
     validations: list[tuple[int, dict]] = field(default_factory=list)  # (step, mean validation scores)
+    ema_path: Path | None = None  # OUTPUT/NAME-ema.safetensors when ema is on
+    evaluation: Path | None = None  # OUTPUT/evaluation.md when eval_every is set
     stats: dict = field(default_factory=dict)  # encoder call counts, cache settings, timings
     model: object = None  # the trained TrainModel in memory (pipeline with adapters)
 
@@ -56,6 +66,20 @@ class RunData:
     sizes: list[tuple[int, int]]  # (w, h) per item
     hashes: list[str]  # file SHA-256 per item
     plan: object  # buckets.BatchPlan
+    captions: object  # captions.Captions: the caption of every sighting
+    eval_items: list[int] = field(default_factory=list)  # held-out items (0 repeats: never trained on)
+    masks: object = None  # masks.Masks: loss weights per item (masked_loss)
+    reg_items: list[int] = field(default_factory=list)  # regularization images
+
+    def summary(self) -> str:
+        masked = sum(s is not None for s in self.masks.sources)
+        return (f"{len(self.eval_items)} held out, {len(self.reg_items)} regularization, {masked} with a mask"
+                + (" - masked_loss is on but no image has a mask" if self.masks.enabled and not masked else ""))
+
+    @property
+    def train_items(self) -> list:
+        other = set(self.eval_items) | set(self.reg_items)
+        return [item for i, item in enumerate(self.items) if i not in other]
 
 
 def _generator(seed: int, m: int):
@@ -66,24 +90,24 @@ def _generator(seed: int, m: int):
     return torch.Generator().manual_seed(int.from_bytes(digest[:7], "little"))
 
 
-def _default_cache_dir() -> Path:
-    import os
-
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "loraflow" / "train"
-
-
 def _say(accelerator, text: str) -> None:
     if accelerator.is_main_process:
         print(text, flush=True)
 
 
-def read_data(config: TrainConfig) -> RunData:
+def read_data(config: TrainConfig, text_cached: bool) -> RunData:
     from loraflow.train.buckets import BatchPlan, make_buckets
+    from loraflow.train.captions import CaptionPolicy, Captions
     from loraflow.train.dataset import read_items
+    from loraflow.train.evaluation import split_held_out
     from loraflow.train.images import file_sha256, image_size
 
-    items = read_items(config.dataset)
+    from loraflow.train.masks import Masks
+
+    from loraflow.train.regularization import add_regularization
+
+    items, eval_items = split_held_out(read_items(config.dataset, config.mask_column), config)
+    items, reg_items = add_regularization(items, config)
     sizes = [image_size(i.image_path) for i in items]
     hashes = [file_sha256(i.image_path) for i in items]
     if config.bucketing:
@@ -93,87 +117,8 @@ def read_data(config: TrainConfig) -> RunData:
     plan = BatchPlan(sizes, [i.repeats for i in items], buckets, batch_size=config.batch_size, seed=config.seed,
                      center_crop=config.center_crop, random_flip=config.random_flip,
                      max_upscale=config.max_upscale if config.bucketing else float("inf"), step=config.bucket_step)
-    return RunData(items, sizes, hashes, plan)
-
-
-def cache_roots(config: TrainConfig, accelerator) -> tuple[Path | None, Path | None]:
-    """Latent and text cache folders; None where a cache is off, and a note why."""
-    root = Path(config.cache_dir) if config.cache_dir else _default_cache_dir()
-    latent_root = root if config.cache_latents else None
-    if config.cache_latents and config.random_crop:
-        _say(accelerator, "note: latent caching is off because random_crop is on (every crop differs); "
-                          "use center crop to cache latents (kohya does the same)")
-        latent_root = None
-    text_root = root if config.cache_text_embeds else None
-    if config.cache_text_embeds and config.train_text_encoder:
-        _say(accelerator, "note: text-embedding caching is off because the text encoder trains")
-        text_root = None
-    return latent_root, text_root
-
-
-def make_stores(identity, latent_root: Path | None, text_root: Path | None):
-    """Latent and text stores over `identity` (model_setup.EncoderIdentity), encoders not attached yet."""
-    from loraflow.train.cache import LatentStore, TextStore
-
-    return (LatentStore(latent_root, identity.vae_key if latent_root else "", identity.vae_config),
-            TextStore(identity.family, text_root, identity.text_key if text_root else ""))
-
-
-def captions_of(config: TrainConfig, data: RunData) -> list[str]:
-    return [config.caption_prefix + i.caption for i in data.items]
-
-
-def cached_captions(config: TrainConfig, data: RunData) -> list[str]:
-    """Every caption the text cache holds for this run; "" for caption dropout and long-prompt padding."""
-    return sorted(set(captions_of(config, data)) | {""})
-
-
-def cached_crops(config: TrainConfig, data: RunData, rank: int = 0, world: int = 1) -> list:
-    """(item index, crop) the latent cache holds for process `rank`'s share: the center crop, and its
-    mirror when flipping."""
-    from loraflow.train.buckets import crop_for
-
-    work = []
-    for i in range(rank, len(data.items), world):
-        bucket = data.plan.item_buckets[i]
-        for flip in ((False, True) if config.random_flip else (False,)):
-            work.append((i, crop_for(data.sizes[i], bucket, True, flip, random.Random(0))))
-    return work
-
-
-def encoders_needed_in_loop(config: TrainConfig, latents, texts) -> bool:
-    """Do the VAE / text encoders run after precaching: uncached inputs, text-encoder LoRA, sample images."""
-    return bool(config.validation_prompt) or latents.root is None or texts.root is None or config.train_text_encoder
-
-
-def all_cached(config: TrainConfig, data: RunData, latents, texts) -> bool:
-    """Is every caption embedding and latent this run reads on disk and readable?"""
-    return (all(texts.cached(c) for c in cached_captions(config, data))
-            and all(latents.cached(data.hashes[i], crop) for i, crop in cached_crops(config, data)))
-
-
-def precache(config: TrainConfig, data: RunData, latents, texts, accelerator) -> None:
-    """Encode every (image, crop variant) and caption this process owns into the caches."""
-    from tqdm.auto import tqdm
-
-    rank, world = accelerator.process_index, accelerator.num_processes
-    if latents.root is not None:
-        work = cached_crops(config, data, rank, world)
-        groups: dict = {}
-        for w in work:
-            groups.setdefault(w[1].bucket, []).append(w)  # one bucket per VAE batch
-        bar = tqdm(total=len(work), desc="cache latents", unit="img", disable=not accelerator.is_main_process)
-        for group in groups.values():
-            for start in range(0, len(group), config.batch_size):
-                chunk = group[start:start + config.batch_size]
-                latents.get([data.items[i].image_path for i, _ in chunk], [data.hashes[i] for i, _ in chunk],
-                            [c for _, c in chunk])
-                bar.update(len(chunk))
-        bar.close()
-    if texts.root is not None:
-        for caption in cached_captions(config, data)[rank::world]:
-            texts.one(caption)
-    accelerator.wait_for_everyone()
+    captions = Captions([i.caption for i in items], CaptionPolicy.from_config(config), config.seed, plan, text_cached)
+    return RunData(items, sizes, hashes, plan, captions, eval_items, Masks(items, config.masked_loss), reg_items)
 
 
 def total_steps(config: TrainConfig, data: RunData, world: int) -> int:
@@ -185,15 +130,11 @@ def total_steps(config: TrainConfig, data: RunData, world: int) -> int:
 
 def micro_batch_loss(m: int, config: TrainConfig, data: RunData, model, unet, latents, texts, device):
     """Loss of global micro-batch m (see the module docstring)."""
-    import torch
-
-    from loraflow.train.cache import encode_text_live
+    from loraflow.train.forward import predict, text_conditioning
 
     entries = data.plan.batch(m)
     gen = _generator(config.seed, m)
-    caption_rng = random.Random(f"{config.seed}:{m}:caption")
-    captions = [config.caption_prefix + data.items[e.item].caption for e in entries]
-    captions = ["" if caption_rng.random() < config.caption_dropout else c for c in captions]
+    captions = data.captions.for_batch(m)
     if latents.root is not None:  # caches hold the center crop (and its mirror)
         params = latents.get([data.items[e.item].image_path for e in entries], [data.hashes[e.item] for e in entries],
                              [e.crop for e in entries])
@@ -203,21 +144,17 @@ def micro_batch_loss(m: int, config: TrainConfig, data: RunData, model, unet, la
     noise = objective.sample_noise(x0, gen, config.noise_offset)
     timesteps = objective.sample_timesteps(model.noise_scheduler, x0.shape[0], gen)
     noisy, target = objective.noisy_input_and_target(model.noise_scheduler, x0, noise, timesteps, model.prediction_type)
-    if model.text_encoders:
-        embeds, pooled = encode_text_live(model.pipe, model.family, captions)
-    else:
-        embeds, pooled = texts.get(captions)
-    kwargs = {}
-    if model.family.uses_time_ids:
-        time_ids = [model.family.time_ids(*e.crop.time_ids_args(data.sizes[e.item])) for e in entries]
-        kwargs["added_cond_kwargs"] = {"text_embeds": pooled.to(device),
-                                       "time_ids": torch.tensor(time_ids, dtype=torch.float32, device=device)}
-    pred = unet(noisy.to(device), timesteps.to(device), encoder_hidden_states=embeds.to(device), **kwargs).sample
+    embeds, pooled = text_conditioning(model, texts, captions)
+    pred = predict(model, unet, noisy, timesteps, embeds, pooled, [e.crop for e in entries],
+                   [data.sizes[e.item] for e in entries], device)
+    weight = data.masks.weights(entries, x0.shape)  # (B, 1, h, w) or None
     return objective.diffusion_loss(pred, target.to(device), timesteps, model.noise_scheduler,
-                                    model.prediction_type, config.min_snr_gamma)
+                                    model.prediction_type, config.min_snr_gamma,
+                                    None if weight is None else weight.to(device),
+                                    sample_weights(entries, set(data.reg_items), config.reg_weight))
 
 
-def _save_checkpoint(config, model, accelerator, step, optimizer, lr_scheduler, plan, losses):
+def _save_checkpoint(config, model, accelerator, step, optimizer, lr_scheduler, plan, losses, extras):
     from loraflow.train.model_setup import lora_state_dicts
 
     if accelerator.is_main_process:
@@ -228,17 +165,25 @@ def _save_checkpoint(config, model, accelerator, step, optimizer, lr_scheduler, 
         m = step * config.gradient_accumulation * accelerator.num_processes
         extra = {"micro_batch": m, "epoch": m // plan.batches_per_epoch, "config": config.model_dump(mode="json"),
                  "losses": losses}
+        for part in extras:  # EMA, held-out evaluations: their state resumes with the run
+            if part is not None:
+                tensors, meta = part.state()
+                state.update(tensors)
+                extra.update(meta)
         checkpoint.save_checkpoint(config.output, step, state, optimizer, lr_scheduler, extra, config.keep_checkpoints)
     accelerator.wait_for_everyone()
 
 
-def _resume(config, model, accelerator, optimizer, lr_scheduler) -> tuple[int, list]:
+def _resume(config, model, accelerator, optimizer, lr_scheduler, extras) -> tuple[int, list]:
     from peft import set_peft_model_state_dict
 
     path = checkpoint.resolve_resume(config.resume, config.output)
     saved = checkpoint.read_state(path).get("config", {})
+    if "eval_every" in saved and bool(saved["eval_every"]) != bool(config.eval_every):  # the split changes the data
+        raise ConfigError(f"resume: {path} was trained with eval_every={saved['eval_every']!r}, this run has "
+                          f"{config.eval_every!r}; a held-out split changes the training data, keep it on or off")
     for key in ("lora_rank", "lora_targets", "lora_type", "text_encoder_targets", "train_text_encoder", "batch_size",
-                "gradient_accumulation", "seed"):
+                "gradient_accumulation", "seed", "eval_dataset", "eval_split", "reg_dataset", "reg_repeats"):
         if key in saved and saved[key] != getattr(config, key):
             raise ConfigError(f"resume: {path} was trained with {key}={saved[key]!r}, this run has "
                               f"{getattr(config, key)!r}; resume with the same value")
@@ -249,11 +194,19 @@ def _resume(config, model, accelerator, optimizer, lr_scheduler) -> tuple[int, l
         te = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
         if te:
             set_peft_model_state_dict(accelerator.unwrap_model(getattr(model.pipe, name)), te)
+    for part in extras:
+        if part is not None:
+            part.load(state, meta, str(path))
     _say(accelerator, f"resumed from {path} at step {meta['step']} (epoch {meta.get('epoch')})")
     return int(meta["step"]), [tuple(x) for x in meta.get("losses", [])]
 
 
-def _validate(config, model, accelerator, step, logger) -> None:
+def _validate(config, model, accelerator, step, logger, ema) -> None:
+    with ema.applied() if ema is not None else nullcontext():  # sample images show the EMA weights when on
+        _validate_now(config, model, accelerator, step, logger)
+
+
+def _validate_now(config, model, accelerator, step, logger) -> None:
     if accelerator.is_main_process and config.validation_prompt:
         from loraflow.train.feedback import validation_images
 
@@ -277,17 +230,19 @@ def _validate(config, model, accelerator, step, logger) -> None:
     accelerator.wait_for_everyone()
 
 
-def _release_encoders(config, model, latents, texts) -> None:
-    """Once everything is cached, the VAE and text encoders are dead weight (unless sampling)."""
-    if encoders_needed_in_loop(config, latents, texts):
-        return
-    import gc
-
-    latents.release_vae()
-    for name in ("vae", *model.family.text_encoder_names):
-        setattr(model.pipe, name, None)
-    texts.pipe = None
-    gc.collect()
+def _evaluate(step, config, data, model, unet, latents, texts, accelerator, held_out, logger, started) -> bool:
+    """Held-out loss at `step`; a new best is kept as NAME-best.safetensors. True: early stopping says stop."""
+    loss = held_out.loss(data, model, unet, latents, texts, accelerator)
+    logger.scalars({"eval/held_out_loss": loss}, step)
+    best = held_out.record(step, loss)
+    if best and accelerator.is_main_process:
+        write_outputs(config, model, data, accelerator, step, started, suffix="-best")
+    _say(accelerator, f"step {step}: held-out loss {loss:.5f}" + (" (best so far)" if best else ""))
+    stop = held_out.should_stop()
+    if stop:
+        _say(accelerator, f"early stop: the held-out loss has not improved for {config.early_stop} evaluations "
+                          f"(best at step {held_out.best()[0]})")
+    return stop
 
 
 def optimizer_step(step, config, data, model, unet, optimizer, lr_scheduler, latents, texts, accelerator) -> float:
@@ -350,6 +305,9 @@ def train(config: TrainConfig | dict, progress: Callable[[int, int], None] | Non
             "model": model, "resolution": config.resolution or peek_defaults(model, config.family).height})
     started = time.time()
     accelerator = setup_accelerator(config)
+    # --vram picks low-VRAM modes; on CUDA a run that would spill into shared memory stops here
+    config = fit_train_config(config, str(accelerator.device), lambda text: _say(accelerator, text),
+                              free_bytes=cuda_free_bytes(str(accelerator.device)))
     output = Path(config.output)
     if accelerator.is_main_process:
         output.mkdir(parents=True, exist_ok=True)
@@ -357,13 +315,13 @@ def train(config: TrainConfig | dict, progress: Callable[[int, int], None] | Non
         atomic_write_text(output / "config.yaml", config.to_yaml())
         print(f"loraflow train: resolved config (saved to {output / 'config.yaml'}):\n{config.to_yaml()}", flush=True)
     # 2. data
-    data = read_data(config)
+    roots = cache_roots(config, accelerator)
+    data = read_data(config, text_cached=roots[1] is not None)
     world, accum = accelerator.num_processes, config.gradient_accumulation
     steps = total_steps(config, data, world)
-    _say(accelerator, f"{len(data.items)} images, {data.plan.batches_per_epoch} batches/epoch in "
+    _say(accelerator, f"{len(data.train_items)} images ({data.summary()}), {data.plan.batches_per_epoch} batches/epoch in "
                       f"{len(set(data.plan.item_buckets))} bucket(s); {steps} steps x {accum} accumulation x {world} process(es)")
     # 3. caches and model: a warm cache means the VAE and text encoders are never loaded
-    roots = cache_roots(config, accelerator)
     identity = identity_from_files(config)  # None: only known once the model is built (tiny, single file)
     stores = make_stores(identity, *roots) if identity is not None else None
     warm = (stores is not None and not encoders_needed_in_loop(config, *stores)
@@ -377,7 +335,7 @@ def train(config: TrainConfig | dict, progress: Callable[[int, int], None] | Non
     else:
         latents.vae, texts.pipe = model.vae, model.pipe
         precache(config, data, latents, texts, accelerator)
-        _release_encoders(config, model, latents, texts)
+        release_encoders(config, model, latents, texts)
     # 5. optimizer, schedule, prepare, resume
     optimizer = make_optimizer(model.trainable_parameters(), config, str(accelerator.device))
     lr_scheduler = make_lr_scheduler(optimizer, config, steps)
@@ -386,39 +344,59 @@ def train(config: TrainConfig | dict, progress: Callable[[int, int], None] | Non
     unet, optimizer = accelerator.prepare(model.unet, optimizer)
     for te in model.text_encoders:
         te.to(accelerator.device)
-    start, past_losses = _resume(config, model, accelerator, optimizer, lr_scheduler) if config.resume else (0, [])
+    ema = LoraEMA.from_config(config, model.trainable_parameters())
+    held_out = HeldOut.from_config(config, data)
+    extras = (ema, held_out)
+    start, past_losses = (_resume(config, model, accelerator, optimizer, lr_scheduler, extras) if config.resume
+                          else (0, []))
     logger = Logger(output, steps, start, accelerator.is_main_process)
     logger.losses = list(past_losses)
     for module in (unet, *model.text_encoders):
         module.train()
-    # 6. the loop
+    # 6. the loop (a held-out evaluation first: the base model's number, which the LoRA should beat)
+    if held_out is not None and start == 0:
+        _evaluate(0, config, data, model, unet, latents, texts, accelerator, held_out, logger, started)
     step = start
     loop_started, loop_cpu = time.time(), time.process_time()
     while step < steps:
         step_loss = optimizer_step(step, config, data, model, unet, optimizer, lr_scheduler, latents, texts, accelerator)
         step += 1
+        if ema is not None:
+            ema.after_step(step)
         logger.step(step, step_loss, lr_scheduler.get_last_lr()[0], step % config.log_every == 0)
         if on_step is not None:
             on_step(step, step_loss, lr_scheduler.get_last_lr()[0])
         if progress is not None:
             progress(step, steps)
         if config.save_every and step % config.save_every == 0 and step < steps:
-            _save_checkpoint(config, model, accelerator, step, optimizer, lr_scheduler, data.plan, logger.losses)
+            _save_checkpoint(config, model, accelerator, step, optimizer, lr_scheduler, data.plan, logger.losses,
+                             extras)
         if config.validation_every and step % config.validation_every == 0 and step < steps:
-            _validate(config, model, accelerator, step, logger)
+            _validate(config, model, accelerator, step, logger, ema)
+        if held_out is not None and held_out.due(step) and _evaluate(
+                step, config, data, model, unet, latents, texts, accelerator, held_out, logger, started):
+            break
     loop_seconds, loop_cpu = time.time() - loop_started, time.process_time() - loop_cpu
+    if held_out is not None and (not held_out.history or held_out.history[-1][0] != step):
+        _evaluate(step, config, data, model, unet, latents, texts, accelerator, held_out, logger, started)
     # 7. outputs
-    _save_checkpoint(config, model, accelerator, step, optimizer, lr_scheduler, data.plan, logger.losses)
+    _save_checkpoint(config, model, accelerator, step, optimizer, lr_scheduler, data.plan, logger.losses, extras)
     result = TrainResult(output, None, None, step, logger.losses, model=model)
     if accelerator.is_main_process:
         result.lora_path, result.diffusers_path = write_outputs(config, model, data, accelerator, step, started)
+        if ema is not None:
+            with ema.applied():
+                result.ema_path = write_outputs(config, model, data, accelerator, step, started, suffix="-ema")[0]
         print(f"saved {result.lora_path}", flush=True)
         from loraflow.models.lora.compat import check_trained  # which tools load every module
 
         models = {"unet": accelerator.unwrap_model(model.unet),
                   **{n: getattr(model.pipe, n, None) for n in model.family.text_encoder_names}}
         print(check_trained(result.lora_path, models), flush=True)
-    _validate(config, model, accelerator, step, logger)
+        if held_out is not None:
+            table, result.evaluation, _ = report(held_out.history, logger.losses, output, f"{config.name}-best.safetensors")
+            print(f"held-out evaluation ({result.evaluation}):\n{table}", flush=True)
+    _validate(config, model, accelerator, step, logger, ema)
     if accelerator.is_main_process:  # after the last validation, so the plot shows it too
         result.learning_rates, result.validations = logger.learning_rates, logger.validations
         result.loss_figure, result.loss_curve = draw_loss_curve(
@@ -432,23 +410,3 @@ def train(config: TrainConfig | dict, progress: Callable[[int, int], None] | Non
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return result
-
-
-def write_outputs(config, model, data, accelerator, step, started):
-    import torch
-
-    from loraflow.train import export
-    from loraflow.train.model_setup import lora_state_dicts
-
-    unet_state, te_states = lora_state_dicts(model, accelerator.unwrap_model)
-    model_hash = export.base_model_sha256(model.path)
-    epochs = math.ceil(step * config.gradient_accumulation * accelerator.num_processes / data.plan.batches_per_epoch)
-    meta = export.training_metadata(
-        config, family=model.family.name, model_name=model.name, model_hash=model_hash, num_images=len(data.items),
-        steps=step, epochs=epochs, started=started, prediction_type=model.prediction_type)
-    tags = export.tag_frequency([(i.image_path.parent.name, config.caption_prefix + i.caption) for i in data.items])
-    return export.save_lora_files(
-        Path(config.output), config.name, unet_state, te_states, family=model.family.name, rank=config.lora_rank,
-        alpha=config.lora_alpha, dtype=getattr(torch, config.save_dtype), resolution=config.resolution,
-        tag_freq=tags, metadata=meta, with_diffusers=config.save_format == "kohya+diffusers",
-        lora_type=config.lora_type)

@@ -72,6 +72,7 @@ class ModelFamily:
     # Noise schedule of the base model's training (diffusers scheduler config keys).
     schedule: ClassVar[dict[str, Any]]
     uses_time_ids: ClassVar[bool] = False  # SDXL-class micro-conditioning
+    prompt_tokens: ClassVar[int] = 77  # tokens per prompt the UNet cross-attends to (one CLIP chunk)
     where_to_get: ClassVar[str] = ""  # shown when weights are missing
 
     # ---- latents ------------------------------------------------------------------------

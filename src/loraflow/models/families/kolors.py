@@ -37,6 +37,7 @@ class Kolors(ModelFamily):
         prediction_type="epsilon", steps_offset=1, timestep_spacing="leading", interpolation_type="linear",
     )
     uses_time_ids = True
+    prompt_tokens = MAX_SEQUENCE_LENGTH
     where_to_get = "the diffusers folder of Kwai-Kolors/Kolors-diffusers (`loraflow models download Kwai-Kolors/Kolors-diffusers`)"
 
     # Kolors ships SDXL's VAE (Kwai-Kolors/Kolors-diffusers vae/config.json)

@@ -1,0 +1,106 @@
+"""`loraflow plan train|generate|storyboard`: the memory and time a command would need, at full size,
+without a GPU and without weights. Same options and config files as the real command, plus:
+
+    --gpu NAME|GiB   the card to fit and time against (default: RTX 4090)
+    --vram GiB       pick the fastest set of low-VRAM modes that fits this size
+    --json           one JSON object instead of the report
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+DEFAULT_GPU = "RTX 4090"
+
+
+def _common(parser, vram: bool) -> None:
+    parser.add_argument("--gpu", default=DEFAULT_GPU, help=f"GPU name or memory size in GiB (default: {DEFAULT_GPU})")
+    parser.add_argument("--efficiency", type=float, default=None,
+                        help="fraction of the GPU's peak TFLOPs a step reaches (default: 0.40)")
+    parser.add_argument("--json", action="store_true", help="print the plan as one JSON object")
+    if vram:
+        parser.add_argument("--vram", type=float, help="GiB to fit: choose the fastest low-VRAM modes that fit")
+
+
+def register(subparsers) -> None:
+    from loraflow.generate.options import GenerateConfig
+    from loraflow.generate.storyboard import StoryboardConfig
+    from loraflow.train.config import TrainConfig
+
+    plan = subparsers.add_parser("plan", help="peak GPU memory, FLOPs and step time of a command, without a GPU",
+                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = plan.add_subparsers(dest="plan_command", metavar="COMMAND", required=True)
+    t = commands.add_parser("train", help="plan `loraflow train` (one optimizer step, cache pass, validation)")
+    t.add_argument("--config", help="the training config file")
+    TrainConfig.add_arguments(t)
+    _common(t, vram=False)  # TrainConfig has --vram
+    t.set_defaults(func=run_train)
+    g = commands.add_parser("generate", help="plan `loraflow generate` (text encoding, one step, VAE decode)")
+    g.add_argument("--config", help="the generate config file")
+    GenerateConfig.add_arguments(g)
+    _common(g, vram=True)
+    g.set_defaults(func=run_generate)
+    s = commands.add_parser("storyboard", help="plan `loraflow storyboard` (its largest scene)")
+    s.add_argument("story", help="story file (.yaml or .json)")
+    StoryboardConfig.add_arguments(s)
+    _common(s, vram=True)
+    s.set_defaults(func=run_storyboard)
+
+
+def _finish(plan, args) -> int:
+    from loraflow.plan.gpus import find_gpu
+    from loraflow.plan.report import format_plan
+
+    plan.gpu = find_gpu(args.gpu)
+    if args.efficiency is not None:
+        plan.efficiency = args.efficiency
+    print(json.dumps(plan.to_dict(), indent=2) if args.json else format_plan(plan))
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from loraflow.plan.gpus import find_gpu
+    from loraflow.plan.modes import TRAIN_STEPS, budget_from_vram, choose, flags
+    from loraflow.plan.train_plan import plan_train
+    from loraflow.train.config import TrainConfig
+
+    find_gpu(args.gpu)  # an unknown name fails before minutes of planning
+    config = TrainConfig.from_cli(args, args.config)
+    if config.vram is None:
+        return _finish(plan_train(config), args)
+    config, plan, changes = choose(config, budget_from_vram(config.vram), plan_train, TRAIN_STEPS)
+    plan.notes.insert(0, f"modes chosen for --vram {config.vram:g}: {flags(changes) or 'none needed'}")
+    return _finish(plan, args)
+
+
+def _plan_generate(config, args):
+    from loraflow.plan.generate_plan import plan_generate
+    from loraflow.plan.gpus import find_gpu
+    from loraflow.plan.modes import GENERATE_STEPS, budget_from_vram, choose, flags
+
+    find_gpu(args.gpu)
+    if args.vram is None:
+        return plan_generate(config)
+    config, plan, changes = choose(config, budget_from_vram(args.vram), plan_generate, GENERATE_STEPS)
+    plan.notes.insert(0, f"modes chosen for --vram {args.vram:g}: {flags(changes) or 'none needed'}")
+    return plan
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from loraflow.generate.options import GenerateConfig
+
+    return _finish(_plan_generate(GenerateConfig.from_cli(args, args.config), args), args)
+
+
+def run_storyboard(args: argparse.Namespace) -> int:
+    from loraflow.generate.storyboard import StoryboardConfig, load_story, scene_configs
+
+    cfg = StoryboardConfig.from_cli(args, None, story=args.story)
+    scenes = scene_configs(load_story(cfg.story), cfg)
+    largest = max(scenes, key=lambda c: (c.height or 0) * (c.width or 0) * c.batch_size)
+    largest = largest.model_copy(update={"batch_size": cfg.batch_size, "offload": cfg.offload,
+                                         "vae_tiling": cfg.vae_tiling})
+    plan = _plan_generate(largest, args)
+    plan.command = "storyboard"
+    plan.notes.append(f"the largest of {len(scenes)} scenes; every scene runs on the same loaded model")
+    return _finish(plan, args)

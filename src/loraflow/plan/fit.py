@@ -1,0 +1,46 @@
+"""Before a training run loads anything: choose low-VRAM modes for `--vram`, and on CUDA stop a run
+whose plan exceeds the free device memory (it would spill into shared memory and crawl) with one
+line naming the planned peak, the free memory and the flags that would fit."""
+from __future__ import annotations
+
+from typing import Callable
+
+from loraflow.errors import ConfigError
+from loraflow.plan.gpus import GiB
+from loraflow.plan.modes import TRAIN_STEPS, budget_from_vram, choose, flags, spill_message
+
+
+def fit_train_config(config, device: str, say: Callable[[str], None] = print, planner=None, free_bytes=None):
+    """`config`, with modes chosen for `config.vram` when set. `free_bytes` is the device's free memory
+    (CUDA: torch.cuda.mem_get_info; None elsewhere: no spill check). `planner` is plan_train (tests
+    pass a fake). Raises ConfigError with the one line when the run would not fit."""
+    if config.vram is None and free_bytes is None:
+        return config
+    if planner is None:
+        from loraflow.plan.train_plan import plan_train as planner
+    if config.vram is not None:
+        config, plan, changes = choose(config, budget_from_vram(config.vram), planner, TRAIN_STEPS)
+        say(f"plan: --vram {config.vram:g}: low-VRAM modes {flags(changes) or 'none needed'}; "
+            f"planned peak {plan.peak_bytes / GiB:.2f} GiB")
+    else:
+        plan = planner(config)
+    if free_bytes is not None:
+        fitting = None
+        if plan.peak_bytes > free_bytes:
+            try:
+                fitting = flags(choose(config, free_bytes, planner, TRAIN_STEPS)[2])
+            except ConfigError:
+                fitting = None
+        message = spill_message(plan.peak_bytes, free_bytes, fitting)
+        if message:
+            raise ConfigError(message)
+    return config
+
+
+def cuda_free_bytes(device: str) -> int | None:
+    """Free memory of a CUDA device; None for any other device."""
+    import torch
+
+    if not str(device).startswith("cuda") or not torch.cuda.is_available():
+        return None
+    return torch.cuda.mem_get_info(torch.device(device))[0]

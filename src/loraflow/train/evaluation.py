@@ -1,0 +1,176 @@
+"""Held-out evaluation: "when do I stop?" answered with a number (sd-scripts #193).
+
+Every `eval_every` steps the LoRA is scored on images it never trains on: the denoising loss at
+`eval_timesteps` fixed timesteps (evenly spread over the schedule) with noise and latent samples
+drawn from generators keyed by (seed, image) only. Every evaluation therefore sees the same inputs,
+so the numbers are comparable across steps, runs and resumes; only the weights change. The plain
+(unweighted) MSE over the whole image is used: min-SNR, loss masks and regularization weights shape
+training, not the measure. The trained weights are scored (not the EMA).
+
+The held-out images are `eval_dataset`, or `eval_split` of the dataset chosen by seed; they are
+appended to the run's items with 0 repeats, so the caches encode them and training never sees them.
+The step with the lowest held-out loss is the recommended one: its LoRA is kept as
+NAME-best.safetensors, and OUTPUT/evaluation.md (+ evaluation.png) lists every evaluation.
+`early_stop K` stops the run once the best evaluation is K evaluations old.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import random
+from pathlib import Path
+
+from loraflow.errors import ConfigError
+
+
+def split_held_out(items: list, config) -> tuple[list, list[int]]:
+    """(items incl. held-out ones with 0 repeats, indices of the held-out ones)."""
+    from loraflow.train.dataset import read_items
+
+    if not config.eval_every:
+        return items, []
+    if config.eval_dataset:
+        held = read_items(config.eval_dataset)
+        train_items = items
+    else:
+        if len(items) < 2:
+            raise ConfigError(f"eval_split: the dataset has {len(items)} image; hold-out needs at least 2 "
+                              "(or give eval_dataset)")
+        k = min(len(items) - 1, max(1, round(len(items) * config.eval_split)))
+        chosen = set(random.Random(f"{config.seed}:eval-split").sample(range(len(items)), k))
+        held = [items[i] for i in sorted(chosen)]
+        train_items = [item for i, item in enumerate(items) if i not in chosen]
+    held = [dataclasses.replace(item, repeats=0) for item in held]
+    return train_items + held, list(range(len(train_items), len(train_items) + len(held)))
+
+
+def fixed_timesteps(num_train_timesteps: int, count: int) -> list[int]:
+    """`count` timesteps at the centres of equal slices of [0, T)."""
+    return [int((j + 0.5) * num_train_timesteps / count) for j in range(count)]
+
+
+def should_stop(losses: list[float], patience: int) -> bool:
+    """True when the lowest of `losses` (the first, on ties) is `patience` or more evaluations old."""
+    if not losses:
+        return False
+    best = min(range(len(losses)), key=lambda i: (losses[i], i))
+    return len(losses) - 1 - best >= patience
+
+
+def _generator(seed: int, index: int):
+    import torch
+
+    digest = hashlib.sha256(f"loraflow:eval:{seed}:{index}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:7], "little"))
+
+
+class HeldOut:
+    """The held-out images of a run and the evaluations so far: [(step, held-out loss)]."""
+
+    def __init__(self, config, indices: list[int]):
+        self.config, self.indices = config, indices
+        self.history: list[tuple[int, float]] = []
+
+    @classmethod
+    def from_config(cls, config, data) -> "HeldOut | None":
+        return cls(config, data.eval_items) if config.eval_every else None
+
+    # ---- checkpoint state (see trainer._save_checkpoint / _resume) ---------------------------
+    def state(self) -> tuple[dict, dict]:
+        return {}, {"evaluations": self.history}
+
+    def load(self, tensors: dict, meta: dict, source: str) -> None:
+        self.history = [(int(s), float(v)) for s, v in meta.get("evaluations", [])]
+
+    # ---- evaluating --------------------------------------------------------------------------
+    def due(self, step: int) -> bool:
+        return step % self.config.eval_every == 0
+
+    def loss(self, data, model, unet, latents, texts, accelerator) -> float:
+        """Mean held-out loss over images x fixed timesteps; the same on every process."""
+        import torch
+
+        from loraflow.train import objective
+        from loraflow.train.buckets import crop_for
+        from loraflow.train.forward import predict, text_conditioning
+
+        scheduler = model.noise_scheduler
+        timesteps = torch.tensor(fixed_timesteps(scheduler.config.num_train_timesteps, self.config.eval_timesteps))
+        k = len(timesteps)
+        net = accelerator.unwrap_model(unet)  # no DDP collectives: every process computes the same value
+        was_training = net.training
+        net.eval()
+        total = 0.0
+        with torch.no_grad(), accelerator.autocast():
+            for i in self.indices:
+                crop = crop_for(data.sizes[i], data.plan.item_buckets[i], True, False, random.Random(0))
+                path = data.items[i].image_path
+                params = (latents.get([path], [data.hashes[i]], [crop]) if latents.root is not None
+                          else latents.encode([path], [crop]))
+                gen = _generator(self.config.seed, i)
+                x0 = latents.sample(params, gen).expand(k, -1, -1, -1)  # one latent sample, k timesteps
+                noise = torch.randn(x0.shape, generator=gen, dtype=x0.dtype)
+                noisy, target = objective.noisy_input_and_target(scheduler, x0, noise, timesteps, model.prediction_type)
+                embeds, pooled = text_conditioning(model, texts, [data.captions.plain(i)] * k)
+                pred = predict(model, net, noisy, timesteps, embeds, pooled, [crop] * k, [data.sizes[i]] * k,
+                               accelerator.device)
+                total += torch.nn.functional.mse_loss(pred.float(), target.to(pred.device).float()).item()
+        net.train(was_training)
+        return total / len(self.indices)
+
+    def record(self, step: int, loss: float) -> bool:
+        """Add an evaluation; True when it is the best so far."""
+        self.history.append((step, loss))
+        return loss < min(v for _, v in self.history[:-1]) if len(self.history) > 1 else True
+
+    def should_stop(self) -> bool:
+        return bool(self.config.early_stop) and should_stop([v for _, v in self.history], self.config.early_stop)
+
+    def best(self) -> tuple[int, float] | None:
+        return min(self.history, key=lambda e: (e[1], e[0])) if self.history else None
+
+
+def report(history: list[tuple[int, float]], train_losses: list[tuple[int, float]], output: Path,
+           best_file: str) -> tuple[str, Path, Path | None]:
+    """The evaluation table (markdown, also returned for printing) and a plot when matplotlib is there."""
+    from loraflow.train.files import atomic_write_text
+
+    best_step = min(history, key=lambda e: (e[1], e[0]))[0]
+    lines = ["| step | held-out loss | train loss (mean since last evaluation) | |", "|---:|---:|---:|---|"]
+    previous = 0
+    for step, value in history:
+        window = [v for s, v in train_losses if previous < s <= step and math.isfinite(v)]
+        train_mean = f"{sum(window) / len(window):.5f}" if window else "-"
+        mark = f"recommended: {best_file}" if step == best_step else ""
+        lines.append(f"| {step} | {value:.5f} | {train_mean} | {mark} |")
+        previous = step
+    table = "\n".join(lines) + "\n"
+    path = atomic_write_text(output / "evaluation.md", f"# Held-out evaluation\n\n{table}")
+    return table, path, _plot(history, train_losses, best_step, output / "evaluation.png")
+
+
+def _plot(history, train_losses, best_step: int, path: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only, no display
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    import io
+
+    from loraflow.train.files import atomic_write_bytes
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    if train_losses:
+        ax.plot(*zip(*train_losses), color="#aabbe0", linewidth=0.8, label="train loss")
+    ax.plot(*zip(*history), marker="o", color="#143c9f", label="held-out loss")
+    ax.axvline(best_step, color="#c03030", linestyle="--", label=f"recommended: step {best_step}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return atomic_write_bytes(path, buffer.getvalue())

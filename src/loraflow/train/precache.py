@@ -1,0 +1,110 @@
+"""The disk caches of a run: which latents and caption embeddings it reads, filling them before
+the loop, and releasing the encoders once everything is cached (see cache.py for the stores)."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from loraflow.train.config import TrainConfig
+
+
+def _say(accelerator, text: str) -> None:
+    if accelerator.is_main_process:
+        print(text, flush=True)
+
+
+def _default_cache_dir() -> Path:
+    import os
+
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "loraflow" / "train"
+
+
+def cache_roots(config: TrainConfig, accelerator) -> tuple[Path | None, Path | None]:
+    """Latent and text cache folders; None where a cache is off, and a note why."""
+    root = Path(config.cache_dir) if config.cache_dir else _default_cache_dir()
+    latent_root = root if config.cache_latents else None
+    if config.cache_latents and config.random_crop:
+        _say(accelerator, "note: latent caching is off because random_crop is on (every crop differs); "
+                          "use center crop to cache latents (kohya does the same)")
+        latent_root = None
+    text_root = root if config.cache_text_embeds else None
+    if config.cache_text_embeds and config.train_text_encoder:
+        _say(accelerator, "note: text-embedding caching is off because the text encoder trains")
+        text_root = None
+    return latent_root, text_root
+
+
+def make_stores(identity, latent_root: Path | None, text_root: Path | None):
+    """Latent and text stores over `identity` (model_setup.EncoderIdentity), encoders not attached yet."""
+    from loraflow.train.cache import LatentStore, TextStore
+
+    return (LatentStore(latent_root, identity.vae_key if latent_root else "", identity.vae_config),
+            TextStore(identity.family, text_root, identity.text_key if text_root else ""))
+
+
+def cached_captions(config: TrainConfig, data) -> list[str]:
+    """Every caption the text cache holds for this run (all augmented variants); "" for caption
+    dropout and long-prompt padding."""
+    return sorted(data.captions.all_cached() | {data.captions.plain(i) for i in data.eval_items})
+
+
+def cached_crops(config: TrainConfig, data, rank: int = 0, world: int = 1) -> list:
+    """(item index, crop) the latent cache holds for process `rank`'s share: the center crop, and its
+    mirror when flipping."""
+    from loraflow.train.buckets import crop_for
+
+    work = []
+    for i in range(rank, len(data.items), world):
+        bucket = data.plan.item_buckets[i]
+        for flip in ((False, True) if config.random_flip else (False,)):
+            work.append((i, crop_for(data.sizes[i], bucket, True, flip, random.Random(0))))
+    return work
+
+
+def encoders_needed_in_loop(config: TrainConfig, latents, texts) -> bool:
+    """Do the VAE / text encoders run after precaching: uncached inputs, text-encoder LoRA, sample images."""
+    return bool(config.validation_prompt) or latents.root is None or texts.root is None or config.train_text_encoder
+
+
+def all_cached(config: TrainConfig, data, latents, texts) -> bool:
+    """Is every caption embedding and latent this run reads on disk and readable?"""
+    return (all(texts.cached(c) for c in cached_captions(config, data))
+            and all(latents.cached(data.hashes[i], crop) for i, crop in cached_crops(config, data)))
+
+
+def precache(config: TrainConfig, data, latents, texts, accelerator) -> None:
+    """Encode every (image, crop variant) and caption this process owns into the caches."""
+    from tqdm.auto import tqdm
+
+    rank, world = accelerator.process_index, accelerator.num_processes
+    if latents.root is not None:
+        work = cached_crops(config, data, rank, world)
+        groups: dict = {}
+        for w in work:
+            groups.setdefault(w[1].bucket, []).append(w)  # one bucket per VAE batch
+        bar = tqdm(total=len(work), desc="cache latents", unit="img", disable=not accelerator.is_main_process)
+        for group in groups.values():
+            for start in range(0, len(group), config.batch_size):
+                chunk = group[start:start + config.batch_size]
+                latents.get([data.items[i].image_path for i, _ in chunk], [data.hashes[i] for i, _ in chunk],
+                            [c for _, c in chunk])
+                bar.update(len(chunk))
+        bar.close()
+    if texts.root is not None:
+        for caption in cached_captions(config, data)[rank::world]:
+            texts.one(caption)
+    accelerator.wait_for_everyone()
+
+
+def release_encoders(config, model, latents, texts) -> None:
+    """Once everything is cached, the VAE and text encoders are dead weight (unless sampling)."""
+    if encoders_needed_in_loop(config, latents, texts):
+        return
+    import gc
+
+    latents.release_vae()
+    for name in ("vae", *model.family.text_encoder_names):
+        setattr(model.pipe, name, None)
+    texts.pipe = None
+    gc.collect()

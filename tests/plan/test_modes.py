@@ -1,0 +1,70 @@
+"""Choosing low-VRAM modes and stopping a run that would spill, with fake plans (no model runs)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from loraflow.errors import ConfigError
+from loraflow.plan.fit import fit_train_config
+from loraflow.plan.gpus import GiB, RESERVED_BYTES, find_gpu
+from loraflow.plan.modes import spill_message
+from loraflow.train.config import TrainConfig
+
+
+@dataclass
+class FakePlan:
+    peak_bytes: int
+
+
+def fake_planner(config):
+    """10 GiB, less what each mode saves in this made-up model."""
+    gib = 10.0 - 4.0 * config.text_encoders_on_cpu - 0.5 * (config.optimizer == "adamw8bit") \
+        - 2.0 * config.base_fp8 - 1.5 * config.gradient_checkpointing
+    return FakePlan(int(gib * GiB))
+
+
+def config(**kw):
+    return TrainConfig(model="tiny:sdxl", dataset="d", mixed_precision="bf16", **kw)
+
+
+def test_spill_message_names_peak_free_memory_and_flags():
+    assert spill_message(5 * GiB, 6 * GiB, "--base-fp8") is None
+    line = spill_message(10 * GiB, 8 * GiB, "--text-encoders-on-cpu --base-fp8")
+    assert "planned peak 10.00 GiB" in line and "8.00 GiB free" in line
+    assert line.endswith("these flags would fit: --text-encoders-on-cpu --base-fp8") and "\n" not in line
+    assert "no low-VRAM mode set fits" in spill_message(10 * GiB, 1 * GiB, None)
+
+
+def test_cuda_run_over_free_memory_stops_with_the_flags_that_fit():
+    # 10 -> 6 (encoders on CPU) -> 5.5 (8-bit AdamW) -> 3.5 (fp8 base): 4 GiB free needs the first three
+    with pytest.raises(ConfigError) as e:
+        fit_train_config(config(), "cuda", planner=fake_planner, free_bytes=4 * GiB)
+    assert "--text-encoders-on-cpu --optimizer adamw8bit --base-fp8" in str(e.value)
+    assert fit_train_config(config(), "cuda", planner=fake_planner, free_bytes=11 * GiB) == config()
+
+
+def test_vram_picks_the_cheapest_modes_that_fit_and_keeps_those_set():
+    said = []
+    # budget 7 GiB - reserve: 6 GiB (encoders on CPU) is the first that fits
+    chosen = fit_train_config(config(vram=7.0), "cpu", said.append, planner=fake_planner)
+    assert chosen.text_encoders_on_cpu and not chosen.base_fp8 and chosen.optimizer == "adamw"
+    assert said and "--text-encoders-on-cpu" in said[0]
+    # checkpointing already on: 8.5 -> 4.5 fits 6 GiB without touching the rest
+    chosen = fit_train_config(config(vram=6.0, gradient_checkpointing=True), "cpu", planner=fake_planner)
+    assert chosen.gradient_checkpointing and chosen.text_encoders_on_cpu and not chosen.base_fp8
+    assert (6.0 * GiB - RESERVED_BYTES) >= fake_planner(chosen).peak_bytes
+
+
+def test_no_mode_set_fits_is_one_line():
+    with pytest.raises(ConfigError) as e:
+        fit_train_config(config(vram=2.0), "cpu", planner=fake_planner)
+    message = str(e.value)
+    assert "no low-VRAM mode set fits" in message and "2.00 GiB" in message and "\n" not in message
+
+
+def test_gpu_names_and_sizes():
+    assert find_gpu("rtx 4090").memory_gib == 24 and find_gpu("GeForce RTX-4090").name == "RTX 4090"
+    assert find_gpu("12").tflops is None and find_gpu("12GiB").memory_gib == 12
+    with pytest.raises(ConfigError, match="unknown GPU 'RTX 9090'"):
+        find_gpu("RTX 9090")
