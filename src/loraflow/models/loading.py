@@ -87,6 +87,12 @@ def peek_defaults(model: str | None, family: str | None = None) -> FamilyDefault
     raise ModelLoadError(f"model not found: {model}")
 
 
+def vae_dtype(vae_config, weight_dtype: str) -> str:
+    """The dtype the VAE encodes in: the SDXL VAE overflows in fp16 (force_upcast; use
+    sdxl-vae-fp16-fix to avoid), so it is kept in fp32 there."""
+    return "float32" if vae_config.get("force_upcast", False) and weight_dtype == "float16" else weight_dtype
+
+
 def resolve_dtype(dtype: str, device: str):
     import torch
 

@@ -16,6 +16,7 @@ Routes (all JSON unless noted):
     POST /api/jobs/{id}/requeue     run a failed / cancelled / interrupted job again
     DELETE /api/jobs/{id}           forget a finished job (its files stay)
     GET  /api/jobs/{id}/files/{name}  a file the job wrote (image, grid, story.json)
+    GET  /api/loras/info, /api/jobs/{id}/training   for the web UI (`ui_routes.py`)
 """
 from __future__ import annotations
 
@@ -115,7 +116,9 @@ def create_app(options: ServeOptions | None = None):
 
     _job_routes(app, state)
     from loraflow.serve.comfy.routes import add_comfy_routes
+    from loraflow.serve.ui_routes import add_ui_routes
 
+    add_ui_routes(app, state)
     add_comfy_routes(app, state)
     return app
 

@@ -22,13 +22,13 @@ from loraflow.generate.session import save_results
 from loraflow.generate.storyboard import Story, StoryboardConfig, run_storyboard as render_storyboard
 from loraflow.models.loading import BUILTIN_MODELS, DEMO
 from loraflow.models.prompt_syntax import extract_lora_tags
-from loraflow.serve.comfy.executor import run_prompt
 from loraflow.serve.cancel import cancel_points
+from loraflow.serve.comfy.executor import run_prompt
 from loraflow.serve.comfy.values import WorkflowJob
 from loraflow.serve.confine import confine_payload
 from loraflow.serve.context import JobContext
 from loraflow.serve.paths import NotFound, ServerPaths, safe_join
-from loraflow.serve.preview import unet_previews
+from loraflow.serve.preview import image_to_jpeg, unet_previews
 from loraflow.serve.validation import Invalid, parse_options
 from loraflow.train.checkpoint import list_checkpoints
 from loraflow.train.config import TrainConfig
@@ -166,6 +166,8 @@ def run_generate(ctx: JobContext, cfg: GenerateConfig) -> dict:
     ctx.check_cancel()
     with unet_previews(session.pipe, session.family.name, ctx.preview), cancel_points(session.pipe, ctx.check_cancel):
         results = session.generate(cfg, progress=ctx.progress)
+    if results:  # the last preview is the finished picture, not the last noisy latent
+        ctx.preview(image_to_jpeg(results[0].image))
     save_results(results, ctx.out_dir)
     return {"images": [_image_entry(ctx, r.path, seed=r.seed, infotext=r.infotext, params=_jsonable(r.params))
                        for r in results]}
@@ -202,6 +204,13 @@ def validate_storyboard(body: Any, paths: ServerPaths) -> dict:
     cfg = parse_options(StoryboardConfig, body, "storyboard")
     _server_only(cfg, ("out", "story"), "storyboard")
     update = _check_sampling(cfg, paths, "storyboard")
+    for key in ("clip", "aesthetic"):  # scorer weights are named inside models_dir, like every model
+        name = getattr(cfg, key)
+        if name:
+            path = safe_join(paths.models, name, key)
+            if not path.exists():
+                raise Invalid(f"storyboard: key '{key}' = {name!r}: not found in the server's models folder", key)
+            update[key] = str(path)
     story_update: dict[str, Any] = {"loras": _resolve_loras(story.loras, paths, "story.loras")}
     if story.model:
         story_update["model"] = _resolve_model(story.model, paths, "story.model")
@@ -255,7 +264,8 @@ def run_storyboard(ctx: JobContext, job: StoryboardJob) -> dict:
 
 # ---- train ----------------------------------------------------------------------------------------
 def validate_train(body: Any, paths: ServerPaths) -> dict:
-    cfg = parse_options(TrainConfig, body, "train")
+    """A TrainConfig as a JSON object, or as YAML text in a JSON string (the web UI's pasted config)."""
+    cfg = parse_options(TrainConfig, yaml_or_object(body, "train", "config"), "train")
     _server_only(cfg, ("output", "cache_dir"), "train")
     if cfg.resume not in (None, "latest"):
         raise Invalid("train: key 'resume' may only be 'latest' over HTTP (checkpoints of this job)", "resume")
@@ -273,12 +283,17 @@ def validate_train(body: Any, paths: ServerPaths) -> dict:
 def run_train(ctx: JobContext, cfg: TrainConfig) -> dict:
     from loraflow.train.trainer import train  # imports torch
 
-    # A re-queued job runs in its own folder again: it resumes from the checkpoints it saved there.
-    resume = cfg.resume or ("latest" if list_checkpoints(ctx.out_dir) else None)
-    cfg = cfg.model_copy(update={"output": str(ctx.out_dir), "resume": resume,
-                                 "cache_dir": str(ctx.paths.outputs / ".cache" / "train")})
+    update = {"output": str(ctx.out_dir), "cache_dir": str(ctx.paths.outputs / ".cache" / "train")}
+    if cfg.resume is None and list_checkpoints(ctx.out_dir):
+        update["resume"] = "latest"  # a re-queued (cancelled / interrupted) run continues where it stopped
+    cfg = cfg.model_copy(update=update)
     ctx.check_cancel()
-    result = train(cfg, progress=ctx.progress)  # progress raises JobCancelled when the job is cancelled
+
+    def on_step(step: int, loss: float, lr: float) -> None:
+        ctx.emit("loss", step=step, loss=float(loss), lr=float(lr))
+
+    # progress raises JobCancelled when the job is cancelled
+    result = train(cfg, progress=ctx.progress, on_step=on_step)
     files = {name: str(Path(p).relative_to(ctx.paths.outputs)) for name, p in
              (("lora", result.lora_path), ("diffusers", result.diffusers_path), ("loss_curve", result.loss_curve)) if p}
     return {"steps": result.steps, "files": files, "final_loss": result.losses[-1][1] if result.losses else None}
