@@ -22,13 +22,16 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from loraflow.atomic import atomic_save_image, atomic_write_text
+from loraflow.atomic import atomic_save_image, atomic_write_text, check_outputs_apart
 from loraflow.config import Options, opt
 from loraflow.errors import ConfigError
 from loraflow.generate.cast import Character, PanelCast, cast_problem, resolve_cast
 from loraflow.generate.control.units import PREVIOUS, ControlUnit, parse_units
 from loraflow.generate.options import GenerateConfig, ModelOptions, SamplingOptions
 from loraflow.generate.session import GenerationSession, ProgressFn, save_results
+
+
+MAX_GRID_SIDE = 16384  # pixels; a 16384² RGB grid is 768 MB, a 100000² one would need 28 GB
 
 
 class Scene(Options):
@@ -58,8 +61,8 @@ class Scene(Options):
 
 
 class StoryDefaults(Options):
-    height: int | None = opt(None, "panel height (family default when unset)", ge=64)
-    width: int | None = opt(None, "panel width", ge=64)
+    height: int | None = opt(None, "panel height (family default when unset; a multiple of 8)", ge=64)
+    width: int | None = opt(None, "panel width (a multiple of 8)", ge=64)
     num_inference_steps: int | None = opt(None, "denoising steps", aliases=("steps",), ge=1)
     guidance_scale: float | None = opt(None, "CFG scale", aliases=("cfg_scale",))
     scheduler: str | None = opt(None, "sampler name", aliases=("sampler",))
@@ -68,11 +71,18 @@ class StoryDefaults(Options):
         "fixed", "fixed: every scene uses `seed` (as the tutorial); increment: scene i uses seed + i"
     )
 
+    @field_validator("height", "width")
+    @classmethod
+    def _multiple_of_8(cls, v):  # the VAE works on 8x8 pixel blocks, as GenerateConfig checks
+        if v is not None and v % 8:
+            raise ValueError(f"must be a multiple of 8, got {v}")
+        return v
+
 
 class GridOptions(Options):
-    columns: int = opt(2, "panels per row", ge=1)
-    width: int | None = opt(1024, "final grid width in pixels (None keeps the natural size)")
-    height: int | None = opt(2048, "final grid height in pixels")
+    columns: int = opt(2, "panels per row", ge=1, le=64)
+    width: int | None = opt(1024, "final grid width in pixels (None keeps the natural size)", ge=1, le=MAX_GRID_SIDE)
+    height: int | None = opt(2048, "final grid height in pixels", ge=1, le=MAX_GRID_SIDE)
     captions: bool = opt(False, "write each scene's title under its panel")
     font: str | None = opt(None, "TrueType font for captions (a CJK font for Chinese)")
 
@@ -111,8 +121,8 @@ class StoryboardConfig(ModelOptions, SamplingOptions):
     out: str = opt("outputs/story", "output folder", aliases=("output",))
     batch_size: int = opt(1, "scenes per pipeline call", ge=1, le=16)
     captions: bool | None = opt(None, "captions under each panel (overrides the story)")
-    grid_width: int | None = opt(None, "final grid width (overrides the story)")
-    grid_height: int | None = opt(None, "final grid height (overrides the story)")
+    grid_width: int | None = opt(None, "final grid width (overrides the story)", ge=1, le=MAX_GRID_SIDE)
+    grid_height: int | None = opt(None, "final grid height (overrides the story)", ge=1, le=MAX_GRID_SIDE)
     score: bool = opt(False, "score every panel (aesthetic and/or CLIP score) into story.json")
     best_of: int = opt(1, "render N seeds per scene (seed, seed+1, ...) and keep the best-scoring one", ge=1, le=64)
     best_of_metric: Literal["combined", "identity", "aesthetic", "clip"] = opt(
@@ -198,6 +208,24 @@ def render_in_order(session: GenerationSession, items: list[GenerateConfig], out
     return results
 
 
+def _check_before_rendering(cfg: StoryboardConfig, story: Story, items: list[GenerateConfig]) -> None:
+    """What would fail after every panel is drawn fails now: a caption font that is no font, and any
+    panel, grid or index written over a file the story reads (a re-run into the folder whose
+    scene-01.png is the next story's init image would destroy it)."""
+    from loraflow.generate.grid import find_font
+
+    if story.grid.font and (cfg.captions if cfg.captions is not None else story.grid.captions):
+        find_font(12, story.grid.font)
+    out = Path(cfg.out)
+    outputs = [out / f"scene-{k:02d}.png" for k in range(1, len(items) + 1)] + [out / "grid.png", out / "story.json"]
+    inputs: dict[str, str | None] = {"story": cfg.story, "grid.font": story.grid.font}
+    for k, item in enumerate(items):
+        inputs[f"scenes.{k}.init_image"] = None if item.init_image == PREVIOUS else item.init_image
+        inputs[f"scenes.{k}.mask"] = item.mask
+        inputs.update({f"scenes.{k}.control.{j}.image": u.image for j, u in enumerate(item.control) if u.image != PREVIOUS})
+    check_outputs_apart(outputs, inputs, "storyboard")
+
+
 def render_all(session: GenerationSession, story: Story, items: list[GenerateConfig], out: Path,
                cfg: StoryboardConfig, progress: ProgressFn | None = None) -> list:
     """One render per scene: batched, or in order when a scene reads the previous panel."""
@@ -220,6 +248,7 @@ def run_storyboard(cfg: StoryboardConfig, session: GenerationSession | None = No
     story = story if story is not None else load_story(cfg.story)
     casts = story.panel_casts()
     items = scene_configs(story, cfg)
+    _check_before_rendering(cfg, story, items)
     panels = scoring.panel_scorer(cfg, casts, scorer, identity)
     if session is None:
         session = GenerationSession.from_options(cfg.model_copy(update={"model": cfg.model or story.model}))

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loraflow.errors import ModelLoadError
+from loraflow.errors import ConfigError, ModelLoadError
 from loraflow.models.families import FAMILIES, TINY_MODELS, ModelFamily, get_family
 from loraflow.models.families.base import FamilyDefaults
 from loraflow.models.single_file import detect_checkpoint_family, load_single_file, load_single_file_vae
@@ -104,10 +104,24 @@ def resolve_dtype(dtype: str, device: str):
 
 
 def resolve_device(device: str | None) -> str:
-    if device in (None, "", "auto"):
-        import torch
+    """`auto` -> cuda when available, else cpu; a named device must exist on this machine (running
+    a `--device cuda` job on the CPU without a word would take hours instead of minutes)."""
+    import torch
 
+    if device in (None, "", "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
+    kind, _, index = device.partition(":")
+    if kind == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device '{device}': CUDA is not available on this machine "
+                              f"(torch {torch.__version__}); use --device cpu or auto")
+        if index and int(index) >= count:
+            raise ConfigError(f"device '{device}': this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+    elif kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError(f"device '{device}': Apple MPS is not available on this machine; use --device cpu or auto")
+    elif kind in ("xpu", "npu") and not (getattr(torch, kind, None) and getattr(torch, kind).is_available()):
+        raise ConfigError(f"device '{device}': {kind} is not available on this machine; use --device cpu or auto")
     return device
 
 

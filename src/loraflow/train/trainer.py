@@ -178,6 +178,8 @@ def _resume(config, model, accelerator, optimizer, lr_scheduler, extras) -> tupl
     from peft import set_peft_model_state_dict
 
     path = checkpoint.resolve_resume(config.resume, config.output)
+    if path is None:
+        return 0, []
     saved = checkpoint.read_state(path).get("config", {})
     if "eval_every" in saved and bool(saved["eval_every"]) != bool(config.eval_every):  # the split changes the data
         raise ConfigError(f"resume: {path} was trained with eval_every={saved['eval_every']!r}, this run has "
@@ -279,7 +281,9 @@ def optimizer_step(step, config, data, model, unet, optimizer, lr_scheduler, lat
 def setup_accelerator(config: TrainConfig):
     from accelerate import Accelerator
 
-    cpu = config.device == "cpu"
+    from loraflow.models.loading import resolve_device
+
+    cpu = resolve_device(config.device) == "cpu"  # a named device that is absent is an error, not the CPU
     return Accelerator(mixed_precision=config.mixed_precision, cpu=cpu)
 
 
