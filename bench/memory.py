@@ -24,7 +24,7 @@ GiB = 1024 ** 3
 
 
 def train_rows(family: str) -> list[tuple[str, object]]:
-    from loraflow.plan.train_plan import Workload, plan_train
+    from loraflow.train.plan import Workload, plan_train
     from loraflow.train.config import TrainConfig
 
     base = dict(family=family, dataset="unused", resolution=1024, batch_size=1, lora_rank=16, lora_targets="attn",
@@ -61,7 +61,7 @@ def train_rows(family: str) -> list[tuple[str, object]]:
 
 def generate_rows(family: str) -> list[tuple[str, object]]:
     from loraflow.generate.options import GenerateConfig
-    from loraflow.plan.generate_plan import plan_generate
+    from loraflow.generate.plan import plan_generate
 
     base = dict(family=family, height=1024, width=1024, num_inference_steps=50, dtype="bfloat16")
     return [(label, plan_generate(GenerateConfig(**base, **kw))) for label, kw in (

@@ -27,7 +27,7 @@ def measure(config, device: str, steps: int) -> tuple[int, float]:
 
     from loraflow.plan.accountant import MemoryAccountant
     from loraflow.plan.architecture import resolve_architecture
-    from loraflow.plan.train_plan import train_step
+    from loraflow.train.plan import train_step
     from loraflow.train.model_setup import WEIGHT_DTYPES, TrainModel, prepare_unet
     from loraflow.train.optim import make_optimizer
 
@@ -63,7 +63,7 @@ def measure(config, device: str, steps: int) -> tuple[int, float]:
 
 def main(argv=None) -> int:
     from loraflow.plan.gpus import find_gpu
-    from loraflow.plan.train_plan import plan_train
+    from loraflow.train.plan import plan_train
     from loraflow.train.config import TrainConfig
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from loraflow.errors import ConfigError
+
 
 def _create_temp(path: Path, suffix: str) -> Path:
     """An empty new file beside `path`; O_EXCL so two writers never share one."""
@@ -111,3 +113,24 @@ def atomic_save_safetensors(tensors: dict, path: str | os.PathLike, metadata: di
 
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     return atomic_write_bytes(path, save(tensors, metadata=metadata))
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """True when `a` and `b` name one file (symlinks and `..` followed; hard links via the inode)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet): not the same file
+        return False
+
+
+def check_outputs_apart(outputs: list[str | os.PathLike], inputs: dict[str, str | os.PathLike | None],
+                        source: str) -> None:
+    """Refuse (one line naming the key) when a file a command will write is one of its own inputs:
+    an atomic replace would silently destroy the source (a filter's manifest, a story's init image)."""
+    for out in outputs:
+        for key, path in inputs.items():
+            if path and same_file(out, path):
+                raise ConfigError(f"{source}: the output {Path(out).name} would overwrite the input '{key}' "
+                                  f"({path}); write to another folder or file")

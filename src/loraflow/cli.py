@@ -4,6 +4,7 @@ so `loraflow --help` never imports torch."""
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import re
 import sys
@@ -55,6 +56,11 @@ def normalize_flags(argv: list[str]) -> list[str]:
     return out
 
 
+# OSErrors about a path the user gave: one line naming it (any other OSError is a bug and keeps its traceback)
+USER_PATH_ERRORS = (errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EROFS, errno.ENOENT,
+                    errno.ENAMETOOLONG)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = normalize_flags(sys.argv[1:] if argv is None else argv)
     # one flag for every command, wherever it is written (sub-commands do not each declare it)
@@ -73,6 +79,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            # atomic writes leave the previous file (or checkpoint) in place; say what to do, no traceback
+            print(f"error: disk full while writing {e.filename or 'a file'}: free some space and run again "
+                  "(training: --resume latest continues from the last checkpoint)", file=sys.stderr)
+            return 2
+        if e.errno in USER_PATH_ERRORS and e.filename:  # e.g. --out naming an existing file
+            print(f"error: {e.filename}: {e.strerror}", file=sys.stderr)
+            return 2
+        raise
+    except MemoryError:
+        print("error: out of memory; use smaller images, batches or grids", file=sys.stderr)
+        return 2
     return int(result or 0)
 
 

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
 import types
 import typing
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from loraflow.errors import ConfigError
 
@@ -50,6 +52,34 @@ class Options(BaseModel):
         if not isinstance(data, dict):
             return data
         return {k: _fspath(v) for k, v in cls._canonical_keys(data, cls.__name__).items()}
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic's lax mode turns `max_steps: true` into 1; a boolean where a number is wanted is
+        # always a mistake in a config file or a JSON body.
+        field = cls.model_fields.get(info.field_name or "")
+        if field is not None and isinstance(value, bool) and _wants_number(field.annotation):
+            raise ValueError("a number is wanted here, not true/false")
+        if info.field_name == "device" and isinstance(value, str):
+            check_device_name(value)
+        if info.field_name in OUTPUT_FOLDER_FIELDS and isinstance(value, str) and value and Path(value).is_file():
+            # caught here, not after minutes of work when the first file is written into it
+            raise ValueError("names an existing file; give an output folder")
+        return value
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _finite_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # NaN passes every `ge`/`le` bound (all comparisons are False) and poisons what it touches;
+        # infinity is accepted only where the field's own default is infinite (an open max bound).
+        field = cls.model_fields.get(info.field_name or "")
+        for item in value if isinstance(value, (list, tuple)) else (value,):
+            if isinstance(item, float) and math.isnan(item):
+                raise ValueError("NaN is not a number; give a finite value")
+            if isinstance(item, float) and math.isinf(item) and not _infinite_default(field):
+                raise ValueError("infinity is not allowed here; give a finite value")
+        return value
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -142,6 +172,37 @@ class Options(BaseModel):
         return cls.from_dict(base, source)
 
 
+OUTPUT_FOLDER_FIELDS = ("out", "output")  # every command's output folder is named one of these
+
+
+DEVICE_NAME = re.compile(r"auto|cpu|mps|(cuda|xpu|npu)(:\d+)?")
+
+
+def check_device_name(device: str) -> str:
+    """`auto`, `cpu`, `mps`, `cuda`, `cuda:N` (also xpu/npu); anything else is a typo. Whether the
+    device exists on this machine is checked when a command runs (`models.loading.resolve_device`)."""
+    if not DEVICE_NAME.fullmatch(device):
+        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+def _wants_number(annotation: Any) -> bool:
+    args = set(_flat_args(annotation))
+    return bool(args & {int, float}) and bool not in args
+
+
+def _flat_args(annotation: Any) -> list[Any]:
+    origin = get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return [a for arg in get_args(annotation) for a in _flat_args(arg)]
+    return [annotation]
+
+
+def _infinite_default(field) -> bool:
+    default = getattr(field, "default", None)
+    return isinstance(default, float) and math.isinf(default)
+
+
 def _fspath(value: Any) -> Any:
     if isinstance(value, os.PathLike):
         return os.fspath(value)
@@ -188,7 +249,10 @@ def format_validation_error(e: ValidationError, source: str, cls: type[BaseModel
     value = err.get("input")
     shown = repr(value) if not isinstance(value, (dict, list)) or len(repr(value)) < 60 else type(value).__name__
     more = f" (+{len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
-    return f"{source}: key '{loc}' = {shown}: {err['msg']}{more}"
+    msg = err["msg"].removeprefix("Value error, ")
+    if not err["loc"]:  # a check across keys (min > max): its message names them
+        return f"{source}: {msg}{more}"
+    return f"{source}: key '{loc}' = {shown}: {msg}{more}"
 
 
 def read_mapping_file(path: str | Path) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import pytest
 
 from loraflow.errors import ConfigError
-from loraflow.plan.fit import fit_train_config
+from loraflow.train.fit import fit_train_config
 from loraflow.plan.gpus import GiB, RESERVED_BYTES, find_gpu
 from loraflow.plan.modes import spill_message
 from loraflow.train.config import TrainConfig

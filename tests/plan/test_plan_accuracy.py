@@ -45,7 +45,7 @@ def _measured_step_peak(config) -> int:
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_planned_step_peak_within_ten_percent(tmp_path, family, checkpointing):
-    from loraflow.plan.train_plan import plan_train
+    from loraflow.train.plan import plan_train
     from loraflow.train.config import TrainConfig
 
     config = TrainConfig(model=f"tiny:{family}", dataset=str(_dataset(tmp_path / "data")), output=str(tmp_path / "out"),

@@ -116,9 +116,8 @@ def test_save_image_prefix_cannot_escape_outputs(server, tmp_path):
     server.post("/upload/image", files={"image": ("in.png", _png())})
     prompt = {"2": {"class_type": "LoadImage", "inputs": {"image": "in.png"}},
               "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "../../escaped"}}}
-    job_id = server.post("/prompt", json={"prompt": prompt}).json()["prompt_id"]
-    job = wait_job(server, job_id)
-    assert job["status"] == "failed" and "not allowed" in job["error"]
+    r = server.post("/prompt", json={"prompt": prompt})  # refused when submitted, before anything runs
+    assert r.status_code == 400 and r.json()["node_errors"]["3"]["errors"][0]["details"] == "filename_prefix"
     assert not list(tmp_path.parent.rglob("escaped*"))
 
 

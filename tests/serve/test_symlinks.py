@@ -165,7 +165,6 @@ def test_uploads_never_write_through_an_outward_link(linked):
     assert {p.name: p.read_bytes() for p in outside.iterdir() if p.is_file()} == before
 
 
-@pytest.mark.xfail(strict=True, reason="fixed by security branch")
 def test_listings_leave_out_outward_links(linked):
     client, outside, _ = linked
     catalog = client.get("/api/catalog").json()

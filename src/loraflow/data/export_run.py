@@ -68,7 +68,8 @@ def export(opts: ExportOptions) -> ExportResult:
             continue
         paths = line.sample.get(opts.image_key)
         paths = [paths] if isinstance(paths, str) else paths
-        text = line.sample.get(opts.text_key, "")
+        text = line.sample.get(opts.text_key)
+        text = "" if text is None else text  # a null caption is an empty one, never the word "None"
         if not paths or not isinstance(paths, list) or not isinstance(paths[0], str):
             result.errored.append({"ref": ref, "error": f"{ref}: no image path in '{opts.image_key}'"})
             continue

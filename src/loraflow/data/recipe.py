@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import field_validator
 
+from loraflow import atomic
 from loraflow.config import Options, opt, read_mapping_file
 from loraflow.data.ops.base import Op
 from loraflow.data.ops.registry import build_op
@@ -81,6 +82,17 @@ def _sibling(path: str, suffix: str) -> Path:
     return p.with_name(p.stem + suffix)
 
 
+def output_paths(export_path: str) -> list[Path]:
+    """Every file a filter run writes for `export_path`: the kept samples and their siblings."""
+    return [Path(export_path)] + [_sibling(export_path, s) for s in ("_rejected.jsonl", "_errored.jsonl", "_stats.jsonl")]
+
+
+def check_outputs_apart(recipe: "Recipe", source: str) -> None:
+    """A filter must never write over its own input manifest."""
+    atomic.check_outputs_apart(output_paths(recipe.export_path), {"dataset_path": recipe.dataset_path},
+                               f"{source}: export_path '{recipe.export_path}'")
+
+
 def load_recipe(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> tuple[Recipe, list[Op]]:
     """Read and validate a recipe and build its ops; every problem is a one-line ConfigError."""
     data = read_mapping_file(path)
@@ -92,6 +104,7 @@ def load_recipe(path: str | os.PathLike, overrides: dict[str, Any] | None = None
         raise ConfigError(f"{path}: missing 'export_path' (where kept samples are written, e.g. result.jsonl)")
     if not Path(recipe.export_path).suffix == ".jsonl":
         raise ConfigError(f"{path}: export_path '{recipe.export_path}' must end in .jsonl")
+    check_outputs_apart(recipe, str(path))
     return recipe, build_ops(recipe, str(path))
 
 

@@ -51,7 +51,12 @@ def _items(dataset: Path, opts: StatsOptions) -> list[tuple[str, str, str | None
                 continue
             paths = line.sample.get(opts.image_key) or line.sample.get("file_name") or []
             paths = [paths] if isinstance(paths, str) else paths
-            text = str(line.sample.get(opts.text_key, ""))
+            text = line.sample.get(opts.text_key)
+            text = "" if text is None else str(text)
+            if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+                out.append(("", text, f"line {line.number}: '{opts.image_key}' must be a path or a list of paths, "
+                                      f"got {str(paths)[:60]}"))
+                continue
             if not paths:
                 out.append(("", text, f"line {line.number}: no image"))
             for p in paths:

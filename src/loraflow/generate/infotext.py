@@ -193,3 +193,28 @@ def read_infotext(path: str | os.PathLike) -> str | None:
     except OSError as exc:  # includes missing files and UnidentifiedImageError
         raise InputError(f"cannot read image {os.fspath(path)}: {exc}") from None
     return value if isinstance(value, str) else None
+
+
+def infotext_to_config(text: str) -> dict[str, Any]:
+    """A1111 `parameters` text -> the GenerateConfig fields it sets (the web UI's "send to Generate",
+    A1111's "Send to txt2img"): prompt (without `<lora:>` tags), negative_prompt, steps, guidance,
+    seed, size, scheduler and `lora` as `name:weight`. Labels loraflow has no field for are left out."""
+    from loraflow.generate.schedulers import SAMPLERS
+    from loraflow.models.prompt_syntax import extract_lora_tags
+
+    parsed = parse_infotext(text)
+    prompt, loras = extract_lora_tags(parsed["prompt"])
+    config: dict[str, Any] = {"prompt": prompt, "negative_prompt": parsed["negative_prompt"],
+                              "lora": [f"{name}:{weight:g}" for name, weight in loras]}
+    for label, key, kind in (("Steps", "num_inference_steps", int), ("CFG scale", "guidance_scale", float),
+                             ("Seed", "seed", int), ("Size-1", "width", int), ("Size-2", "height", int)):
+        if label in parsed:
+            try:
+                config[key] = kind(parsed[label])
+            except ValueError:
+                raise InputError(f"infotext: {label} {parsed[label]!r} is not a number") from None
+    wanted = (parsed.get("Sampler"), parsed.get("Schedule type"))
+    for name, spec in SAMPLERS.items():  # A1111 writes a sampler as two labels; we name it once
+        if (spec.infotext_sampler, spec.infotext_schedule) == wanted:
+            config["scheduler"] = name
+    return config

@@ -1,6 +1,6 @@
 """Device-memory modes of generation (`offload`, `vae_tiling`), applied to a loaded pipeline.
 
-`loraflow plan generate` plans the same modes (loraflow/plan/generate_plan.py) and says what each
+`loraflow plan generate` plans the same modes (loraflow/generate/plan.py) and says what each
 one's peak is; these functions are what a run does.
 """
 from __future__ import annotations

@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,8 @@ from loraflow.models.loading import LoadedModel, load_pipeline
 from loraflow.models.lora.apply import apply_loras, remove_loras
 from loraflow.models.prompt_syntax import extract_lora_tags
 
+MAX_LORA_WEIGHT = 100.0
+
 ProgressFn = Callable[[int, int], None]  # (step done, total steps)
 
 
@@ -45,6 +48,12 @@ class ImageResult:
 class LoraSpec:
     path: Path
     weight: float
+
+    def __post_init__(self):
+        # ComfyUI's LoraLoader range; 1e308 or NaN only turns every image into noise or black.
+        if not math.isfinite(self.weight) or abs(self.weight) > MAX_LORA_WEIGHT:
+            raise ConfigError(f"LoRA {self.path.name}: weight {self.weight} is outside "
+                              f"[-{MAX_LORA_WEIGHT:g}, {MAX_LORA_WEIGHT:g}]")
 
     @property
     def name(self) -> str:
@@ -136,7 +145,7 @@ class GenerationSession:
         return cls(loaded)
 
     # ---- LoRAs ------------------------------------------------------------------------------
-    def set_loras(self, loras: list[LoraSpec]) -> None:
+    def set_loras(self, loras: list[LoraSpec], allow_pickle: bool = False) -> None:
         """Apply exactly these LoRAs (no-op when unchanged, so a story reuses them for free; a LoRA
         file changed on disk since it was applied counts as a change)."""
         loras_t = tuple(loras)
@@ -148,7 +157,8 @@ class GenerationSession:
             remove_loras(self.pipe)
         self._loras, self._lora_stamps = (), ()
         if loras_t:
-            apply_loras(self.pipe, [(str(l.path), l.weight) for l in loras_t], self.family.name)
+            apply_loras(self.pipe, [(str(l.path), l.weight) for l in loras_t], self.family.name,
+                        allow_pickle=allow_pickle)
         self._loras, self._lora_stamps = loras_t, stamps
 
     # ---- prompts ----------------------------------------------------------------------------
@@ -236,7 +246,7 @@ class GenerationSession:
     def _render(self, group: list[RenderItem], progress, done: int, total: int) -> list[ImageResult]:
         first = group[0]
         # 1. LoRAs (from --lora and <lora:...> tags) and the sampler
-        self.set_loras(list(first.loras))
+        self.set_loras(list(first.loras), allow_pickle=first.config.allow_pickle)
         self.set_scheduler(first.config.scheduler)
         # 2. text conditioning, once per distinct prompt; one length for the whole batch
         n = len(group)

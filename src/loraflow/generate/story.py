@@ -28,6 +28,9 @@ from loraflow.generate.control.units import PREVIOUS, ControlUnit, parse_units
 from loraflow.generate.options import GenerateConfig, ModelOptions, SamplingOptions
 
 
+MAX_GRID_SIDE = 16384  # pixels; a 16384² RGB grid is 768 MB, a 100000² one would need 28 GB
+
+
 class Scene(Options):
     title: str = opt("", "short name, used as the panel caption")
     description: str = opt("", "what happens (for people; not sent to the model)")
@@ -55,8 +58,8 @@ class Scene(Options):
 
 
 class StoryDefaults(Options):
-    height: int | None = opt(None, "panel height (family default when unset)", ge=64)
-    width: int | None = opt(None, "panel width", ge=64)
+    height: int | None = opt(None, "panel height (family default when unset; a multiple of 8)", ge=64)
+    width: int | None = opt(None, "panel width (a multiple of 8)", ge=64)
     num_inference_steps: int | None = opt(None, "denoising steps", aliases=("steps",), ge=1)
     guidance_scale: float | None = opt(None, "CFG scale", aliases=("cfg_scale",))
     scheduler: str | None = opt(None, "sampler name", aliases=("sampler",))
@@ -65,11 +68,18 @@ class StoryDefaults(Options):
         "fixed", "fixed: every scene uses `seed` (as the tutorial); increment: scene i uses seed + i"
     )
 
+    @field_validator("height", "width")
+    @classmethod
+    def _multiple_of_8(cls, v):  # the VAE works on 8x8 pixel blocks, as GenerateConfig checks
+        if v is not None and v % 8:
+            raise ValueError(f"must be a multiple of 8, got {v}")
+        return v
+
 
 class GridOptions(Options):
-    columns: int = opt(2, "panels per row", ge=1)
-    width: int | None = opt(1024, "final grid width in pixels (None keeps the natural size)")
-    height: int | None = opt(2048, "final grid height in pixels")
+    columns: int = opt(2, "panels per row", ge=1, le=64)
+    width: int | None = opt(1024, "final grid width in pixels (None keeps the natural size)", ge=1, le=MAX_GRID_SIDE)
+    height: int | None = opt(2048, "final grid height in pixels", ge=1, le=MAX_GRID_SIDE)
     captions: bool = opt(False, "write each scene's title under its panel")
     font: str | None = opt(None, "TrueType font for captions (a CJK font for Chinese)")
 
@@ -108,8 +118,8 @@ class StoryboardConfig(ModelOptions, SamplingOptions):
     out: str = opt("outputs/story", "output folder", aliases=("output",))
     batch_size: int = opt(1, "scenes per pipeline call", ge=1, le=16)
     captions: bool | None = opt(None, "captions under each panel (overrides the story)")
-    grid_width: int | None = opt(None, "final grid width (overrides the story)")
-    grid_height: int | None = opt(None, "final grid height (overrides the story)")
+    grid_width: int | None = opt(None, "final grid width (overrides the story)", ge=1, le=MAX_GRID_SIDE)
+    grid_height: int | None = opt(None, "final grid height (overrides the story)", ge=1, le=MAX_GRID_SIDE)
     score: bool = opt(False, "score every panel (aesthetic and/or CLIP score) into story.json")
     best_of: int = opt(1, "render N seeds per scene (seed, seed+1, ...) and keep the best-scoring one", ge=1, le=64)
     best_of_metric: Literal["combined", "identity", "aesthetic", "clip"] = opt(

@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from loraflow.atomic import atomic_save_image, atomic_write_text
+from loraflow.atomic import atomic_save_image, atomic_write_text, check_outputs_apart
 from loraflow.generate import story_scoring as scoring
 from loraflow.generate.contact_sheet import write_contact_sheet
-from loraflow.generate.grid import make_grid
+from loraflow.generate.control.units import PREVIOUS
+from loraflow.generate.grid import find_font, make_grid
+from loraflow.generate.options import GenerateConfig
 from loraflow.generate.session import GenerationSession, ProgressFn, save_results
 from loraflow.generate.story import Scene, Story, StoryboardConfig, load_story, scene_configs, with_previous
 
@@ -32,6 +34,22 @@ def render_in_order(session: GenerationSession, items: list[GenerateConfig], out
     return results
 
 
+def _check_before_rendering(cfg: StoryboardConfig, story: Story, items: list[GenerateConfig]) -> None:
+    """What would fail after every panel is drawn fails now: a caption font that is no font, and any
+    panel, grid or index written over a file the story reads (a re-run into the folder whose
+    scene-01.png is the next story's init image would destroy it)."""
+    if story.grid.font and (cfg.captions if cfg.captions is not None else story.grid.captions):
+        find_font(12, story.grid.font)
+    out = Path(cfg.out)
+    outputs = [out / f"scene-{k:02d}.png" for k in range(1, len(items) + 1)] + [out / "grid.png", out / "story.json"]
+    inputs: dict[str, str | None] = {"story": cfg.story, "grid.font": story.grid.font}
+    for k, item in enumerate(items):
+        inputs[f"scenes.{k}.init_image"] = None if item.init_image == PREVIOUS else item.init_image
+        inputs[f"scenes.{k}.mask"] = item.mask
+        inputs.update({f"scenes.{k}.control.{j}.image": u.image for j, u in enumerate(item.control) if u.image != PREVIOUS})
+    check_outputs_apart(outputs, inputs, "storyboard")
+
+
 def render_all(session: GenerationSession, story: Story, items: list[GenerateConfig], out: Path,
                cfg: StoryboardConfig, progress: ProgressFn | None = None) -> list:
     """One render per scene: batched, or in order when a scene reads the previous panel."""
@@ -52,6 +70,7 @@ def run_storyboard(cfg: StoryboardConfig, session: GenerationSession | None = No
     story = story if story is not None else load_story(cfg.story)
     casts = story.panel_casts()
     items = scene_configs(story, cfg)
+    _check_before_rendering(cfg, story, items)
     panels = scoring.panel_scorer(cfg, casts, scorer, identity)
     if session is None:
         session = GenerationSession.from_options(cfg.model_copy(update={"model": cfg.model or story.model}))

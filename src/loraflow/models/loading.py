@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loraflow.errors import ModelLoadError
+from loraflow.errors import ConfigError, ModelLoadError
 from loraflow.models.families import FAMILIES, TINY_MODELS, ModelFamily, get_family
 from loraflow.models.families.base import FamilyDefaults
 from loraflow.models.pickle_files import PICKLE_SUFFIXES
@@ -87,6 +87,12 @@ def peek_defaults(model: str | None, family: str | None = None) -> FamilyDefault
     raise ModelLoadError(f"model not found: {model}")
 
 
+def vae_dtype(vae_config, weight_dtype: str) -> str:
+    """The dtype the VAE encodes in: the SDXL VAE overflows in fp16 (force_upcast; use
+    sdxl-vae-fp16-fix to avoid), so it is kept in fp32 there."""
+    return "float32" if vae_config.get("force_upcast", False) and weight_dtype == "float16" else weight_dtype
+
+
 def resolve_dtype(dtype: str, device: str):
     import torch
 
@@ -98,10 +104,24 @@ def resolve_dtype(dtype: str, device: str):
 
 
 def resolve_device(device: str | None) -> str:
-    if device in (None, "", "auto"):
-        import torch
+    """`auto` -> cuda when available, else cpu; a named device must exist on this machine (running
+    a `--device cuda` job on the CPU without a word would take hours instead of minutes)."""
+    import torch
 
+    if device in (None, "", "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
+    kind, _, index = device.partition(":")
+    if kind == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device '{device}': CUDA is not available on this machine "
+                              f"(torch {torch.__version__}); use --device cpu or auto")
+        if index and int(index) >= count:
+            raise ConfigError(f"device '{device}': this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+    elif kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError(f"device '{device}': Apple MPS is not available on this machine; use --device cpu or auto")
+    elif kind in ("xpu", "npu") and not (getattr(torch, kind, None) and getattr(torch, kind).is_available()):
+        raise ConfigError(f"device '{device}': {kind} is not available on this machine; use --device cpu or auto")
     return device
 
 

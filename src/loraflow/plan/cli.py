@@ -61,7 +61,7 @@ def _finish(plan, args) -> int:
 def run_train(args: argparse.Namespace) -> int:
     from loraflow.plan.gpus import find_gpu
     from loraflow.plan.modes import TRAIN_STEPS, budget_from_vram, choose, flags
-    from loraflow.plan.train_plan import plan_train
+    from loraflow.train.plan import plan_train
     from loraflow.train.config import TrainConfig
 
     find_gpu(args.gpu)  # an unknown name fails before minutes of planning
@@ -74,7 +74,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _plan_generate(config, args):
-    from loraflow.plan.generate_plan import plan_generate
+    from loraflow.generate.plan import plan_generate
     from loraflow.plan.gpus import find_gpu
     from loraflow.plan.modes import GENERATE_STEPS, budget_from_vram, choose, flags
 

@@ -16,6 +16,7 @@ Routes (all JSON unless noted):
     POST /api/jobs/{id}/requeue     run a failed / cancelled / interrupted job again
     DELETE /api/jobs/{id}           forget a finished job (its files stay)
     GET  /api/jobs/{id}/files/{name}  a file the job wrote (image, grid, story.json)
+    GET  /api/loras/info, /api/jobs/{id}/training   for the web UI (`ui_routes.py`)
 """
 from __future__ import annotations
 
@@ -30,9 +31,11 @@ from fastapi import Request
 from loraflow.errors import ConfigError, InputError, LoraflowError, ModelLoadError
 from loraflow.models.loading import BUILTIN_MODELS
 from loraflow.serve import store as st
+from loraflow.serve.confine import confine_payload
+from loraflow.serve.limits import check_job_limits, parse_json
 from loraflow.serve.options import ServeOptions
 from loraflow.serve.paths import NotFound, PathRefused, ServerPaths, safe_join
-from loraflow.serve.security import BodyTooLarge, GuardMiddleware
+from loraflow.serve.security import BodyTooLarge, GuardMiddleware, allowed_hosts
 from loraflow.serve.validation import Invalid
 
 log = logging.getLogger("loraflow.serve")
@@ -45,10 +48,13 @@ class ServerState:
 
     def __init__(self, options: ServeOptions):
         from loraflow.serve.events import EventBus
+        from loraflow.serve.limits import Limits
         from loraflow.serve.model_cache import ModelCache
+        from loraflow.serve.watchdog import Watchdog
         from loraflow.serve.worker import Worker
 
         self.options = options
+        self.limits = Limits.from_options(options)
         outputs = Path(options.outputs_dir).resolve()
         self.paths = ServerPaths(Path(options.models_dir).resolve(), outputs,
                                  Path(options.data_dir).resolve() if options.data_dir else outputs / "data")
@@ -57,6 +63,7 @@ class ServerState:
         self.bus = EventBus()
         self.models = ModelCache(options.model_cache_size, options.device)
         self.worker = Worker(self.store, self.paths, self.models, self.bus)
+        self.watchdog = Watchdog(self.worker, options.job_time_limit, options.cancel_grace)
 
     def submit(self, kind: str, payload: dict, client_id: str | None = None, job_id: str | None = None) -> st.Job:
         job = self.store.add(kind, payload, client_id, job_id)
@@ -78,7 +85,9 @@ def create_app(options: ServeOptions | None = None):
     @asynccontextmanager
     async def lifespan(app):
         state.worker.start()
+        state.watchdog.start()
         yield
+        await asyncio.to_thread(state.watchdog.stop)
         await asyncio.to_thread(state.worker.stop)
         state.store.close()
 
@@ -90,7 +99,8 @@ def create_app(options: ServeOptions | None = None):
 
         app.add_middleware(CORSMiddleware, allow_origins=options.cors_origins, allow_methods=["*"], allow_headers=["*"])
     app.add_middleware(GuardMiddleware, max_body=int(options.max_body_mb * 1024 * 1024), token=options.auth_token,
-                       allowed_origins=options.cors_origins)
+                       allowed_origins=options.cors_origins,
+                       allowed_hosts=allowed_hosts(options.host, options.allowed_host))
     _error_handlers(app)
 
     @app.get("/", include_in_schema=False)
@@ -106,7 +116,9 @@ def create_app(options: ServeOptions | None = None):
 
     _job_routes(app, state)
     from loraflow.serve.comfy.routes import add_comfy_routes
+    from loraflow.serve.ui_routes import add_ui_routes
 
+    add_ui_routes(app, state)
     add_comfy_routes(app, state)
     return app
 
@@ -131,7 +143,7 @@ def _error_handlers(app) -> None:
 
     @app.exception_handler(PathRefused)
     async def refused(request, e):
-        return answer(403, str(e))
+        return answer(403, str(e), field=e.field)
 
     @app.exception_handler(NotFound)
     async def not_found(request, e):
@@ -179,7 +191,7 @@ def _job_routes(app, state: ServerState) -> None:
         if kind not in SUBMITTABLE:
             raise Invalid(f"unknown job kind '{kind}'; choose one of: {', '.join(SUBMITTABLE)}", "kind")
         body = await _json_body(request)
-        payload = await asyncio.to_thread(JOB_KINDS[kind].validate, body, state.paths)
+        payload = await asyncio.to_thread(_validated, kind, body, state)
         job = await asyncio.to_thread(state.submit, kind, payload, request.query_params.get("client_id"))
         return JSONResponse(_job_json(job), status_code=202)
 
@@ -259,6 +271,15 @@ def _job_routes(app, state: ServerState) -> None:
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
+def _validated(kind: str, body: object, state: ServerState) -> dict:
+    """The job kind's own checks, then the limits and the path policy over the whole payload."""
+    from loraflow.serve.jobs import JOB_KINDS
+
+    payload = JOB_KINDS[kind].validate(body, state.paths)
+    check_job_limits(kind, payload, state.limits)
+    return confine_payload(kind, payload, state.paths)
+
+
 def _get(state: ServerState, job_id: str) -> st.Job:
     job = state.store.get(job_id)
     if job is None:
@@ -267,11 +288,7 @@ def _get(state: ServerState, job_id: str) -> st.Job:
 
 
 async def _json_body(request) -> object:
-    raw = await request.body()
-    try:
-        return json.loads(raw or b"null")
-    except (ValueError, UnicodeDecodeError) as e:
-        raise Invalid(f"request body is not valid JSON: {e}") from None
+    return parse_json(await request.body(), "request body")
 
 
 def _sse(event: str, data: dict) -> str:

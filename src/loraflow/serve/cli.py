@@ -52,10 +52,17 @@ def run_export(args: argparse.Namespace) -> int:
         raise ConfigError(f"unknown --sampler '{args.sampler}'; choose one of: {', '.join(SAMPLER_NAMES)}")
     if args.scheduler not in SCHEDULER_NAMES:
         raise ConfigError(f"unknown --scheduler '{args.scheduler}'; choose one of: {', '.join(SCHEDULER_NAMES)}")
-    paths = export_workflow(args.out, args.lora, args.prompt, args.model, negative_prompt=args.negative_prompt,
-                            lora_weight=args.lora_weight, seed=args.seed, steps=args.steps, cfg=args.cfg,
-                            sampler_name=args.sampler, scheduler=args.scheduler, width=args.width,
-                            height=args.height)
+    from loraflow.serve.comfy.export import api_workflow
+    from loraflow.serve.comfy.graph import check_widget_values
+
+    settings = dict(negative_prompt=args.negative_prompt, lora_weight=args.lora_weight, seed=args.seed,
+                    steps=args.steps, cfg=args.cfg, sampler_name=args.sampler, scheduler=args.scheduler,
+                    width=args.width, height=args.height)
+    # the nodes' own ranges (ComfyUI's): a workflow ComfyUI would refuse is never written
+    problem = check_widget_values(api_workflow(args.model, "x" if args.lora else None, args.prompt, **settings))
+    if problem:
+        raise ConfigError(f"workflow export: {problem}")
+    paths = export_workflow(args.out, args.lora, args.prompt, args.model, **settings)
     for path in paths:
         print(path, file=sys.stdout)
     return 0

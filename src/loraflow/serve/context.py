@@ -42,6 +42,9 @@ class JobContext:
     store: st.JobStore
     state: WorkerState
     cancel: threading.Event = field(default_factory=threading.Event)
+    started: float = field(default_factory=time.monotonic)
+    timed_out: bool = False  # cancelled by the watchdog's time limit, not by a client
+    abandoned: bool = False  # the watchdog gave up on it (serve/watchdog.py): its outcome is not recorded
     _last_write: float = 0.0
 
     @property

@@ -23,12 +23,15 @@ from loraflow.generate.story import Story, StoryboardConfig
 from loraflow.generate.storyboard import run_storyboard as render_storyboard
 from loraflow.models.loading import BUILTIN_MODELS, DEMO
 from loraflow.models.prompt_syntax import extract_lora_tags
+from loraflow.serve.cancel import cancel_points
 from loraflow.serve.comfy.executor import run_prompt
 from loraflow.serve.comfy.values import WorkflowJob
+from loraflow.serve.confine import confine_payload
 from loraflow.serve.context import JobContext
 from loraflow.serve.paths import NotFound, ServerPaths, safe_join
-from loraflow.serve.preview import unet_previews
+from loraflow.serve.preview import image_to_jpeg, unet_previews
 from loraflow.serve.validation import Invalid, parse_options
+from loraflow.train.checkpoint import list_checkpoints
 from loraflow.train.config import TrainConfig
 
 Job = TypeVar("Job")
@@ -65,7 +68,8 @@ class DataFilterJob:
 
 # ---- shared checks --------------------------------------------------------------------------------
 def _server_only(cfg, fields: tuple[str, ...], source: str) -> None:
-    """Refuse keys the client set (even to their defaults): the server decides them."""
+    """Keys only the server decides: refused when the body names them at all (`model_fields_set`),
+    whatever the value, so a changed default can never open them up."""
     for name in fields:
         if name in cfg.model_fields_set:
             raise Invalid(f"{source}: key '{name}' is decided by the server and cannot be set over HTTP", name)
@@ -107,7 +111,7 @@ def _prompt_loras(prompt: str, paths: ServerPaths) -> tuple[str, list[str]]:
 def _check_sampling(cfg, paths: ServerPaths, source: str) -> dict:
     """Model, VAE, LoRAs and reference images of a GenerateConfig/StoryboardConfig, resolved;
     pickle, lora_dir and annotator_dir refused."""
-    _server_only(cfg, ("allow_pickle", "lora_dir"), source)
+    _server_only(cfg, ("allow_pickle", "lora_dir", "annotator_dir"), source)
     update: dict[str, Any] = {"lora": _resolve_loras(cfg.lora, paths, "lora")}
     if cfg.model:
         update["model"] = _resolve_model(cfg.model, paths)
@@ -121,8 +125,6 @@ def _check_references(cfg, paths: ServerPaths, source: str) -> dict:
     """ControlNet units, init image and mask (when the config has them): images are uploads
     (POST /upload/image) or earlier outputs, ControlNets come from models_dir/controlnet."""
     update: dict[str, Any] = {}
-    if getattr(cfg, "annotator_dir", None):
-        raise Invalid(f"{source}: key 'annotator_dir' is decided by the server and cannot be set over HTTP", "annotator_dir")
     for key in ("init_image", "mask"):
         if getattr(cfg, key, None):
             update[key] = str(_reference_image(cfg, key, getattr(cfg, key), paths))
@@ -163,8 +165,10 @@ def validate_generate(body: Any, paths: ServerPaths) -> dict:
 def run_generate(ctx: JobContext, cfg: GenerateConfig) -> dict:
     session = ctx.models.session(cfg.model, vae=cfg.vae, dtype=cfg.dtype, device=cfg.device, family=cfg.family)
     ctx.check_cancel()
-    with unet_previews(session.pipe, session.family.name, ctx.preview):
+    with unet_previews(session.pipe, session.family.name, ctx.preview), cancel_points(session.pipe, ctx.check_cancel):
         results = session.generate(cfg, progress=ctx.progress)
+    if results:  # the last preview is the finished picture, not the last noisy latent
+        ctx.preview(image_to_jpeg(results[0].image))
     save_results(results, ctx.out_dir)
     return {"images": [_image_entry(ctx, r.path, seed=r.seed, infotext=r.infotext, params=_jsonable(r.params))
                        for r in results]}
@@ -201,6 +205,13 @@ def validate_storyboard(body: Any, paths: ServerPaths) -> dict:
     cfg = parse_options(StoryboardConfig, body, "storyboard")
     _server_only(cfg, ("out", "story"), "storyboard")
     update = _check_sampling(cfg, paths, "storyboard")
+    for key in ("clip", "aesthetic"):  # scorer weights are named inside models_dir, like every model
+        name = getattr(cfg, key)
+        if name:
+            path = safe_join(paths.models, name, key)
+            if not path.exists():
+                raise Invalid(f"storyboard: key '{key}' = {name!r}: not found in the server's models folder", key)
+            update[key] = str(path)
     story_update: dict[str, Any] = {"loras": _resolve_loras(story.loras, paths, "story.loras")}
     if story.model:
         story_update["model"] = _resolve_model(story.model, paths, "story.model")
@@ -245,7 +256,7 @@ def run_storyboard(ctx: JobContext, job: StoryboardJob) -> dict:
     cfg = job.config.model_copy(update={"story": str(story_path), "out": str(out)})
     model = cfg.model or job.story.get("model")
     session = ctx.models.session(model, vae=cfg.vae, dtype=cfg.dtype, device=cfg.device, family=cfg.family)
-    with unet_previews(session.pipe, session.family.name, ctx.preview):
+    with unet_previews(session.pipe, session.family.name, ctx.preview), cancel_points(session.pipe, ctx.check_cancel):
         index = render_storyboard(cfg, session=session, progress=ctx.progress)
     scenes = [_image_entry(ctx, out / s["file"], seed=s["seed"], infotext=s["infotext"], title=s["title"])
               for s in index["scenes"]]
@@ -254,7 +265,8 @@ def run_storyboard(ctx: JobContext, job: StoryboardJob) -> dict:
 
 # ---- train ----------------------------------------------------------------------------------------
 def validate_train(body: Any, paths: ServerPaths) -> dict:
-    cfg = parse_options(TrainConfig, body, "train")
+    """A TrainConfig as a JSON object, or as YAML text in a JSON string (the web UI's pasted config)."""
+    cfg = parse_options(TrainConfig, yaml_or_object(body, "train", "config"), "train")
     _server_only(cfg, ("output", "cache_dir"), "train")
     if cfg.resume not in (None, "latest"):
         raise Invalid("train: key 'resume' may only be 'latest' over HTTP (checkpoints of this job)", "resume")
@@ -272,9 +284,17 @@ def validate_train(body: Any, paths: ServerPaths) -> dict:
 def run_train(ctx: JobContext, cfg: TrainConfig) -> dict:
     from loraflow.train.trainer import train  # imports torch
 
-    cfg = cfg.model_copy(update={"output": str(ctx.out_dir), "cache_dir": str(ctx.paths.outputs / ".cache" / "train")})
+    update = {"output": str(ctx.out_dir), "cache_dir": str(ctx.paths.outputs / ".cache" / "train")}
+    if cfg.resume is None and list_checkpoints(ctx.out_dir):
+        update["resume"] = "latest"  # a re-queued (cancelled / interrupted) run continues where it stopped
+    cfg = cfg.model_copy(update=update)
     ctx.check_cancel()
-    result = train(cfg, progress=ctx.progress)  # progress raises JobCancelled when the job is cancelled
+
+    def on_step(step: int, loss: float, lr: float) -> None:
+        ctx.emit("loss", step=step, loss=float(loss), lr=float(lr))
+
+    # progress raises JobCancelled when the job is cancelled
+    result = train(cfg, progress=ctx.progress, on_step=on_step)
     files = {name: str(Path(p).relative_to(ctx.paths.outputs)) for name, p in
              (("lora", result.lora_path), ("diffusers", result.diffusers_path), ("loss_curve", result.loss_curve)) if p}
     return {"steps": result.steps, "files": files, "final_loss": result.losses[-1][1] if result.losses else None}
@@ -294,14 +314,18 @@ def validate_data_filter(body: Any, paths: ServerPaths) -> dict:
         update[key] = str(paths.data_file(value))
     if not Path(update["dataset_path"]).is_file():
         raise Invalid(f"recipe: key 'dataset_path' = {recipe.dataset_path!r}: not found in the data folder", "recipe.dataset_path")
+    # the path policy before the ops are built: an op that checks its model folder exists must never
+    # be shown one outside (its answer would tell what is there)
+    confined = confine_payload("data-filter", {"recipe": json.loads(recipe.model_copy(update=update).model_dump_json())},
+                               paths)["recipe"]
     try:  # build the ops now so a bad op name is a 422, not a failed job
-        build_ops(recipe, "recipe")
+        build_ops(Recipe(**confined), "recipe")
     except ConfigError as e:
         raise Invalid(str(e), "recipe.process") from None
     np = body.get("np", 1)
-    if not isinstance(np, int) or np < 1:
+    if not isinstance(np, int) or isinstance(np, bool) or np < 1:
         raise Invalid("data-filter: key 'np' must be a positive integer", "np")
-    return {"recipe": json.loads(recipe.model_copy(update=update).model_dump_json()), "np": np}
+    return {"recipe": confined, "np": np}
 
 
 def run_data_filter(ctx: JobContext, job: DataFilterJob) -> dict:

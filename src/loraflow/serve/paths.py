@@ -7,10 +7,12 @@ or write outside `models_dir` / `outputs_dir` / `data_dir`.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from loraflow.errors import InputError
+from loraflow.models.loading import BUILTIN_MODELS
 
 MODEL_SUFFIXES = (".safetensors",)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -19,23 +21,58 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 class PathRefused(InputError):
     """A name that points outside the allowed folder (HTTP 403)."""
 
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
 
 class NotFound(InputError):
     """A well-formed name with no file behind it (HTTP 404)."""
 
 
+# A file name a client may choose (a train job's `name`): letters of any script, digits, space, . _ - + ( ),
+# not starting with a dot; never a folder.
+_FILE_NAME = re.compile(r"[^\W_][\w .+()\-]{0,127}")
+
+
 def safe_join(root: str | os.PathLike, name: str, what: str = "file") -> Path:
-    """`root / name`, guaranteed (after resolving symlinks) to lie inside `root`."""
+    """`root / name`, guaranteed (after resolving symlinks) to lie inside `root`. One message for every
+    refusal, so the answer never tells what lies outside the folder."""
+    refused = PathRefused(f"{what} name {name!r} is not allowed: names are relative to the server's {what} folder")
     if not isinstance(name, str) or not name or "\x00" in name or "\\" in name:
-        raise PathRefused(f"{what} name {name!r} is not allowed")
+        raise refused
     parts = Path(name).parts
     if Path(name).is_absolute() or name.startswith("~") or ".." in parts:
-        raise PathRefused(f"{what} name {name!r} is not allowed: names are relative to the server's {what} folder")
+        raise refused
     base = Path(root).resolve()
-    path = (base / name).resolve()
+    path = Path(os.path.realpath(base / name))
     if path != base and base not in path.parents:
-        raise PathRefused(f"{what} name {name!r} leads outside the server's {what} folder")
+        raise refused
     return path
+
+
+def confine_path(value: str, roots: tuple[Path, ...], field: str) -> Path:
+    """`value` (relative to the first root, or absolute) after following symlinks, inside one of
+    `roots`; else PathRefused naming `field`, with the same text whether or not the path exists."""
+    if not isinstance(value, str) or not value or "\x00" in value:
+        raise PathRefused(f"key '{field}': {value!r} is not a path", field)
+    given = Path(value)
+    candidates = [given] if given.is_absolute() else [root / given for root in roots]
+    bases = [Path(os.path.realpath(root)) for root in roots]
+    inside = [real for real in (Path(os.path.realpath(c)) for c in candidates)
+              if any(real == base or base in real.parents for base in bases)]
+    if inside:  # the first that exists (an upload before an output of the same name), else the first
+        return next((real for real in inside if real.exists()), inside[0])
+    raise PathRefused(f"key '{field}': {value!r} is not inside the server's folders for this field "
+                      f"({', '.join(root.name for root in roots)})", field)
+
+
+def safe_file_name(name: str, field: str) -> str:
+    """A client-chosen file name stem; anything with a folder, `..` or odd characters is refused."""
+    if not isinstance(name, str) or not _FILE_NAME.fullmatch(name) or ".." in name:
+        raise PathRefused(f"key '{field}': {name!r} is not a plain file name (letters, digits, space, . _ - + ( ); "
+                          "no folders)", field)
+    return name
 
 
 @dataclass
@@ -60,6 +97,15 @@ class ServerPaths:
     def inputs(self) -> Path:
         return self.outputs / "input"  # uploads (ComfyUI's `input` type)
 
+    def roots(self, kind: str) -> tuple[Path, ...]:
+        """The folders a path of `kind` may resolve into (see `serve.confine`)."""
+        return {"model": (self.models,), "lora": (self.loras, self.models), "image": (self.inputs, self.outputs),
+                "dataset": (self.data,), "output": (self.outputs,)}[kind]
+
+    @staticmethod
+    def is_builtin_model(name: str) -> bool:
+        return name in BUILTIN_MODELS
+
     def make(self) -> None:
         for folder in (self.models, self.outputs, self.data, self.inputs):
             folder.mkdir(parents=True, exist_ok=True)
@@ -68,8 +114,8 @@ class ServerPaths:
     def model(self, name: str) -> str:
         """A base model by name: `tiny:sdxl`, a diffusers folder or a .safetensors file under
         models_dir (or models_dir/checkpoints, ComfyUI's layout)."""
-        if isinstance(name, str) and name.startswith("tiny:"):
-            return name
+        if isinstance(name, str) and (self.is_builtin_model(name) or name.startswith("tiny:")):
+            return name  # built-in (`demo`, the `tiny:` models): the jobs API and /prompt resolve them alike
         return str(self._find(name, (self.checkpoints, self.models), "model", dirs=True))
 
     def lora(self, name: str) -> Path:
@@ -133,9 +179,13 @@ class ServerPaths:
 def _walk(root: Path, skip: tuple[Path, ...] = ()):
     """Files and folders under `root`, sorted; hidden entries, `skip` folders (listed from their
     own root) and the inside of model folders left out."""
+    base = Path(os.path.realpath(root))
     for p in sorted(root.iterdir()):
         if p.name.startswith(".") or p in skip:
             continue
+        real = Path(os.path.realpath(p))
+        if real != base and base not in real.parents:
+            continue  # a symlink that leads out is never offered (and refused when named)
         yield p
         if p.is_dir() and not (p / "model_index.json").is_file() and not (p / "config.json").is_file():
             yield from _walk(p)

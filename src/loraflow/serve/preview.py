@@ -27,7 +27,14 @@ def latent_to_jpeg(latents, family: str, size: int = PREVIEW_SIZE) -> bytes:
     factors = fam.latent_rgb_factors
     fits = factors is not None and x.shape[0] == len(factors)
     rgb = _latent_rgb(x, factors, fam.latent_rgb_bias) if fits else _channels_rgb(x)  # (h, w, 3) in [0, 1]
-    image = Image.fromarray(rgb.clamp(0, 1).mul(255).byte().numpy())
+    return image_to_jpeg(Image.fromarray(rgb.clamp(0, 1).mul(255).byte().numpy()), size)
+
+
+def image_to_jpeg(image, size: int = PREVIEW_SIZE) -> bytes:
+    """JPEG bytes of a finished PIL image, its longer side `size` (the last preview of a job)."""
+    from PIL import Image
+
+    image = image.convert("RGB")
     scale = size / max(image.size)
     image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BILINEAR)
     buf = io.BytesIO()

@@ -4,7 +4,10 @@
 * `Authorization: Bearer TOKEN` when the server has a token (`?token=` also works, for <img> and
   websockets, which cannot set headers); the web UI's static files are public,
 * cross-site requests: a browser page from another origin may not drive the API (403) unless that
-  origin is allowed by CORS; the same check ComfyUI's server makes against drive-by POSTs to localhost.
+  origin is allowed by CORS; the same check ComfyUI's server makes against drive-by POSTs to localhost,
+* the Host header must name this server (localhost, 127.0.0.1, [::1], --host, --allowed-host): a page
+  on `evil.example` whose DNS name is rebound to 127.0.0.1 sends `Host: evil.example` and gets 403,
+  as Jupyter and Django's ALLOWED_HOSTS refuse it.
 """
 from __future__ import annotations
 
@@ -17,17 +20,22 @@ PUBLIC_PREFIXES = ("/static/",)
 
 
 class GuardMiddleware:
-    def __init__(self, app, max_body: int, token: str | None, allowed_origins: list[str]):
+    def __init__(self, app, max_body: int, token: str | None, allowed_origins: list[str],
+                 allowed_hosts: frozenset[str] | None = None):
         self.app = app
         self.max_body = max_body
         self.token = token
         self.allowed_origins = set(allowed_origins)
+        self.allowed_hosts = allowed_hosts  # None: any Host (--allowed-host '*')
 
     async def __call__(self, scope, receive, send):
         if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         path = scope.get("path", "")
+        if self.allowed_hosts is not None and host_name(headers.get("host", "")) not in self.allowed_hosts:
+            return await _refuse(scope, send, 403, "unknown Host header; start the server with --allowed-host NAME "
+                                                   "to serve this name")
         if not self._same_origin(headers):
             return await _refuse(scope, send, 403, "cross-origin request refused (start the server with --cors-origins to allow it)")
         if self.token and path not in PUBLIC_PATHS and not path.startswith(PUBLIC_PREFIXES):
@@ -69,6 +77,41 @@ class GuardMiddleware:
             return message
 
         return limited_receive
+
+
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+
+
+def host_name(host_header: str) -> str:
+    """`Host` header -> the name alone, lower case: `[::1]:8188` -> `::1`, `Example.org:80` -> `example.org`."""
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        return host[1:host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def allowed_hosts(bind_host: str, extra: list[str]) -> frozenset[str] | None:
+    """The Host names to serve: loopback, the bound address and --allowed-host values. A wildcard bind
+    adds this machine's own names and addresses (what other machines on the network call it)."""
+    import socket
+
+    if "*" in extra:
+        return None
+    names = set(LOOPBACK_NAMES) | {host_name(h) for h in extra}
+    if bind_host in WILDCARD_HOSTS:
+        try:
+            hostname = socket.gethostname()
+            names |= {hostname.lower(), socket.getfqdn().lower(), *socket.gethostbyname_ex(hostname)[2]}
+        except OSError:  # no resolvable hostname: --allowed-host is the way in
+            pass
+    else:
+        names.add(host_name(bind_host if ":" not in bind_host else f"[{bind_host}]"))
+    return frozenset(names)
+
+
+def is_loopback(host: str) -> bool:
+    return host in LOOPBACK_NAMES or host.startswith("127.")
 
 
 class BodyTooLarge(Exception):

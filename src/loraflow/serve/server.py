@@ -1,11 +1,13 @@
 """Run the app under uvicorn: in the foreground (`loraflow serve`) or in a thread (tests, notebooks)."""
 from __future__ import annotations
 
+import secrets
 import socket
 import sys
 import threading
 
 from loraflow.serve.options import ServeOptions
+from loraflow.serve.security import is_loopback
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -28,13 +30,23 @@ def make_server(options: ServeOptions, sock: socket.socket):
     return uvicorn.Server(config)
 
 
+def with_network_token(options: ServeOptions) -> ServeOptions:
+    """As Jupyter: a server reachable beyond loopback answers no API call without a token; one is
+    made up when none was given."""
+    if is_loopback(options.host) or options.auth_token:
+        return options
+    return options.model_copy(update={"auth_token": secrets.token_urlsafe(24)})
+
+
 def serve(options: ServeOptions) -> None:
-    if options.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: binding to {options.host} exposes loraflow to the network"
-              + ("" if options.auth_token else "; consider --auth-token"), file=sys.stderr)
+    options = with_network_token(options)
+    if not is_loopback(options.host):
+        print(f"warning: binding to {options.host} exposes loraflow to the network; every API call needs the "
+              "token (Authorization: Bearer TOKEN or ?token=TOKEN)", file=sys.stderr)
     sock = bind(options.host, options.port)
     host, port = sock.getsockname()[:2]
-    print(f"loraflow serve: http://{'[' + host + ']' if ':' in host else host}:{port}/  "
+    query = f"?token={options.auth_token}" if options.auth_token and not is_loopback(options.host) else ""
+    print(f"loraflow serve: http://{'[' + host + ']' if ':' in host else host}:{port}/{query}  "
           f"(models: {options.models_dir}, outputs: {options.outputs_dir})", flush=True)
     make_server(options, sock).run(sockets=[sock])
 
@@ -43,7 +55,7 @@ class ServerThread:
     """`with ServerThread(options) as url:` — a real uvicorn server on a free loopback port."""
 
     def __init__(self, options: ServeOptions):
-        self.options = options
+        self.options = options = with_network_token(options)
         self.sock = bind(options.host, options.port)
         self.port = self.sock.getsockname()[1]
         self.url = f"http://{options.host}:{self.port}"

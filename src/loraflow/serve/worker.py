@@ -30,6 +30,21 @@ class Worker:
     def start(self) -> None:
         self._thread.start()
 
+    def abandon(self, ctx: JobContext, error: str) -> bool:
+        """Give up on a job that ignored its cancel (`serve.watchdog`): record it failed and run the
+        queue on a fresh thread. The old thread ends on its own when the job returns; what it does
+        then is discarded. Returns False when the job ended meanwhile."""
+        if self._current is not ctx:
+            return False
+        ctx.abandoned = True
+        self._current = None
+        self.store.finish(ctx.job.id, st.FAILED, {}, error)
+        self.bus.publish({"type": "status", "job": ctx.job.id, "client_id": ctx.job.client_id,
+                          "data": {"status": st.FAILED, "error": error, "result": {}}})
+        self._thread = threading.Thread(target=self._loop, name="loraflow-worker", daemon=True)
+        self._thread.start()
+        return True
+
     def stop(self, timeout: float = 30.0) -> None:
         """Stop taking jobs; a running job is cancelled and recorded as interrupted (re-queueable)."""
         self._stop.set()
@@ -64,7 +79,7 @@ class Worker:
             ctx.cancel.set()
 
     def _loop(self) -> None:
-        while not self._stop.is_set():
+        while not self._stop.is_set() and threading.current_thread() is self._thread:
             job = self.store.claim_next()
             if job is None:
                 self._wake.wait(1.0)
@@ -82,6 +97,8 @@ class Worker:
             result = kind.run(ctx, kind.parse(job.payload))
         except JobCancelled as e:
             status, error = (st.INTERRUPTED if self._stop.is_set() else st.CANCELLED), str(e)
+            if ctx.timed_out:
+                status, error = st.FAILED, f"job {job.id} ran past the server's time limit (--job-time-limit)"
             result = getattr(e, "result", {}) or {}
         except LoraflowError as e:
             status, error = st.FAILED, str(e)
@@ -91,7 +108,10 @@ class Worker:
             status, error = st.FAILED, f"{type(e).__name__}: {e}"
             result = getattr(e, "result", {}) or {}
         finally:
-            self._current = None
+            if self._current is ctx:
+                self._current = None
+        if ctx.abandoned:
+            return
         if status == st.INTERRUPTED:
             error = "the server stopped while this job was running; re-queue it to run it again"
         self.store.finish(job.id, status, result, error)

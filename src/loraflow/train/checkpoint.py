@@ -6,8 +6,8 @@
         state.json             step, data position, optimizer hyper-parameters, LR-schedule state
 
 A checkpoint is written into `step-000050.tmp/` and renamed into place only when complete, so a
-kill during a save leaves the previous checkpoint as it was; `.tmp` leftovers are removed at the
-next start. Nothing here unpickles: tensors are safetensors, the rest is JSON.
+kill during a save leaves the previous checkpoint as it was; `.tmp` leftovers are removed (and
+reported) at the next start. Nothing here unpickles: tensors are safetensors, the rest is JSON.
 
 Data order and noise are pure functions of (seed, micro-batch index), so restoring the step
 restores the data position and the noise stream too (`buckets.BatchPlan`, `trainer._generator`).
@@ -24,6 +24,7 @@ from loraflow.errors import ConfigError
 from loraflow.atomic import atomic_save_safetensors, atomic_write_text, fsync_dir
 
 _STEP_DIR = re.compile(r"step-(\d+)")
+_REPLACED = ".replaced"  # an existing checkpoint moved aside while its re-save lands
 FORMAT_VERSION = 1
 
 
@@ -40,18 +41,48 @@ def list_checkpoints(output: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(_STEP_DIR.fullmatch(p.name).group(1)))
 
 
-def remove_partial(output: str | Path) -> None:
+def remove_partial(output: str | Path) -> list[Path]:
+    """Clean up after a run that was killed: a checkpoint caught between its two renames is put
+    back, then `step-N.tmp/` folders and the `.NAME.XXXX.tmp` files of interrupted atomic writes
+    (the final LoRA, config.yaml, ...) are removed. Returns what was removed, and says so."""
+    output = Path(output)
     root = checkpoint_root(output)
+    removed: list[Path] = []
     if root.is_dir():
+        for old in sorted(root.glob("step-*" + _REPLACED)):
+            final = old.with_name(old.name[: -len(_REPLACED)])
+            if not final.exists() and (old / "state.json").is_file():
+                old.rename(final)  # killed after moving the old one aside, before the new one landed
+            else:
+                shutil.rmtree(old, ignore_errors=True)
+                removed.append(old)
         for p in root.glob("*.tmp"):
-            shutil.rmtree(p, ignore_errors=True)
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            removed.append(p)
+    for folder in (output, root):
+        if folder.is_dir():
+            for p in folder.glob(".*.tmp"):  # loraflow.atomic / train.files temp-file names
+                if p.is_file():
+                    p.unlink(missing_ok=True)
+                    removed.append(p)
+    if removed:
+        print(f"loraflow train: removed {len(removed)} unfinished file(s) left by an interrupted run: "
+              + ", ".join(p.name for p in removed[:5]) + (" ..." if len(removed) > 5 else ""), flush=True)
+    return removed
 
 
-def resolve_resume(resume: str, output: str | Path) -> Path:
+def resolve_resume(resume: str, output: str | Path) -> Path | None:
+    """The checkpoint to resume from; None (start at step 0, with a notice) when `latest` finds none
+    yet, e.g. after a kill before the first save."""
     if resume == "latest":
         found = list_checkpoints(output)
         if not found:
-            raise ConfigError(f"resume: no checkpoint in {checkpoint_root(output)}")
+            print(f"loraflow train: --resume latest: no checkpoint in {checkpoint_root(output)} yet; "
+                  "starting from step 0", flush=True)
+            return None
         return found[-1]
     path = Path(resume)
     if not (path / "state.json").is_file():
@@ -103,10 +134,15 @@ def save_checkpoint(output: str | Path, step: int, lora_state: dict, optimizer, 
     state = {"format": FORMAT_VERSION, "step": step, "optimizer": opt_json,
              "lr_scheduler": lr_scheduler.state_dict(), **extra}
     atomic_write_text(tmp / "state.json", json.dumps(state, indent=1))  # last: marks the folder complete
+    # The new checkpoint is renamed into place before the old one is removed: a kill between the
+    # two renames leaves the old one as `step-N.replaced`, which `remove_partial` puts back.
+    replaced = final.with_name(final.name + _REPLACED)
     if final.exists():
-        shutil.rmtree(final)
+        shutil.rmtree(replaced, ignore_errors=True)
+        final.rename(replaced)
     tmp.rename(final)
     fsync_dir(root)
+    shutil.rmtree(replaced, ignore_errors=True)
     for old in list_checkpoints(output)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

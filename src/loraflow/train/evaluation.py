@@ -91,7 +91,7 @@ class HeldOut:
         """Mean held-out loss over images x fixed timesteps; the same on every process."""
         import torch
 
-        from loraflow.train import objective
+        import loraflow.train.objective as objective
         from loraflow.train.buckets import crop_for
         from loraflow.train.forward import predict, text_conditioning
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loraflow.models.loading import vae_dtype
 from loraflow.train.config import TARGET_PRESETS, TEXT_ENCODER_PRESETS, TrainConfig
 
 WEIGHT_DTYPES = {"no": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -39,12 +40,6 @@ class TrainModel:
     def trainable_parameters(self) -> list:
         modules = [self.unet, *self.text_encoders]
         return [p for m in modules for p in m.parameters() if p.requires_grad]
-
-
-def vae_dtype(vae_config, weight_dtype: str) -> str:
-    """The dtype the VAE encodes in: the SDXL VAE overflows in fp16 (force_upcast; use
-    sdxl-vae-fp16-fix to avoid), so it is kept in fp32 there."""
-    return "float32" if vae_config.get("force_upcast", False) and weight_dtype == "float16" else weight_dtype
 
 
 def load_for_training(config: TrainConfig, device: str, encoders: bool = True) -> TrainModel:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from loraflow.errors import ConfigError, LoraflowError
-from loraflow.plan.fit import cuda_free_bytes, fit_train_config
+from loraflow.train.fit import cuda_free_bytes, fit_train_config
 from loraflow.train import checkpoint, objective
 from loraflow.train.config import TrainConfig
 from loraflow.train.ema import LoraEMA
@@ -179,6 +179,8 @@ def _resume(config, model, accelerator, optimizer, lr_scheduler, extras) -> tupl
     from peft import set_peft_model_state_dict
 
     path = checkpoint.resolve_resume(config.resume, config.output)
+    if path is None:
+        return 0, []
     saved = checkpoint.read_state(path).get("config", {})
     if "eval_every" in saved and bool(saved["eval_every"]) != bool(config.eval_every):  # the split changes the data
         raise ConfigError(f"resume: {path} was trained with eval_every={saved['eval_every']!r}, this run has "
@@ -280,13 +282,17 @@ def optimizer_step(step, config, data, model, unet, optimizer, lr_scheduler, lat
 def setup_accelerator(config: TrainConfig):
     from accelerate import Accelerator
 
-    cpu = config.device == "cpu"
+    from loraflow.models.loading import resolve_device
+
+    cpu = resolve_device(config.device) == "cpu"  # a named device that is absent is an error, not the CPU
     return Accelerator(mixed_precision=config.mixed_precision, cpu=cpu)
 
 
-def train(config: TrainConfig | dict, progress: Callable[[int, int], None] | None = None) -> TrainResult:
+def train(config: TrainConfig | dict, progress: Callable[[int, int], None] | None = None,
+          on_step: Callable[[int, float, float], None] | None = None) -> TrainResult:
     """Run a training. `progress(step, total)` is called after every optimizer step; an exception
-    it raises (e.g. a server's cancel) stops the run there, with saved checkpoints intact."""
+    it raises (e.g. a server's cancel) stops the run there, with saved checkpoints intact.
+    `on_step(step, loss, lr)` gets each step's numbers (the web UI's live loss chart)."""
     from loraflow.atomic import atomic_write_text
     from loraflow.train.feedback import Logger
     from loraflow.train.loss_plot import draw_loss_curve
@@ -363,6 +369,8 @@ def train(config: TrainConfig | dict, progress: Callable[[int, int], None] | Non
         if ema is not None:
             ema.after_step(step)
         logger.step(step, step_loss, lr_scheduler.get_last_lr()[0], step % config.log_every == 0)
+        if on_step is not None:
+            on_step(step, step_loss, lr_scheduler.get_last_lr()[0])
         if progress is not None:
             progress(step, steps)
         if config.save_every and step % config.save_every == 0 and step < steps:

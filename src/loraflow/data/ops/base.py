@@ -9,9 +9,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from PIL import Image
+from pydantic import model_validator
 
 from loraflow.config import Options, opt
 from loraflow.images import ImageError, ImageInfo, load_rgb, read_info
+from loraflow.data.text_rules import size_to_bytes
 
 # data-juicer stores per-sample stats under this key (data_juicer/utils/constant.py Fields.stats).
 STATS_KEY = "__dj__stats__"
@@ -41,6 +43,22 @@ class FilterParams(OpParams):
     min_closed_interval: bool = opt(True, "min bound is inclusive")
     max_closed_interval: bool = opt(True, "max bound is inclusive")
     reversed_range: bool = opt(False, "keep samples *outside* the range instead")
+
+    @model_validator(mode="after")
+    def _min_not_above_max(self):
+        # `min_X > max_X` would reject every sample without a word; every min/max pair of every filter
+        for name in type(self).model_fields:
+            if name.startswith("min_") and f"max_{name[4:]}" in type(self).model_fields:
+                low, high = getattr(self, name), getattr(self, f"max_{name[4:]}")
+                if isinstance(low, bool) or low is None or high is None:
+                    continue
+                if _bound(low) > _bound(high):
+                    raise ValueError(f"{name} = {low} is above max_{name[4:]} = {high}")
+        return self
+
+
+def _bound(value: Any) -> float:
+    return size_to_bytes(value) if isinstance(value, str) else value
 
 
 class MultiImageParams(FilterParams):

@@ -17,9 +17,10 @@ import traceback
 from pathlib import Path
 
 from loraflow.errors import LoraflowError
-from loraflow.serve.comfy.graph import is_link, normalize
+from loraflow.serve.comfy.graph import is_link, normalize, topological_order
 from loraflow.serve.comfy.nodes import NODES
-from loraflow.serve.comfy.values import CachedNode, Shown, WorkflowJob
+from loraflow.serve.cancel import cancel_points_in
+from loraflow.serve.comfy.values import CachedNode, ModelRef, Shown, WorkflowJob
 from loraflow.serve.context import JobCancelled, JobContext
 
 
@@ -64,9 +65,12 @@ def run_prompt(ctx: JobContext, workflow: WorkflowJob) -> dict:
             inputs.update(hidden)
         try:
             ctx.check_cancel()
-            out = cls().run(ctx, nid, **inputs)
+            pipes = [v.session(ctx).pipe for v in inputs.values() if isinstance(v, ModelRef)]
+            with cancel_points_in(pipes, ctx.check_cancel):  # a cancel lands inside a long VAE decode too
+                out = cls().run(ctx, nid, **inputs)
         except JobCancelled:
             send("execution_interrupted", node_id=nid, node_type=node["class_type"], executed=executed)
+            ctx.emit("executing", node=None, display_node=None, prompt_id=prompt_id)  # ComfyUI's closing message
             raise
         except Exception as e:  # any failure is reported on its node, the server keeps running
             result = _history_result(prompt_id, ui_outputs, messages, "error", executed, cached)
@@ -74,6 +78,7 @@ def run_prompt(ctx: JobContext, workflow: WorkflowJob) -> dict:
                  exception_message=str(e), exception_type=type(e).__name__,
                  traceback=[] if isinstance(e, LoraflowError) else traceback.format_exc().splitlines(),
                  current_inputs={}, current_outputs=[])
+            ctx.emit("executing", node=None, display_node=None, prompt_id=prompt_id)  # sent after errors too
             result["status"]["messages"] = messages
             result["error"] = {"node_id": nid, "node_type": node["class_type"], "message": str(e)}
             raise WorkflowFailed(f"node {nid} ({node['class_type']}): {e}", result) from None
@@ -98,22 +103,8 @@ def _history_result(prompt_id, outputs, messages, status, executed, cached) -> d
 
 
 def execution_order(prompt: dict, outputs: list[str]) -> list[str]:
-    """Every node the outputs need, each after the nodes it links to (depth-first, outputs in order)."""
-    order: list[str] = []
-    seen: set[str] = set()
-
-    def visit(nid: str):
-        if nid in seen:
-            return
-        seen.add(nid)
-        for value in prompt[nid]["inputs"].values():
-            if is_link(value):
-                visit(value[0])
-        order.append(nid)
-
-    for out in outputs:
-        visit(out)
-    return order
+    """Every node the outputs need, each after the nodes it links to (`graph.topological_order`)."""
+    return topological_order(prompt, outputs)
 
 
 def cache_keys(prompt: dict, order: list[str], paths) -> dict[str, str]:

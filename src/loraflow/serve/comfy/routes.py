@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import re
 import struct
 import sys
@@ -26,7 +25,9 @@ import uuid
 
 from fastapi import Request, WebSocket
 from loraflow.serve import store as st
+from loraflow.serve.limits import parse_json
 from loraflow.serve.paths import NotFound, PathRefused, safe_join
+from loraflow.serve.validation import Invalid
 
 COMFY_EVENTS = ("execution_start", "execution_cached", "executing", "progress", "executed", "execution_success",
                 "execution_error", "execution_interrupted")
@@ -52,14 +53,15 @@ def _routes(router, state) -> None:
     @router.post("/prompt")
     async def post_prompt(request: Request):
         try:
-            data = json.loads(await request.body() or b"null")
-        except ValueError:
-            return JSONResponse({"error": {"type": "invalid_prompt", "message": "body is not JSON", "details": "",
+            data = parse_json(await request.body(), "body", state.limits.max_json_depth)
+        except Invalid as e:
+            return JSONResponse({"error": {"type": "invalid_prompt", "message": str(e), "details": "",
                                            "extra_info": {}}, "node_errors": {}}, status_code=400)
         if not isinstance(data, dict) or "prompt" not in data:
             return JSONResponse({"error": {"type": "no_prompt", "message": "No prompt provided", "details": "",
                                            "extra_info": {}}, "node_errors": {}}, status_code=400)
-        ok, error, outputs, node_errors = await asyncio.to_thread(validate_prompt, data["prompt"], state.paths)
+        ok, error, outputs, node_errors = await asyncio.to_thread(validate_prompt, data["prompt"], state.paths,
+                                                                  state.limits)
         if not ok:
             return JSONResponse({"error": error, "node_errors": node_errors}, status_code=400)
         from loraflow.serve.comfy.graph import normalize
@@ -94,12 +96,12 @@ def _routes(router, state) -> None:
 
     @router.post("/history")
     async def post_history(request: Request):
-        data = json.loads(await request.body() or b"{}")
-        if data.get("clear"):
+        clear, delete = await _clear_or_delete(request, state)
+        if clear:
             for job in state.store.list(st.FINISHED, "workflow", 100000):
                 state.store.delete(job.id)
-        for job_id in data.get("delete", []) or []:
-            state.store.delete(str(job_id))
+        for job_id in delete:
+            state.store.delete(job_id)
         return Response(status_code=200)
 
     @router.get("/queue")
@@ -111,12 +113,12 @@ def _routes(router, state) -> None:
 
     @router.post("/queue")
     async def post_queue(request: Request):
-        data = json.loads(await request.body() or b"{}")
-        if data.get("clear"):
+        clear, delete = await _clear_or_delete(request, state)
+        if clear:
             for job in state.store.list((st.QUEUED,), "workflow", 100000):
                 state.worker.cancel(job.id)
-        for job_id in data.get("delete", []) or []:
-            job = state.store.get(str(job_id))
+        for job_id in delete:
+            job = state.store.get(job_id)
             if job and job.status == st.QUEUED:
                 state.worker.cancel(job.id)
         return Response(status_code=200)
@@ -194,6 +196,22 @@ def _routes(router, state) -> None:
     @router.websocket("/ws")
     async def ws(websocket: WebSocket):
         await _websocket(websocket, state)
+
+
+async def _clear_or_delete(request, state) -> tuple[bool, list[str]]:
+    """ComfyUI's `{"clear": true}` / `{"delete": [prompt ids]}` body; anything else is a 4xx naming the key."""
+    data = parse_json(await request.body() or b"{}", "body", state.limits.max_json_depth)
+    if not isinstance(data, dict):
+        raise Invalid(f"body: expected a JSON object {{\"clear\": bool, \"delete\": [ids]}}, got {type(data).__name__}")
+    unknown = set(data) - {"clear", "delete"}
+    if unknown:
+        raise Invalid(f"body: unknown key '{sorted(unknown)[0]}'; known keys: clear, delete", sorted(unknown)[0])
+    clear, delete = data.get("clear", False), data.get("delete") or []
+    if not isinstance(clear, bool):
+        raise Invalid(f"key 'clear' = {clear!r}: expected true or false", "clear")
+    if not isinstance(delete, list) or not all(isinstance(i, (str, int)) and not isinstance(i, bool) for i in delete):
+        raise Invalid(f"key 'delete' = {str(delete)[:60]}: expected a list of prompt ids", "delete")
+    return clear, [str(i) for i in delete]
 
 
 async def _websocket(websocket, state) -> None:
@@ -305,7 +323,7 @@ def _save_upload(state, data: bytes, filename: str, subfolder: str, overwrite: b
     folder.mkdir(parents=True, exist_ok=True)
     i = 1
     while not overwrite and (folder / name).exists():
-        if (folder / name).read_bytes() == data:
+        if safe_join(folder, name, "input").read_bytes() == data:  # never compared through a link leading out
             return name
         name = f"{stem} ({i}){UPLOAD_FORMATS[fmt]}"
         i += 1

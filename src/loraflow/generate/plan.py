@@ -33,7 +33,7 @@ def plan_generate(config) -> Plan:
     from loraflow.plan.accountant import MemoryAccountant
     from loraflow.plan.architecture import resolve_architecture
     from loraflow.plan.cuda_rules import cuda_rules
-    from loraflow.train.model_setup import vae_dtype
+    from loraflow.models.loading import vae_dtype
 
     arch = resolve_architecture(config.model, config.family)
     family = arch.family

@@ -17,7 +17,7 @@ def fit_train_config(config, device: str, say: Callable[[str], None] = print, pl
     if config.vram is None and free_bytes is None:
         return config
     if planner is None:
-        from loraflow.plan.train_plan import plan_train as planner
+        from loraflow.train.plan import plan_train as planner
     if config.vram is not None:
         config, plan, changes = choose(config, budget_from_vram(config.vram), planner, TRAIN_STEPS)
         say(f"plan: --vram {config.vram:g}: low-VRAM modes {flags(changes) or 'none needed'}; "

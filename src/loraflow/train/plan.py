@@ -155,7 +155,7 @@ def train_step(model, config: TrainConfig, optimizer, params, shape, device="met
     import torch
 
     from loraflow.plan import phases
-    from loraflow.train import objective
+    import loraflow.train.objective as objective
 
     unet, family = model.unet, model.family
     x0 = torch.randn(shape, dtype=torch.float32, device=device)  # LatentStore.sample: fp32 latents
