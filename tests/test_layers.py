@@ -19,11 +19,12 @@ LAYERS: list[list[tuple[str, ...]]] = [
     [("loraflow", "loraflow.errors", "loraflow.atomic", "loraflow.config", "loraflow.images", "loraflow.quiet",
       "loraflow.plots", "loraflow.progress")],
     [("loraflow.models",)],
+    [("loraflow.plan",)],
     [("loraflow.generate",)],
     [("loraflow.score",)],
     [("loraflow.data",), ("loraflow.generate.storyboard", "loraflow.generate.story_scoring")],
     [("loraflow.train",)],
-    [("loraflow.serve",), ("loraflow.demo",), ("loraflow.plan",)],
+    [("loraflow.serve",), ("loraflow.demo",)],
     [("loraflow.__main__", "loraflow.cli", "*.cli", "loraflow.api")],
 ]
 
@@ -127,8 +128,9 @@ def test_strongly_connected_finds_cycles():
 
 
 def test_place_uses_the_longest_prefix():
-    assert place("loraflow.generate.session")[0] == 2
-    assert place("loraflow.generate.storyboard")[0] == 4
+    assert place("loraflow.generate.session")[0] == place("loraflow.models.loading")[0] + 2
+    assert place("loraflow.generate.storyboard")[0] == place("loraflow.data.recipe")[0]
+    assert place("loraflow.generate.storyboard")[1] != place("loraflow.data.recipe")[1]
     assert place("loraflow.generate.cli")[0] == len(LAYERS) - 1
     assert place("loraflow")[0] == place("loraflow.errors")[0] == 0
 

@@ -22,13 +22,13 @@ layer are independent of each other.
     0. base      errors, atomic (the one way to write a file), config (typed options), images (decoding),
                  quiet (third-party output off unless --verbose), plots (matplotlib figures), progress
     1. models    families, loading, hashing, pickle_files, prompt syntax/encoding, LoRA files
-    2. generate  GenerationSession, options, infotext, schedulers, control, grid, story (the file format)
-    3. score     aesthetic and CLIP scorers, and `loraflow score`
-    4. data      ingest, data-juicer filters, export    |  generate.storyboard, generate.story_scoring
-    5. train     LoRA training
-    6. serve     HTTP API and ComfyUI workflows          |  demo (the bundled demo model and its tools)
-                                                         |  plan (fits train/generate runs into memory)
-    7. cli, api  loraflow.cli and every package's `cli.py`, and loraflow.api (the Python API above):
+    2. plan      memory model of a model family's runs (train.plan / generate.plan apply it)
+    3. generate  GenerationSession, options, infotext, schedulers, control, grid, story (the file format)
+    4. score     aesthetic and CLIP scorers, and `loraflow score`
+    5. data      ingest, data-juicer filters, export    |  generate.storyboard, generate.story_scoring
+    6. train     LoRA training
+    7. serve     HTTP API and ComfyUI workflows          |  demo (the bundled demo model and its tools)
+    8. cli, api  loraflow.cli and every package's `cli.py`, and loraflow.api (the Python API above):
                  thin shells that may import any layer
 
 Why this order, where it is not obvious:
