@@ -1,7 +1,7 @@
 import pytest
 
 from data_helpers import make_awkward_images, make_bad_inputs, noise_image, save
-from loraflow.data.images import ImageError, load_rgb, read_info
+from loraflow.images import ImageError, load_rgb, read_info
 
 
 @pytest.mark.parametrize("kind, words", [

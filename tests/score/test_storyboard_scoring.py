@@ -9,7 +9,7 @@ from PIL import Image
 
 from loraflow.errors import ConfigError
 from loraflow.generate.storyboard import StoryboardConfig, run_storyboard
-from loraflow.generate.story_scoring import plain_prompt
+from loraflow.models.prompt_syntax import plain_prompt
 from score_helpers import clip_scores_by_hand
 
 

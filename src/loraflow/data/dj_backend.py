@@ -9,8 +9,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from loraflow.data.filter_run import LORAFLOW_KEY, FilterResult, absolute_paths
+from loraflow.data.filter_result import FilterResult, absolute_paths
 from loraflow.data.jsonl import read_jsonl, write_jsonl
+from loraflow.data.ops.base import Rejection
 from loraflow.data.recipe import Recipe
 from loraflow.errors import ConfigError, LoraflowError
 
@@ -41,7 +42,7 @@ def run_dj_process(recipe_path: str | Path, recipe: Recipe, dj_process: str | No
     base = os.path.dirname(os.path.abspath(recipe.dataset_path))
     for line in read_jsonl(recipe.dataset_path):
         if line.sample is None:
-            result.errored.append({"raw": line.raw, LORAFLOW_KEY: {"line": line.number, "error": line.error}})
+            result.error(line.number, None, line.error, raw=line.raw)
             continue
         sample = absolute_paths(line.sample, recipe.image_key, base)
         k = _key(sample, recipe.image_key)
@@ -49,9 +50,8 @@ def run_dj_process(recipe_path: str | Path, recipe: Recipe, dj_process: str | No
             kept_keys[k] -= 1
             result.kept.append(sample)
         else:
-            result.rejected_by["data-juicer"] = result.rejected_by.get("data-juicer", 0) + 1
-            result.rejected.append({**sample, LORAFLOW_KEY: {"line": line.number, "op": "data-juicer",
-                                                             "reason": "not in dj-process's output (it does not say which op)"}})
+            result.reject(line.number, sample, Rejection("data-juicer", None, None,
+                                                         "not in dj-process's output (it does not say which op)"))
     write_jsonl(recipe.rejected_path, result.rejected)
     write_jsonl(recipe.errored_path, result.errored)
     result.outputs = {"kept": recipe.export_path, "rejected": str(recipe.rejected_path),

@@ -9,16 +9,15 @@ JPEG inputs are copied byte for byte; anything else is converted to RGB and save
 from __future__ import annotations
 
 import csv
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
 from tqdm.auto import tqdm  # a widget bar in Jupyter, a text bar in a terminal
 
-from loraflow.data.images import ImageError, load_rgb, read_info
+from loraflow.atomic import atomic_open
+from loraflow.images import ImageError, load_rgb, read_info
 from loraflow.data.jsonl import read_jsonl, write_jsonl
 from loraflow.data.options import ExportOptions
 from loraflow.errors import ConfigError, InputError
@@ -91,12 +90,11 @@ def export(opts: ExportOptions) -> ExportResult:
 
 def _write_index(fmt: str, folder: Path, rows: list[tuple[str, str]]) -> None:
     if fmt == "diffsynth":
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8-sig", newline="") as f:  # pandas' to_csv in the seed
+        # utf-8-sig: what pandas' to_csv wrote in the seed
+        with atomic_open(folder / "metadata.csv", encoding="utf-8-sig", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["file_name", "text"])
             writer.writerows(rows)
-        os.replace(tmp, folder / "metadata.csv")
     elif fmt == "imagefolder":
         write_jsonl(folder / "metadata.jsonl", ({"file_name": n, "text": t} for n, t in rows))
     else:

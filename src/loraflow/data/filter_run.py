@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from loraflow.data.dj_backend import run_dj_process
 from loraflow.data.executors import MAPPERS
-from loraflow.data.images import ImageError
+from loraflow.data.filter_result import (Errored, FilterResult, Kept, Keyed, Rejected, Verdict,
+                                         absolute_paths)
 from loraflow.data.jsonl import read_jsonl, write_jsonl
+from loraflow.data.ops.base import STATS_KEY, Op, SampleError, SampleImages
 from loraflow.data.options import FilterOptions
-from loraflow.data.ops.base import STATS_KEY, Op, Rejection, SampleError, SampleImages
-from loraflow.data.recipe import Recipe
+from loraflow.data.recipe import Recipe, load_recipe
 from loraflow.errors import ConfigError
+from loraflow.images import ImageError
 
 log = logging.getLogger(__name__)
-LORAFLOW_KEY = "__loraflow__"  # our per-item verdict in the rejected/errored files
 
 
 @dataclass
@@ -44,99 +46,75 @@ def sample_paths(sample: dict, key: str) -> list[str]:
     raise SampleError(f"field '{key}' must be a list of image paths, got {type(value).__name__}")
 
 
-def evaluate(task: Task, batch: list[tuple[int, dict, dict]]) -> list[tuple[str, object, dict]]:
-    """Per sample (verdict, payload, stats): ('kept', None) | ('rejected', Rejection) |
-    ('errored', message) | ('key', dedup key) | ('kept', rewritten sample) from a mapper.
-    Stats (and a mapper's new sample) travel back because workers are other processes."""
+def evaluate(task: Task, batch: list[tuple[int, dict, dict]]) -> list[Verdict]:
+    """One verdict per (line, sample, stats) of `batch`, in order."""
     if task.ops[0].kind == "model":
         return _evaluate_model(task, batch)
     if task.ops[0].kind == "mapper":
         return _evaluate_mapper(task, batch)
-    out: list[tuple[str, object, dict]] = []
-    for _, sample, stats in batch:
-        images: dict[str, SampleImages] = {}
-        try:
-            verdict: tuple[str, object] = ("kept", None)
-            for op in task.ops:
-                if op.image_key not in images:
-                    images[op.image_key] = SampleImages(sample_paths(sample, op.image_key), task.check_tail, task.verify)
-                if op.kind == "dedup":
-                    verdict = ("key", op.key(images[op.image_key], sample))
-                    break
-                op.compute(images[op.image_key], sample, stats)
-                rejection = op.decide(stats)
-                if rejection:
-                    verdict = ("rejected", rejection)
-                    break
-        except (ImageError, SampleError) as e:
-            verdict = ("errored", str(e))
-        out.append((*verdict, stats))
-    return out
+    return [_evaluate_one(task, sample, stats) for _, sample, stats in batch]
 
 
-def _evaluate_model(task: Task, batch: list[tuple[int, dict, dict]]) -> list[tuple[str, object, dict]]:
+def _evaluate_one(task: Task, sample: dict, stats: dict) -> Verdict:
+    """Filters in order until one rejects; a deduplicator ends the run with the sample's key."""
+    images: dict[str, SampleImages] = {}
+    try:
+        for op in task.ops:
+            if op.image_key not in images:
+                images[op.image_key] = SampleImages(sample_paths(sample, op.image_key), task.check_tail, task.verify)
+            if op.kind == "dedup":
+                return Keyed(op.key(images[op.image_key], sample), stats)
+            op.compute(images[op.image_key], sample, stats)
+            rejection = op.decide(stats)
+            if rejection:
+                return Rejected(rejection, stats)
+    except (ImageError, SampleError) as e:
+        return Errored(str(e), stats)
+    return Kept(stats)
+
+
+def _evaluate_model(task: Task, batch: list[tuple[int, dict, dict]]) -> list[Verdict]:
     """A model-backed op scores the whole chunk at once (one batched model call)."""
     op = task.ops[0]
-    verdicts: list[tuple[str, object] | None] = []
+    verdicts: list[Verdict | None] = []  # None: waits for the batched call
     ready = []
     for _, sample, stats in batch:
         try:
             images = SampleImages(sample_paths(sample, op.image_key), task.check_tail, task.verify)
         except SampleError as e:
-            verdicts.append(("errored", str(e)))
+            verdicts.append(Errored(str(e), stats))
             continue
         verdicts.append(None)
         ready.append((images, sample, stats))
     errors = iter(op.compute_batch(ready) if ready else [])
-    ready_stats = iter(ready)
-    out = []
+    out: list[Verdict] = []
     for (_, _, stats), verdict in zip(batch, verdicts):
         if verdict is None:
-            next(ready_stats)
             error = next(errors)
-            verdict = ("errored", error) if error else ("kept", None)
-            if error is None:
-                rejection = op.decide(stats)
-                verdict = ("rejected", rejection) if rejection else ("kept", None)
-        out.append((*verdict, stats))
+            rejection = op.decide(stats) if error is None else None
+            verdict = Errored(error, stats) if error else Rejected(rejection, stats) if rejection else Kept(stats)
+        out.append(verdict)
     return out
 
 
-def _evaluate_mapper(task: Task, batch: list[tuple[int, dict, dict]]) -> list[tuple[str, object, dict]]:
-    """A mapper rewrites the whole chunk with one batched model call: ('kept', new sample) or
-    ('errored', message); the new sample travels back like the stats do."""
+def _evaluate_mapper(task: Task, batch: list[tuple[int, dict, dict]]) -> list[Verdict]:
+    """A mapper rewrites the whole chunk with one batched model call: each sample is kept as its
+    rewritten self, or errored; the new sample travels back like the stats do."""
     op = task.ops[0]
-    out: list[tuple[str, object, dict] | None] = []
+    out: list[Verdict | None] = []  # None: waits for the batched call
     ready = []
     for _, sample, stats in batch:
         try:
             ready.append((SampleImages(sample_paths(sample, op.image_key), task.check_tail, task.verify), sample))
             out.append(None)
         except SampleError as e:
-            out.append(("errored", str(e), stats))
+            out.append(Errored(str(e), stats))
     mapped = iter(op.map_batch(ready) if ready else [])
     for i, (_, _, stats) in enumerate(batch):
         if out[i] is None:
             new = next(mapped)
-            out[i] = ("kept", new, stats) if isinstance(new, dict) else ("errored", new, stats)
+            out[i] = Kept(stats, sample=new) if isinstance(new, dict) else Errored(new, stats)
     return out
-
-
-@dataclass
-class FilterResult:
-    kept: list[dict] = field(default_factory=list)
-    rejected: list[dict] = field(default_factory=list)
-    errored: list[dict] = field(default_factory=list)
-    rejected_by: dict[str, int] = field(default_factory=dict)
-    outputs: dict[str, str] = field(default_factory=dict)  # "kept" -> path, ... once written
-
-    @property
-    def total(self) -> int:
-        return len(self.kept) + len(self.rejected) + len(self.errored)
-
-    def summary(self) -> str:
-        return (f"{self.total} in: {len(self.kept)} kept + {len(self.rejected)} rejected + "
-                f"{len(self.errored)} errored")
 
 
 def _segments(ops: list[Op]) -> list[list[Op]]:
@@ -151,16 +129,6 @@ def _segments(ops: list[Op]) -> list[list[Op]]:
     return segs
 
 
-def absolute_paths(sample: dict, key: str, base: str) -> dict:
-    """data-juicer's `rel2abs`: relative image paths are relative to the dataset file's folder."""
-    value = sample.get(key)
-    if isinstance(value, list):
-        sample[key] = [p if not isinstance(p, str) or os.path.isabs(p) else os.path.join(base, p) for p in value]
-    elif isinstance(value, str) and value and not os.path.isabs(value):
-        sample[key] = os.path.join(base, value)
-    return sample
-
-
 def run_filter(recipe: Recipe, ops: list[Op], backend: str = "local", np: int | None = None,
                verify: bool = False, progress: bool = True) -> FilterResult:
     """Run the ops over `recipe.dataset_path`; returns the three lists (nothing written)."""
@@ -171,7 +139,7 @@ def run_filter(recipe: Recipe, ops: list[Op], backend: str = "local", np: int | 
     alive: list[tuple[int, dict, dict]] = []
     for line in read_jsonl(recipe.dataset_path):
         if line.sample is None:
-            result.errored.append({"raw": line.raw, LORAFLOW_KEY: {"line": line.number, "error": line.error}})
+            result.error(line.number, None, line.error, raw=line.raw)
         else:
             alive.append((line.number, absolute_paths(line.sample, recipe.image_key, base), {}))
 
@@ -182,24 +150,21 @@ def run_filter(recipe: Recipe, ops: list[Op], backend: str = "local", np: int | 
         verdicts = mapper(evaluate, Task(seg, verify=verify), alive, seg_workers, desc, progress)
         survivors = []
         first_seen: dict[object, int] = {}
-        for (number, sample, _), (status, payload, stats) in zip(alive, verdicts):
-            if status == "key":
-                key = tuple(payload) if isinstance(payload, list) else payload
+        for (number, sample, _), verdict in zip(alive, verdicts):
+            if isinstance(verdict, Keyed):  # first come in input order wins, whatever the worker order
+                key = tuple(verdict.key) if isinstance(verdict.key, list) else verdict.key
                 if key and key in first_seen:
-                    status, payload = "rejected", seg[0].duplicate_of(key, first_seen[key])
+                    verdict = Rejected(seg[0].duplicate_of(key, first_seen[key]), verdict.stats)
                 else:
                     if key:
                         first_seen[key] = number
-                    status = "kept"
-            if status == "kept":  # a mapper's payload is the rewritten sample
-                survivors.append((number, payload if isinstance(payload, dict) else sample, stats))
-            elif status == "rejected":
-                assert isinstance(payload, Rejection)
-                result.rejected_by[payload.op] = result.rejected_by.get(payload.op, 0) + 1
-                verdict = {"line": number, **asdict(payload)}
-                result.rejected.append({**sample, STATS_KEY: stats, LORAFLOW_KEY: verdict})
+                    verdict = Kept(verdict.stats)
+            if isinstance(verdict, Kept):  # a mapper's verdict carries the rewritten sample
+                survivors.append((number, verdict.sample if verdict.sample is not None else sample, verdict.stats))
+            elif isinstance(verdict, Rejected):
+                result.reject(number, sample, verdict.rejection, verdict.stats)
             else:
-                result.errored.append({**sample, LORAFLOW_KEY: {"line": number, "error": payload}})
+                result.error(number, sample, verdict.error)
         alive = survivors
 
     result.kept = [{**sample, STATS_KEY: stats} for _, sample, stats in alive]
@@ -237,12 +202,8 @@ def write_result(recipe: Recipe, ops: list[Op], result: FilterResult) -> None:
 def filter_dataset(recipe_path: str | Path, backend: str = "local", np: int | None = None,
                    verify: bool = False, progress: bool = True, dj_process: str | None = None) -> FilterResult:
     """Load the recipe (all config errors come here, before any work), run it, write the outputs."""
-    from loraflow.data.recipe import load_recipe
-
     recipe, ops = load_recipe(recipe_path)
     if backend == "data-juicer":
-        from loraflow.data.dj_backend import run_dj_process
-
         return run_dj_process(recipe_path, recipe, dj_process, progress)
     result = run_filter(recipe, ops, backend=backend, np=np, verify=verify, progress=progress)
     write_result(recipe, ops, result)

@@ -17,8 +17,9 @@ from typing import Any
 from PIL import Image
 from tqdm.auto import tqdm  # a widget bar in Jupyter, a text bar in a terminal
 
+from loraflow.atomic import atomic_save_image
 from loraflow.data.executors import map_local
-from loraflow.data.images import ImageError, load_rgb, to_rgb
+from loraflow.images import ImageError, load_rgb, to_rgb
 from loraflow.data.jsonl import write_jsonl
 from loraflow.data.options import IngestOptions
 from loraflow.data.sources import RawItem, iter_source
@@ -38,6 +39,27 @@ class IngestResult:
     def summary(self) -> str:
         n = len(self.written) + len(self.skipped) + len(self.errored)
         return f"{n} in: {len(self.written)} written + {len(self.skipped)} skipped + {len(self.errored)} errored"
+
+
+@dataclass
+class Written:
+    path: str  # absolute path of the saved RGB image
+    digest: str  # SHA-1 of size + pixels: equal pictures in other files or formats match
+    notes: list[str]
+
+
+@dataclass
+class Skipped:
+    reason: str
+
+
+@dataclass
+class Failed:
+    error: str  # one line naming the item
+
+
+# What saving one item came to; sent back from worker processes.
+SaveOutcome = Written | Skipped | Failed
 
 
 @dataclass
@@ -62,30 +84,30 @@ def _picture_to_rgb(picture: Any, notes: list[str]) -> Image.Image:
     return to_rgb(picture)
 
 
-def _save_batch(task: _SaveTask, batch: list[tuple[int, RawItem]]) -> list[tuple]:
-    """Decode, convert to RGB, hash the pixels, save. Returns one verdict per item."""
-    out: list[tuple] = []
+def _save_batch(task: _SaveTask, batch: list[tuple[int, RawItem]]) -> list[SaveOutcome]:
+    """Decode, convert to RGB, hash the pixels, save. Returns one outcome per item."""
+    out: list[SaveOutcome] = []
     for index, item in batch:
         if item.skip:
-            out.append(("skipped", item.skip))
+            out.append(Skipped(item.skip))
             continue
         if item.error:
-            out.append(("errored", item.error))
+            out.append(Failed(item.error))
             continue
         notes: list[str] = []
         try:
             rgb = load_rgb(item.path, notes) if item.path else _picture_to_rgb(item.picture, notes)
             digest = hashlib.sha1(f"{rgb.size}".encode() + rgb.tobytes()).hexdigest()
             dest = Path(task.out_dir) / f"{index:06d}.{task.image_format}"
-            tmp = dest.with_suffix(".tmp")
-            rgb.save(tmp, format="JPEG" if task.image_format == "jpg" else "PNG", quality=task.quality)
-            tmp.replace(dest)
-            out.append(("written", str(dest.resolve()), digest, notes))
+            # durable=False: one fsync per image would dominate a large ingest; a rerun redoes it
+            atomic_save_image(rgb, dest, durable=False, format="JPEG" if task.image_format == "jpg" else "PNG",
+                              quality=task.quality)
+            out.append(Written(str(dest.resolve()), digest, notes))
         except ImageError as e:
             msg = str(e)
-            out.append(("errored", msg if item.ref in msg else f"{item.ref}: {msg}"))
+            out.append(Failed(msg if item.ref in msg else f"{item.ref}: {msg}"))
         except (OSError, ValueError) as e:  # e.g. a picture that cannot be written as JPEG
-            out.append(("errored", f"{item.ref}: cannot convert/save: {e}"))
+            out.append(Failed(f"{item.ref}: cannot convert/save: {e}"))
     return out
 
 
@@ -105,8 +127,8 @@ def ingest(opts: IngestOptions, hub_loader: Callable[..., Any] | None = None) ->
         # in chunks, so a hub dataset is never held in memory whole
         while chunk := list(itertools.islice(source, CHUNK)):
             in_memory = any(item.picture is not None for _, item in chunk)  # hub pictures stay in this process
-            verdicts = map_local(_save_batch, task, chunk, 1 if in_memory else opts.np, "ingest", False)
-            _collect(chunk, verdicts, opts, result, first)
+            outcomes = map_local(_save_batch, task, chunk, 1 if in_memory else opts.np, "ingest", False)
+            _collect(chunk, outcomes, opts, result, first)
             bar.update(len(chunk))
     write_jsonl(out / "metadata.jsonl", result.written)
     write_jsonl(out / "skipped.jsonl", result.skipped)
@@ -114,17 +136,16 @@ def ingest(opts: IngestOptions, hub_loader: Callable[..., Any] | None = None) ->
     return result
 
 
-def _collect(chunk: list[tuple[int, RawItem]], verdicts: list[tuple], opts: IngestOptions,
+def _collect(chunk: list[tuple[int, RawItem]], outcomes: list[SaveOutcome], opts: IngestOptions,
              result: IngestResult, first: dict[str, str]) -> None:
-    """Sort verdicts into written / skipped / errored; later copies of the same pixels are skipped."""
-    for (_, item), verdict in zip(chunk, verdicts):
-        status = verdict[0]
-        if status == "skipped":
-            result.skipped.append({"ref": item.ref, "reason": verdict[1]})
-        elif status == "errored":
-            result.errored.append({"ref": item.ref, "error": verdict[1]})
+    """Sort outcomes into written / skipped / errored; later copies of the same pixels are skipped."""
+    for (_, item), outcome in zip(chunk, outcomes):
+        if isinstance(outcome, Skipped):
+            result.skipped.append({"ref": item.ref, "reason": outcome.reason})
+        elif isinstance(outcome, Failed):
+            result.errored.append({"ref": item.ref, "error": outcome.error})
         else:
-            _, path, digest, notes = verdict
+            path, digest, notes = outcome.path, outcome.digest, outcome.notes
             caption, problem = _caption(item, opts)
             if problem:
                 Path(path).unlink(missing_ok=True)

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm  # a widget bar in Jupyter, a text bar in a terminal
 
-from loraflow.data.images import ImageError, read_info
+from loraflow.images import ImageError, read_info
 from loraflow.data.jsonl import read_jsonl
 from loraflow.data.options import StatsOptions
 from loraflow.data.sources import IMAGE_SUFFIXES
+from loraflow.data.training_manifest import read_training_items
 from loraflow.errors import InputError
 
 COLUMNS = ("width", "height", "aspect", "file_kb", "caption_chars")
@@ -65,8 +66,6 @@ def _items(dataset: Path, opts: StatsOptions) -> list[tuple[str, str, str | None
             and any(p.suffix.lower() in IMAGE_SUFFIXES for p in dataset.iterdir()):
         return [(str(p), p.with_suffix(".txt").read_text("utf-8", "replace").strip() if p.with_suffix(".txt").is_file() else "", None)
                 for p in sorted(dataset.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
-    from loraflow.data.training_manifest import read_training_items
-
     try:
         return [(str(i.image_path), i.caption, None) for i in read_training_items(dataset)]
     except InputError:

@@ -76,3 +76,14 @@ def count_words(text: str) -> int:
     characters from both ends of each word, count the non-empty ones."""
     words = [w for w in re.split(" |\n|\t", text) if w]
     return sum(1 for w in words if _strip(w))
+
+
+# data-juicer's image / end-of-chunk placeholder tokens (data_juicer/utils/mm_utils.py SpecialTokens):
+# markup in a multimodal sample's text, never caption words (the tutorial's "<__dj__image>\n二次元").
+DJ_SPECIAL_TOKENS = ("<__dj__image>", "<|__dj__eoc|>")
+
+
+def strip_special_tokens(text: str) -> str:
+    for token in DJ_SPECIAL_TOKENS:
+        text = text.replace(token, "")
+    return text.strip()

@@ -23,7 +23,7 @@ def definition(character) -> tuple[str | None, str | None]:
             colour = colour or (name if name in COLOURS else None)
             shape = shape or (name if name in SHAPES else None)
     if (colour is None or shape is None) and character.references:
-        from loraflow.data.images import load_rgb
+        from loraflow.images import load_rgb
 
         reading = read_image(load_rgb(character.references[0]))
         colour, shape = colour or reading.colour, shape or reading.shape

@@ -226,11 +226,10 @@ def train_unet(components, latents, embeds, pooled, caption_index, cfg: DemoTrai
     import torch
 
     from loraflow.models.families.sdxl import SDXL  # the demo model is an SDXL-family model
+    from loraflow.train.objective import diffusion_loss
 
     unet = components["unet"]
     noise_scheduler = SDXL.noise_scheduler()
-    alphas = noise_scheduler.alphas_cumprod
-    snr = alphas / (1 - alphas)
     g = torch.Generator().manual_seed(cfg.seed + 10)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=1e-2)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -248,8 +247,7 @@ def train_unet(components, latents, embeds, pooled, caption_index, cfg: DemoTrai
         zt = noise_scheduler.add_noise(z0, noise, t)
         pred = unet(zt, t, encoder_hidden_states=embeds[caps],
                     added_cond_kwargs={"text_embeds": pooled[caps], "time_ids": time_ids.repeat(cfg.batch_size, 1)}).sample
-        weight = torch.clamp(snr[t], max=cfg.min_snr_gamma) / snr[t]  # min-SNR-gamma, epsilon (Hang et al. 2023)
-        loss = (weight * ((pred - noise) ** 2).mean(dim=(1, 2, 3))).mean()
+        loss = diffusion_loss(pred, noise, t, noise_scheduler, "epsilon", cfg.min_snr_gamma)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from loraflow.generate.options import GenerateConfig
-from loraflow.generate.storyboard import StoryboardConfig
+from loraflow.generate.story import StoryboardConfig
 from loraflow.progress import StepBar
 
 

@@ -18,11 +18,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from loraflow.atomic import atomic_open
 from loraflow.errors import InputError
 
 if TYPE_CHECKING:
@@ -165,7 +165,6 @@ def save_png_with_infotext(
 
     Text that is not latin-1 (a Chinese prompt) goes into an iTXt chunk, otherwise tEXt, as
     PIL's `PngInfo.add_text` (which A1111 uses) decides. `extra` adds more text chunks.
-    The file is written next to `path` under a temporary name, then renamed over it.
     """
     from PIL.PngImagePlugin import PngInfo
 
@@ -177,20 +176,9 @@ def save_png_with_infotext(
     for key, value in extra.items():
         info.add_text(key, value)
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    # os.open with 0o666 so the final file gets the usual umask permissions (mkstemp gives 0600).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG", pnginfo=info)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_open(path, "wb") as f:
+        image.save(f, format="PNG", pnginfo=info)
+    return Path(path)
 
 
 def read_infotext(path: str | os.PathLike) -> str | None:

@@ -14,13 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loraflow.errors import ConfigError
-from loraflow.models.prompt_syntax import extract_lora_tags, parse_prompt_weights
-
-
-def plain_prompt(prompt: str) -> str:
-    """What CLIP should read: the prompt without <lora:...> tags and (word:1.2) syntax."""
-    text, _ = extract_lora_tags(prompt)
-    return "".join(part for part, weight in parse_prompt_weights(text) if weight != -1).strip()
+from loraflow.generate.session import save_results
+from loraflow.generate.story import with_previous
+from loraflow.images import load_rgb
+from loraflow.models.prompt_syntax import plain_prompt
+from loraflow.score import Scorer
 
 
 def wants_scores(cfg) -> bool:
@@ -36,8 +34,6 @@ def panel_scorer(cfg, casts, scorer=None, identity=None):
         return None
     check_metric(cfg, has_cast and identity_asked)
     if scorer is None and (cfg.clip or cfg.aesthetic):
-        from loraflow.score import Scorer
-
         scorer = Scorer.load(clip=cfg.clip, aesthetic=cfg.aesthetic, device=cfg.device)
     if identity is None and has_cast:
         identity = load_identity(cfg, scorer)
@@ -81,8 +77,6 @@ class PanelScorer:
     def __post_init__(self):
         if self.identity is None or not self.identity.uses_anchors:
             return
-        from loraflow.data.images import load_rgb
-
         for cast in self.casts:
             for c in cast.members:
                 if c.references and c.name not in self.anchors:
@@ -161,9 +155,6 @@ def render_candidates(session, item, seeds: list[int], cfg, progress=None) -> li
 def pick_best_of(session, items, out: Path, cfg, panels: PanelScorer, progress=None):
     """Per scene: seeds seed..seed+N-1, scored; the best by `--best-of-metric` is saved as the panel.
     Returns (results, their scores, every candidate's seed and scores per scene)."""
-    from loraflow.generate.session import save_results
-    from loraflow.generate.storyboard import with_previous
-
     results, best_scores, candidates = [], [], []
     for k, item in enumerate(items):
         if k:
@@ -187,7 +178,6 @@ def repair(session, items, results: list, scores: list[dict], out: Path, cfg, pa
     that is a character's anchor (its first appearance, without references) is left alone: the other
     panels' identity was measured against it."""
     from loraflow.generate.session import save_results
-    from loraflow.generate.storyboard import with_previous
 
     anchors = {int(a.split("-")[1]) - 1 for a in panels.anchored_by.values() if a.startswith("scene-")}
     used, report = 0, []

@@ -21,11 +21,11 @@ from typing import Any
 from loraflow.errors import ConfigError, ModelLoadError
 from loraflow.models.families import FAMILIES, TINY_MODELS, ModelFamily, get_family
 from loraflow.models.families.base import FamilyDefaults
+from loraflow.models.pickle_files import PICKLE_SUFFIXES
 from loraflow.models.single_file import detect_checkpoint_family, load_single_file, load_single_file_vae
 from loraflow.models.tiny import build_tiny_pipeline
 from loraflow.models.vocabulary import Vocabulary
 
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 WEIGHT_NAMES = ("diffusion_pytorch_model", "model")  # diffusers / transformers weight file stems
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 DEMO = "demo"

@@ -144,3 +144,9 @@ def extract_lora_tags(text: str) -> tuple[str, list[tuple[str, float]]]:
 
     cleaned = _LORA_TAG.sub(take, text)
     return cleaned.strip(), loras
+
+
+def plain_prompt(prompt: str) -> str:
+    """What a scorer's CLIP should read: the prompt without <lora:...> tags and (word:1.2) syntax."""
+    text, _ = extract_lora_tags(prompt)
+    return "".join(part for part, weight in parse_prompt_weights(text) if weight != -1).strip()

@@ -26,9 +26,10 @@ from loraflow.errors import ModelLoadError
 from loraflow.models.clip_bpe import clip_tokenizer
 from loraflow.models.families import FAMILIES, RECOGNISED, ModelFamily, get_family
 from loraflow.models.families.base import CONFIG_ROOT, LDM_UNET, LDM_VAE  # noqa: F401  (CONFIG_ROOT: part of this API)
+from loraflow.models.pickle_files import PICKLE_SUFFIXES
+from loraflow.models.pickle_files import load_pickle_state_dict as _load_pickle
 
 SAFETENSORS_SUFFIX = ".safetensors"
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 UNET, VAE = LDM_UNET, LDM_VAE  # key prefixes every original checkpoint shares; the families' layouts add theirs
 LORA_MARKERS = ("lora_unet_", "lora_te", ".lora_down.", ".lora_up.", ".lora_A.", ".lora_B.", ".hada_w1_", ".lokr_w1")
 
@@ -74,29 +75,6 @@ def _check_suffix(path: Path, allow_pickle: bool) -> None:
         )
     if not path.is_file():
         raise ModelLoadError(f"checkpoint not found: {path}")
-
-
-def _load_pickle(path: Path) -> dict[str, Any]:
-    """A `.ckpt/.pt` state dict through torch's restricted unpickler (tensors and plain containers only)."""
-    import torch
-
-    try:
-        try:  # mmap: tensors are paged in when converted, not all at once
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):
-                raise
-            state = torch.load(path, map_location="cpu", weights_only=True)  # pre-zip (torch < 1.6) format
-    except Exception as e:  # weights_only refuses anything but tensors/containers; zip errors if cut short
-        reason = str(e).strip().splitlines()[0][:200]
-        raise ModelLoadError(
-            f"{path}: cannot be read as a weights-only torch checkpoint ({e.__class__.__name__}: {reason})"
-        ) from None
-    while isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]  # Lightning checkpoints: {"state_dict": {...}, "global_step": ...}
-    if not isinstance(state, dict):
-        raise ModelLoadError(f"{path}: holds a {type(state).__name__}, not a state dict")
-    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
 def _shapes(path: Path, allow_pickle: bool) -> dict[str, tuple[int, ...]]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loraflow.errors import InputError, ModelLoadError
+from loraflow.images import to_rgb
 from loraflow.score.weights import folder_weights, resolve_local
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ class ClipEncoder:
 
     def pixel_values(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """(N, 3, S, S) float32, as the CLIP processor prepares them."""
-        rgb = [im.convert("RGB") for im in images]
+        rgb = [to_rgb(im) for im in images]  # an RGBA picture is scored on white, as files are decoded
         return self.image_processor(images=rgb, return_tensors="pt")["pixel_values"]
 
     def image_embeddings(self, images: Sequence[Image.Image]) -> torch.Tensor:

@@ -12,7 +12,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from loraflow.errors import InputError
+from loraflow.config import read_mapping_file
+from loraflow.errors import ConfigError, InputError
+from loraflow.generate.infotext import parse_infotext, read_infotext
+from loraflow.generate.story import Story
 
 _SCENE_FILE = re.compile(r"^scene-(\d+)\.\w+$")
 
@@ -34,8 +37,6 @@ def prompts_for(images: list[Path], prompts_file: str | None) -> list[str | None
 
 
 def _infotext_prompt(path: Path) -> str | None:
-    from loraflow.generate.infotext import parse_infotext, read_infotext
-
     try:
         text = read_infotext(path)
     except InputError:
@@ -45,9 +46,6 @@ def _infotext_prompt(path: Path) -> str | None:
 
 def _read_prompts_file(path: Path) -> tuple[dict[str, str | None] | None, list[str]]:
     """({file name: prompt}, []) for a storyboard index, (None, [scene prompts]) for a story."""
-    from loraflow.config import read_mapping_file
-    from loraflow.errors import ConfigError
-
     if path.suffix not in (".json", ".yaml", ".yml"):
         raise InputError(f"--prompts {path}: expected a story.json or a story .yaml/.json file")
     try:
@@ -59,7 +57,5 @@ def _read_prompts_file(path: Path) -> tuple[dict[str, str | None] | None, list[s
         raise InputError(f"{path}: no 'scenes' list; expected a story.json or a story file")
     if all(isinstance(s, dict) and "file" in s for s in scenes):
         return {str(s["file"]): str(s.get("prompt") or "") or None for s in scenes}, []
-    from loraflow.generate.storyboard import Story
-
     story = Story.from_dict(data, source=str(path))
     return None, [story.scene_prompt(scene) for scene in story.scenes]

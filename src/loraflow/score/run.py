@@ -16,8 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+from loraflow.atomic import atomic_write_text
 from loraflow.config import Options, opt
 from loraflow.errors import ConfigError, InputError
+from loraflow.images import ImageError, load_rgb
+from loraflow.score.chart import save_score_chart
 from loraflow.score.prompts import prompts_for
 from loraflow.score.scorer import Scorer, reduce_scores
 
@@ -72,8 +75,6 @@ def collect_images(inputs: list[str], exclude: list[str]) -> list[Path]:
 def run_score(options: ScoreOptions, scorer: Scorer | None = None,
               progress: ProgressFn | None = None) -> dict[str, Any]:
     """Score every image of `options.images`; returns the report (see the module docstring)."""
-    from PIL import Image
-
     if options.gate is not None and options.aesthetic is None and (scorer is None or scorer.aesthetic is None):
         raise ConfigError("--gate checks the mean aesthetic score: pass --aesthetic too")
     paths = collect_images(options.images, options.exclude)
@@ -90,11 +91,10 @@ def run_score(options: ScoreOptions, scorer: Scorer | None = None,
         chunk = rows[start:start + options.batch_size]
         images, scored = [], []
         for row in chunk:
-            try:
-                with Image.open(row["file"]) as im:
-                    images.append(im.convert("RGB"))
+            try:  # decoded as the data filters and training decode (alpha on white, EXIF rotation)
+                images.append(load_rgb(row["file"]))
                 scored.append(row)
-            except OSError as e:  # unreadable/corrupt: reported, not dropped
+            except ImageError as e:  # unreadable/corrupt: reported, not dropped
                 row["error"] = f"cannot read image: {e}"
         for row, result in zip(scored, scorer.score(images, [r["prompt"] for r in scored])):
             row.update(result.to_dict())
@@ -154,15 +154,11 @@ def format_table(report: dict[str, Any]) -> str:
 
 def write_outputs(report: dict[str, Any], options: ScoreOptions) -> list[Path]:
     """The `--json` report and the `--chart` PNG, each written atomically."""
-    from loraflow.atomic import atomic_write_text
-
     written = []
     if options.json_out:
         atomic_write_text(options.json_out, json.dumps(report, ensure_ascii=False, indent=2))
         written.append(Path(options.json_out))
     if options.chart:
-        from loraflow.score.chart import save_score_chart
-
         save_score_chart(report, options.chart)
         written.append(Path(options.chart))
     return written

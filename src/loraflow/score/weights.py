@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from loraflow.errors import ModelLoadError
+from loraflow.models.pickle_files import PICKLE_SUFFIXES, load_pickle_state_dict
 
 if TYPE_CHECKING:
     import torch
 
-PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
@@ -62,17 +62,7 @@ def read_state_dict(path: Path, allow_pickle: bool = False) -> dict[str, torch.T
     if not allow_pickle:
         raise ModelLoadError(f"{path} is a pickle file; convert it to .safetensors or pass --allow-pickle "
                              "(then it is read with torch.load(weights_only=True))")
-    import torch
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ModelLoadError(f"cannot read {path} with weights_only=True: {str(e).splitlines()[0][:200]}") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):  # a Lightning checkpoint
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelLoadError(f"{path} does not hold a state dict of tensors")
-    return dict(state)
+    return load_pickle_state_dict(path)
 
 
 def folder_weights(folder: Path, flag: str) -> Path:

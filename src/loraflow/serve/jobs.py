@@ -19,7 +19,8 @@ from loraflow.errors import ConfigError
 from loraflow.generate.cast import cast_problem
 from loraflow.generate.options import GenerateConfig
 from loraflow.generate.session import save_results
-from loraflow.generate.storyboard import Story, StoryboardConfig, run_storyboard as render_storyboard
+from loraflow.generate.story import Story, StoryboardConfig
+from loraflow.generate.storyboard import run_storyboard as render_storyboard
 from loraflow.models.loading import BUILTIN_MODELS, DEMO
 from loraflow.models.prompt_syntax import extract_lora_tags
 from loraflow.serve.cancel import cancel_points

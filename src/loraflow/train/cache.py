@@ -19,7 +19,7 @@ from pathlib import Path
 
 from loraflow.errors import LoraflowError
 from loraflow.train.buckets import Crop
-from loraflow.train.files import atomic_save_safetensors
+from loraflow.atomic import atomic_save_safetensors
 from loraflow.train.images import load_pixels
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from loraflow.errors import ConfigError
-from loraflow.train.files import atomic_save_safetensors, atomic_write_text, fsync_dir
+from loraflow.atomic import atomic_save_safetensors, atomic_write_text, fsync_dir
 
 _STEP_DIR = re.compile(r"step-(\d+)")
 _REPLACED = ".replaced"  # an existing checkpoint moved aside while its re-save lands

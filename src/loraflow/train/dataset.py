@@ -10,22 +10,14 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from loraflow.data.text_rules import strip_special_tokens
+from loraflow.data.training_manifest import read_training_items
 from loraflow.errors import InputError
-
-DJ_TOKENS = ("<__dj__image>", "<|__dj__eoc|>")  # data-juicer's default special tokens
-
-
-def clean_caption(text: str) -> str:
-    for token in DJ_TOKENS:
-        text = text.replace(token, "")
-    return text.strip()
-
 
 def read_items(path: str | Path, mask_column: str = "mask") -> list:
     """Items with `.image_path`, `.caption`, `.repeats`, `.mask`; one-line errors name the file."""
-    from loraflow.data.training_manifest import read_training_items
-
-    items = [dataclasses.replace(i, caption=clean_caption(i.caption)) for i in read_training_items(path, mask_column)]
+    items = [dataclasses.replace(i, caption=strip_special_tokens(i.caption))
+             for i in read_training_items(path, mask_column)]
     if not items:
         raise InputError(f"{path}: no training images found")
     return items

@@ -134,7 +134,7 @@ class HeldOut:
 def report(history: list[tuple[int, float]], train_losses: list[tuple[int, float]], output: Path,
            best_file: str) -> tuple[str, Path, Path | None]:
     """The evaluation table (markdown, also returned for printing) and a plot when matplotlib is there."""
-    from loraflow.train.files import atomic_write_text
+    from loraflow.atomic import atomic_write_text
 
     best_step = min(history, key=lambda e: (e[1], e[0]))[0]
     lines = ["| step | held-out loss | train loss (mean since last evaluation) | |", "|---:|---:|---:|---|"]
@@ -160,7 +160,7 @@ def _plot(history, train_losses, best_step: int, path: Path) -> Path | None:
         return None
     import io
 
-    from loraflow.train.files import atomic_write_bytes
+    from loraflow.atomic import atomic_write_bytes
 
     fig, ax = plt.subplots(figsize=(8, 4))
     if train_losses:

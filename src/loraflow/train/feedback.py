@@ -6,6 +6,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from loraflow.atomic import atomic_save_image
+from loraflow.models.prompt_syntax import plain_prompt
+
 
 class Logger:
     """Progress bar + optional TensorBoard. Only the main process shows/writes anything."""
@@ -76,14 +79,6 @@ def image_grid(images: list, columns: int | None = None):
     return grid
 
 
-def save_png(image, path: Path) -> Path:
-    import io
-
-    from loraflow.train.files import atomic_write_bytes
-
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def validation_images(model, prompts: list[str], *, step: int, seed: int, steps: int, resolution: int, out_dir: Path):
@@ -102,7 +97,7 @@ def validation_images(model, prompts: list[str], *, step: int, seed: int, steps:
                                width=resolution, generator=generator).images[0])
     pipe.unet.train(unet_was_training)
     out_dir.mkdir(parents=True, exist_ok=True)
-    return save_png(image_grid(images), out_dir / f"step-{step:06d}.png"), images
+    return atomic_save_image(image_grid(images), out_dir / f"step-{step:06d}.png"), images
 
 
 def _conditioning(model, prompt: str) -> dict:
@@ -120,8 +115,6 @@ def score_validation(scorer, images: list, prompts: list[str], step: int, out_di
     """Mean aesthetic / CLIP score of the sample images, appended to samples/scores.jsonl."""
     import json
     import statistics
-
-    from loraflow.generate.story_scoring import plain_prompt
 
     scores = scorer.score(images, [plain_prompt(p) for p in prompts])
     means = {}

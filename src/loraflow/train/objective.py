@@ -8,6 +8,8 @@
 """
 from __future__ import annotations
 
+from loraflow.errors import ConfigError
+
 
 def snr(noise_scheduler, timesteps):
     """Signal-to-noise ratio alpha_bar / (1 - alpha_bar) at each timestep, (B,)."""
@@ -37,8 +39,6 @@ def noisy_input_and_target(noise_scheduler, latents, noise, timesteps, predictio
     elif prediction_type == "v_prediction":
         target = noise_scheduler.get_velocity(latents, noise, timesteps)
     else:
-        from loraflow.errors import ConfigError
-
         raise ConfigError(f"unsupported prediction type '{prediction_type}'; use epsilon or v_prediction")
     return noisy, target
 

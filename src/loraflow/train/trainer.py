@@ -99,8 +99,9 @@ def read_data(config: TrainConfig, text_cached: bool) -> RunData:
     from loraflow.train.buckets import BatchPlan, make_buckets
     from loraflow.train.captions import CaptionPolicy, Captions
     from loraflow.train.dataset import read_items
+    from loraflow.models.hashing import sha256_file
     from loraflow.train.evaluation import split_held_out
-    from loraflow.train.images import file_sha256, image_size
+    from loraflow.train.images import image_size
 
     from loraflow.train.masks import Masks
 
@@ -109,7 +110,7 @@ def read_data(config: TrainConfig, text_cached: bool) -> RunData:
     items, eval_items = split_held_out(read_items(config.dataset, config.mask_column), config)
     items, reg_items = add_regularization(items, config)
     sizes = [image_size(i.image_path) for i in items]
-    hashes = [file_sha256(i.image_path) for i in items]
+    hashes = [sha256_file(i.image_path) for i in items]
     if config.bucketing:
         buckets = make_buckets(config.resolution, config.bucket_step)
     else:
@@ -292,9 +293,9 @@ def train(config: TrainConfig | dict, progress: Callable[[int, int], None] | Non
     """Run a training. `progress(step, total)` is called after every optimizer step; an exception
     it raises (e.g. a server's cancel) stops the run there, with saved checkpoints intact.
     `on_step(step, loss, lr)` gets each step's numbers (the web UI's live loss chart)."""
+    from loraflow.atomic import atomic_write_text
     from loraflow.train.feedback import Logger
     from loraflow.train.loss_plot import draw_loss_curve
-    from loraflow.train.files import atomic_write_text
     from loraflow.train.model_setup import identity_from_files, identity_of, load_for_training
     from loraflow.train.optim import make_lr_scheduler, make_optimizer
 

@@ -83,12 +83,10 @@ def test_failed_write_leaves_no_partial_file(pipes, trained, tmp_path, monkeypat
     save_lora(target, unet_sd, family="sd15", rank=4, alpha=4)
     before = target.read_bytes()
 
-    def crash(tensors, filename, metadata=None):
-        with open(filename, "wb") as f:
-            f.write(b"half a file")
+    def crash(src, dst):  # the temp file is written in full; the rename never happens
         raise OSError("disk full")
 
-    monkeypatch.setattr("safetensors.torch.save_file", crash)
+    monkeypatch.setattr("loraflow.atomic.os.replace", crash)
     with pytest.raises(OSError, match="disk full"):
         save_lora(target, unet_sd, family="sd15", rank=4, alpha=1)
     with pytest.raises(OSError):

@@ -1,5 +1,5 @@
 """Filter and deduplicator ops with data-juicer's names, parameters and stat keys.
 
-`registry.build_ops(recipe)` turns a recipe's `process` list into op objects; an op is a plain
-object with `compute(sample_images, sample, stats)` and `decide(stats) -> Rejection | None`.
+`registry.build_op` turns one entry of a recipe's `process` list into an op object; `base.Op`
+declares the methods `filter_run` calls on each kind of op (filter, dedup, model, mapper).
 """

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -11,7 +12,7 @@ from PIL import Image
 from pydantic import model_validator
 
 from loraflow.config import Options, opt
-from loraflow.data.images import ImageError, ImageInfo, load_rgb, read_info
+from loraflow.images import ImageError, ImageInfo, load_rgb, read_info
 from loraflow.data.text_rules import size_to_bytes
 
 # data-juicer stores per-sample stats under this key (data_juicer/utils/constant.py Fields.stats).
@@ -73,7 +74,7 @@ class Rejection:
     """Why a sample was rejected: the op, the stat key, its value and a one-line reason."""
 
     op: str
-    stat: str
+    stat: str | None  # None: the backend does not say (data-juicer's own run)
     value: Any
     reason: str
 
@@ -143,13 +144,26 @@ class SampleImages:
             raise ImageError(f"{self.paths[i]}: {e.strerror or e}") from None
 
 
+OpKind = Literal["filter", "dedup", "model", "mapper"]
+
+
 class Op:
-    """Base for filters: subclasses set `name`, `Params`, `stat_keys` and implement
-    `compute` (fill stats) and `decide` (None = keep)."""
+    """Base for data-juicer ops: subclasses set `name`, `Params`, `stat_keys`, `kind`, and implement
+    the methods `filter_run` calls for their kind (the others keep the NotImplementedError default):
+
+    * "filter": `compute` fills the sample's stats, `decide` keeps (None) or rejects it; runs of
+      filters go to worker processes sample by sample.
+    * "dedup":  `key` gives the sample's hash key; `duplicate_of` words the rejection of a later
+      sample with the same key. The run keeps the first of each key in input order.
+    * "model":  `compute_batch` fills the stats of a whole chunk with one batched model call in
+      the main process, then `decide` as for a filter.
+    * "mapper": `map_batch` rewrites a whole chunk (one batched model call in the main process);
+      every sample is kept as rewritten, or errored.
+    """
 
     name: ClassVar[str]
     Params: ClassVar[type[OpParams]]
-    kind: ClassVar[str] = "filter"
+    kind: ClassVar[OpKind] = "filter"
     stat_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, params: OpParams, text_key: str, image_key: str):
@@ -158,10 +172,31 @@ class Op:
         self.image_key = params.image_key or image_key
 
     def compute(self, images: SampleImages, sample: dict, stats: dict) -> None:
-        raise NotImplementedError
+        """kind "filter": put this op's `stat_keys` into `stats`; raise ImageError / SampleError
+        for a sample that cannot be measured (it becomes errored)."""
+        raise NotImplementedError(f"{type(self).__name__} ({self.kind}) has no compute")
 
     def decide(self, stats: dict) -> Rejection | None:
-        raise NotImplementedError
+        """kinds "filter" and "model": None keeps the sample, a Rejection says why not."""
+        raise NotImplementedError(f"{type(self).__name__} ({self.kind}) has no decide")
+
+    def key(self, images: SampleImages, sample: dict) -> Hashable:
+        """kind "dedup": the sample's key; equal keys are duplicates ('' is never one)."""
+        raise NotImplementedError(f"{type(self).__name__} ({self.kind}) has no key")
+
+    def duplicate_of(self, key: Hashable, first_line: int) -> Rejection:
+        """kind "dedup": the Rejection of a sample whose `key` was first seen on input line `first_line`."""
+        raise NotImplementedError(f"{type(self).__name__} ({self.kind}) has no duplicate_of")
+
+    def compute_batch(self, items: list[tuple[SampleImages, dict, dict]]) -> list[str | None]:
+        """kind "model": fill the stats of every (images, sample, stats); returns per item None or
+        the one-line error that makes it errored."""
+        raise NotImplementedError(f"{type(self).__name__} ({self.kind}) has no compute_batch")
+
+    def map_batch(self, items: list[tuple[SampleImages, dict]]) -> list[dict | str]:
+        """kind "mapper": per (images, sample), the rewritten sample, or the one-line error that
+        makes it errored."""
+        raise NotImplementedError(f"{type(self).__name__} ({self.kind}) has no map_batch")
 
     def range_verdict(self, stat: str, stats: dict, low: Any, high: Any, label: str,
                       fmt: str = "{:.3f}") -> Rejection | None:

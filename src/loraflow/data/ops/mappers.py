@@ -22,12 +22,17 @@ import re
 from typing import Any, ClassVar, Literal
 
 from loraflow.config import opt
-from loraflow.data import captioner, tagger
+from loraflow.data.captioner import CaptionRequest, Captioner
+from loraflow.data.captioner import check_language as check_caption_language
+from loraflow.data.captioner import check_weights as check_captioner_weights
+from loraflow.data.tagger import CATEGORIES, Tagger
+from loraflow.data.tagger import check_weights as check_tagger_weights
 from loraflow.data.ops.base import ImageError, Op, OpParams, SampleImages  # ImageError: what SampleImages raises
+from loraflow.data.text_rules import DJ_SPECIAL_TOKENS
 from loraflow.errors import ConfigError
 
 META_KEY = "__dj__meta__"  # data_juicer/utils/constant.py Fields.meta
-IMAGE_TOKEN, EOC_TOKEN = "<__dj__image>", "<|__dj__eoc|>"  # data-juicer's SpecialTokens.image / .eoc
+IMAGE_TOKEN, EOC_TOKEN = DJ_SPECIAL_TOKENS  # data-juicer's SpecialTokens.image / .eoc
 
 
 class MapperOp(Op):
@@ -51,9 +56,6 @@ class MapperOp(Op):
         return self._model
 
     def load_model(self):
-        raise NotImplementedError
-
-    def map_batch(self, items: list[tuple[SampleImages, dict]]) -> list[dict | str]:
         raise NotImplementedError
 
     @property
@@ -123,8 +125,8 @@ class ImageCaptioningMapper(MapperOp):
             raise ConfigError(f"image_captioning_mapper: keep_candidate_mode '{params.keep_candidate_mode}' is not "
                               "supported yet; loraflow keeps one caption per image (random_any)")
         # before any work: a one-line error, not N errored rows
-        folder = captioner.check_weights(params.hf_img2seq, "hf_img2seq")
-        captioner.check_language(folder, params.language, "hf_img2seq")
+        folder = check_captioner_weights(params.hf_img2seq, "hf_img2seq")
+        check_caption_language(folder, params.language, "hf_img2seq")
         self.rng = random.Random(params.seed)
 
     @property
@@ -133,7 +135,7 @@ class ImageCaptioningMapper(MapperOp):
 
     def load_model(self):
         p = self.p
-        return captioner.Captioner.load(p.hf_img2seq, language=p.language, device=p.device,
+        return Captioner.load(p.hf_img2seq, language=p.language, device=p.device,
                                         max_new_tokens=p.max_new_tokens, seed=p.seed)
 
     def prompt_of(self, sample: dict) -> str | None:
@@ -143,7 +145,7 @@ class ImageCaptioningMapper(MapperOp):
 
     def map_batch(self, items):
         decoded = decode_all(items)
-        requests = [captioner.CaptionRequest(im, self.prompt_of(sample))
+        requests = [CaptionRequest(im, self.prompt_of(sample))
                     for (_, sample), ims in zip(items, decoded) if not isinstance(ims, str) for im in ims]
         captions = iter(self.model.caption(requests, self.p.caption_num, self.chunk) if requests else [])
         out: list[dict | str] = []
@@ -193,14 +195,14 @@ class ImageTaggingMapper(MapperOp):
 
     def __init__(self, params, text_key: str, image_key: str):
         super().__init__(params, text_key, image_key)
-        tagger.check_weights(params.tagger_model, "tagger_model")
+        check_tagger_weights(params.tagger_model, "tagger_model")
 
     def load_model(self):
-        return tagger.Tagger.load(self.p.tagger_model, self.p.replace_underscores, self.p.device)
+        return Tagger.load(self.p.tagger_model, self.p.replace_underscores, self.p.device)
 
     def map_batch(self, items):
         limits = {"general": self.p.threshold, "character": self.p.character_threshold}
-        thresholds = {tagger.CATEGORIES[name]: limits[name] for name in self.p.categories}
+        thresholds = {CATEGORIES[name]: limits[name] for name in self.p.categories}
         out: list[dict | str] = [dict(sample) for _, sample in items]  # already tagged: as it came
         need = [i for i, (_, sample) in enumerate(items) if self.p.tag_field_name not in meta_of(sample)]
         todo = list(zip(need, decode_all([items[i] for i in need])))

@@ -13,10 +13,11 @@ from __future__ import annotations
 from typing import Any, ClassVar, Literal
 
 from loraflow.config import opt
-from loraflow.data.images import ImageError
+from loraflow.images import ImageError
 from loraflow.data.ops.base import MultiImageParams, Op, SampleError, SampleImages
+from loraflow.data.text_rules import strip_special_tokens
+from loraflow.score import Scorer, reduce_scores
 
-DJ_SPECIAL_TOKENS = ("<__dj__image>", "<|__dj__eoc|>")  # data-juicer's image / end-of-chunk tokens
 
 
 class ModelOp(Op):
@@ -34,16 +35,11 @@ class ModelOp(Op):
     @property
     def scorer(self):
         if self._scorer is None:
-            from loraflow.score import Scorer
-
             self._scorer = Scorer.load(**self.scorer_paths(), device=self.p.device)
         return self._scorer
 
     def scorer_paths(self) -> dict[str, str | None]:
-        raise NotImplementedError
-
-    def compute_batch(self, items: list[tuple[SampleImages, dict, dict]]) -> list[str | None]:
-        """Fill stats for every sample; returns per sample None or an error message."""
+        """Keyword arguments of `Scorer.load` (the local weights this op reads)."""
         raise NotImplementedError
 
 
@@ -123,8 +119,6 @@ class ImageTextSimilarityFilter(ModelOp):
         return {"clip": self.p.hf_clip, "aesthetic": None}
 
     def compute_batch(self, items):
-        from loraflow.score import reduce_scores
-
         texts, text_errors = [], []
         for _, sample, _ in items:
             try:
@@ -133,9 +127,7 @@ class ImageTextSimilarityFilter(ModelOp):
                 texts.append("")
                 text_errors.append(str(e))
                 continue
-            for token in DJ_SPECIAL_TOKENS:
-                text = text.replace(token, "")
-            texts.append(text.strip())
+            texts.append(strip_special_tokens(text))
             text_errors.append(None)
         flat, errors = _decode_all(items, text_errors)
         prompts = [t for (images, _, _), t, e in zip(items, texts, errors) if e is None for _ in range(len(images))]

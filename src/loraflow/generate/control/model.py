@@ -14,7 +14,6 @@
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 from diffusers import ControlNetModel
 
 from loraflow.errors import ModelLoadError
+from loraflow.models.hashing import legacy_model_hash
 
 WEIGHT_NAME = "diffusion_pytorch_model.safetensors"
 LDM_PREFIX = "control_model."  # original (A1111 / lllyasviel) ControlNet checkpoints
@@ -159,9 +159,7 @@ def controlnet_hash(path: str | Path) -> str:
     if path.is_dir():
         files = sorted(path.glob("*.safetensors"))
         path = next((f for f in files if f.name == WEIGHT_NAME), files[0] if files else path)
-    with open(path, "rb") as f:
-        f.seek(0x100000)
-        return hashlib.sha256(f.read(0x10000)).hexdigest()[:8]
+    return legacy_model_hash(path)
 
 
 def controlnet_name(path: str | Path) -> str:

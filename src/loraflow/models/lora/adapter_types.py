@@ -19,10 +19,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from loraflow.atomic import atomic_save_safetensors
 from loraflow.errors import InputError
 from loraflow.models.lora import formats, kohya_keys
 from loraflow.models.lora.metadata import sshs_hashes, training_metadata
-from loraflow.models.lora.save import write_safetensors_atomic
 
 LORA_TYPES = ("lora", "locon", "loha", "lokr", "dora")
 LYCORIS_TYPES = ("loha", "lokr", "dora")  # written with LyCORIS keys (no diffusers/peft twin)
@@ -113,4 +113,4 @@ def save_adapter(path: str | os.PathLike, unet_state: dict, text_encoder_states:
     meta["ss_network_args"] = json.dumps({**args, "algo": "lora" if lora_type == "dora" else lora_type,
                                           **({"dora_wd": "True"} if lora_type == "dora" else {})})
     meta["sshs_model_hash"], meta["sshs_legacy_hash"] = sshs_hashes(tensors, meta)
-    return write_safetensors_atomic(path, tensors, meta)
+    return atomic_save_safetensors(tensors, path, meta)

@@ -23,10 +23,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+from loraflow.atomic import atomic_save_safetensors
 from loraflow.errors import InputError
 from loraflow.models.families import get_family
 from loraflow.models.lora import kohya_keys
-from loraflow.models.lora.save import write_safetensors_atomic
 from loraflow.models.lora.tools import module_deltas
 from loraflow.models.single_file import UNET, detect_checkpoint_family
 
@@ -119,4 +119,4 @@ def bake_loras(base: str | os.PathLike, loras: list[tuple[Any, float]], dst: str
             tensors[key] = value.to(tensors[key].dtype).contiguous()
     names = ", ".join(f"{lora.path.name if lora.path else 'LoRA'}:{w:g}" for lora, w in loras)
     metadata["loraflow_merged_loras"] = names
-    return write_safetensors_atomic(dst, tensors, metadata)
+    return atomic_save_safetensors(tensors, dst, metadata)

@@ -28,11 +28,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from loraflow.atomic import atomic_save_safetensors
 from loraflow.errors import InputError, ModelLoadError
 from loraflow.models.lora import formats, kohya_keys
 from loraflow.models.lora.apply import apply_loras, remove_loras
 from loraflow.models.lora.load import guess_family, read_lora, read_state_dict
-from loraflow.models.lora.save import write_safetensors_atomic
 from loraflow.models.lora.tools import delta_shape, module_deltas
 from loraflow.models.single_file import shipped_config_dir
 
@@ -340,7 +340,7 @@ def store_report(path, report: CompatReport) -> None:
 
     tensors, metadata = read_state_dict(path)
     metadata["loraflow_compat"] = report.to_json()
-    write_safetensors_atomic(path, tensors, metadata)
+    atomic_save_safetensors(tensors, path, metadata)
 
 
 def check_file(path, *, family: str | None = None, pipe=None, measure: bool = True, size: int = 64,

@@ -21,8 +21,7 @@ from loraflow.models.lora import formats, lycoris
 from loraflow.models.lora.formats import detect_lora_format  # noqa: F401  (part of this module's API)
 from loraflow.models.lora.kohya_keys import is_sgm_name, underscores_to_dots
 from loraflow.models.lora.metadata import family_from_metadata
-
-PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+from loraflow.models.pickle_files import PICKLE_SUFFIXES, load_pickle_state_dict
 
 
 @dataclass
@@ -69,7 +68,7 @@ def read_state_dict(path: str | os.PathLike, *, allow_pickle: bool = False) -> t
         if not allow_pickle:
             raise ModelLoadError(f"{path}: refusing to unpickle a {path.suffix} file; convert it to .safetensors "
                                  "or allow pickle explicitly (allow_pickle=True)")
-        state_dict, metadata = _read_pickle(path)
+        state_dict, metadata = load_pickle_state_dict(path), {}
     elif path.suffix.lower() == ".safetensors":
         state_dict, metadata = _read_safetensors(path)
     else:
@@ -85,19 +84,6 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
             return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
     except (SafetensorError, OSError, ValueError) as e:
         raise ModelLoadError(f"{path}: not a valid safetensors file: {str(e).splitlines()[0]}") from None
-
-
-def _read_pickle(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
-    import torch
-
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # unpickling errors come in many types
-        raise ModelLoadError(f"{path}: cannot read: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    data = data.get("state_dict", data) if isinstance(data, dict) else data
-    if not isinstance(data, dict) or not all(hasattr(v, "shape") for v in data.values()):
-        raise ModelLoadError(f"{path}: expected a dict of tensors")
-    return data, {}
 
 
 def lora_from_state_dict(state_dict: dict[str, Any], metadata: dict[str, str] | None = None,
@@ -192,7 +178,7 @@ def convert_lora(src: str | os.PathLike, dst: str | os.PathLike, *, to: str, fam
     `family` is needed for kohya output (SGM names for SDXL/Kolors); by default it is guessed
     from the file.
     """
-    from loraflow.models.lora.save import write_safetensors_atomic
+    from loraflow.atomic import atomic_save_safetensors
 
     if to not in formats.FORMATS:
         raise InputError(f"unknown LoRA format '{to}'; choose one of: {', '.join(formats.FORMATS)}")
@@ -217,4 +203,4 @@ def convert_lora(src: str | os.PathLike, dst: str | os.PathLike, *, to: str, fam
         from loraflow.models.lora.metadata import sshs_hashes
 
         metadata["sshs_model_hash"], metadata["sshs_legacy_hash"] = sshs_hashes(tensors, metadata)
-    return write_safetensors_atomic(dst, tensors, metadata)
+    return atomic_save_safetensors(tensors, dst, metadata)

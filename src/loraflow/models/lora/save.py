@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from loraflow.atomic import atomic_save_safetensors
 from loraflow.errors import InputError
 from loraflow.models.families import FAMILIES
 from loraflow.models.lora import formats
@@ -83,22 +83,5 @@ def save_lora(
         meta["format"] = "pt"
         meta["lora_adapter_metadata"] = json.dumps(adapter_meta, indent=2, sort_keys=True)
     meta["sshs_model_hash"], meta["sshs_legacy_hash"] = sshs_hashes(tensors, meta)
-    write_safetensors_atomic(path, tensors, meta)
-    return path
-
-
-def write_safetensors_atomic(path: str | os.PathLike, tensors: dict[str, Any], metadata: dict[str, str]) -> Path:
-    """Write to a temp file in the target folder, then `os.replace`: a reader never sees half a file."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_save_safetensors(tensors, path, meta)
     return path

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from loraflow.atomic import atomic_save_safetensors
 from loraflow.errors import InputError
 from loraflow.models.lora import formats, kohya_keys, lycoris
 from loraflow.models.lora.load import guess_family, read_lora
 from loraflow.models.lora.metadata import sshs_hashes
-from loraflow.models.lora.save import write_safetensors_atomic
 
 
 @dataclass
@@ -105,7 +105,7 @@ def _write_kohya(dst, neutral: dict[str, Any], alphas: dict[str, float], family:
     meta["ss_network_alpha"] = str(float(formats.most_common(alphas.values())))
     meta["ss_network_module"] = "networks.lora"
     meta["sshs_model_hash"], meta["sshs_legacy_hash"] = sshs_hashes(tensors, meta)
-    return write_safetensors_atomic(dst, tensors, meta)
+    return atomic_save_safetensors(tensors, dst, meta)
 
 
 def _family(lora, family: str | None) -> str:

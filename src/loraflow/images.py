@@ -1,5 +1,9 @@
 """Opening images safely: header-only reads for sizes, full decodes converted to 8-bit RGB.
 
+The one decoder for pictures people bring: the data step (filters, export, ingest), training and
+`loraflow score` all call `load_rgb` / `read_info`, so a transparent PNG trains on the same white
+composite the filters scored.
+
 Every failure becomes an `ImageError` with a one-line reason that names the file, so callers
 can record the item as errored and keep going.
 """
@@ -12,12 +16,15 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
+from loraflow.errors import InputError
+
 # Pillow's own bomb guard (~89 Mpx warns, 2x that raises); both are errors for us.
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 
 
-class ImageError(Exception):
-    """One image could not be used; the message is the per-item reason."""
+class ImageError(InputError):
+    """One image could not be used; the message is the per-item reason (a data step records it as
+    errored and goes on; training stops with it as a one-line error)."""
 
 
 @dataclass

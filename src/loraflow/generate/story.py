@@ -1,0 +1,190 @@
+"""A story file and the storyboard command's options: title, shared style and negative prompt,
+scenes -> one `GenerateConfig` per scene. Only parsing and planning; `storyboard.py` renders.
+
+    title: 小猫穿越记
+    style: 二次元                      # prefix added to every scene prompt
+    negative_prompt: 丑陋,变形,嘈杂,模糊,低对比度
+    defaults: {height: 1024, width: 1024, num_inference_steps: 50, guidance_scale: 4, seed: 0}
+    loras: [models/anime.safetensors:0.8]
+    grid: {columns: 2, width: 1024, height: 2048, captions: true}
+    controlnets: {canny: models/controlnet-canny}   # weights per control type (optional)
+    scenes:
+      - {title: 现代小猫玩耍, prompt: "现代风格,一只橘色的小猫..."}
+      - title: 小猫穿越
+        prompt: "..."
+        control: [{type: canny, image: "@previous", scale: 0.6}]  # keep the last panel's layout
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from loraflow.config import Options, opt
+from loraflow.errors import ConfigError
+from loraflow.generate.cast import Character, PanelCast, cast_problem, resolve_cast
+from loraflow.generate.control.units import PREVIOUS, ControlUnit, parse_units
+from loraflow.generate.options import GenerateConfig, ModelOptions, SamplingOptions
+
+
+MAX_GRID_SIDE = 16384  # pixels; a 16384² RGB grid is 768 MB, a 100000² one would need 28 GB
+
+
+class Scene(Options):
+    title: str = opt("", "short name, used as the panel caption")
+    description: str = opt("", "what happens (for people; not sent to the model)")
+    prompt: str = opt(..., "scene prompt; the story's style is prepended")
+    negative_prompt: str | None = opt(None, "overrides the story's negative prompt")
+    seed: int | None = opt(None, "overrides the story's seed policy for this scene", ge=0)
+    control: list[ControlUnit] = opt([], f"ControlNet units {{type, image, scale, start, end, model}}; "
+                                         f"image {PREVIOUS} = the previous scene's picture")
+    init_image: str | None = opt(None, f"img2img start image; {PREVIOUS} = the previous scene's picture")
+    strength: float = opt(0.75, "img2img: how much to change init_image", aliases=("denoising_strength",),
+                          ge=0.0, le=1.0)
+    cast: list[str] = opt([], "characters in this scene (names from the story's `characters`); "
+                              "{name} in the prompt also brings one in")
+
+    @field_validator("control", mode="before")
+    @classmethod
+    def _parse_units(cls, v):
+        try:
+            return parse_units(v)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
+
+    def uses_previous(self) -> bool:
+        return self.init_image == PREVIOUS or any(u.image == PREVIOUS for u in self.control)
+
+
+class StoryDefaults(Options):
+    height: int | None = opt(None, "panel height (family default when unset; a multiple of 8)", ge=64)
+    width: int | None = opt(None, "panel width (a multiple of 8)", ge=64)
+    num_inference_steps: int | None = opt(None, "denoising steps", aliases=("steps",), ge=1)
+    guidance_scale: float | None = opt(None, "CFG scale", aliases=("cfg_scale",))
+    scheduler: str | None = opt(None, "sampler name", aliases=("sampler",))
+    seed: int = opt(0, "base seed", ge=0)
+    seed_policy: Literal["fixed", "increment"] = opt(
+        "fixed", "fixed: every scene uses `seed` (as the tutorial); increment: scene i uses seed + i"
+    )
+
+    @field_validator("height", "width")
+    @classmethod
+    def _multiple_of_8(cls, v):  # the VAE works on 8x8 pixel blocks, as GenerateConfig checks
+        if v is not None and v % 8:
+            raise ValueError(f"must be a multiple of 8, got {v}")
+        return v
+
+
+class GridOptions(Options):
+    columns: int = opt(2, "panels per row", ge=1, le=64)
+    width: int | None = opt(1024, "final grid width in pixels (None keeps the natural size)", ge=1, le=MAX_GRID_SIDE)
+    height: int | None = opt(2048, "final grid height in pixels", ge=1, le=MAX_GRID_SIDE)
+    captions: bool = opt(False, "write each scene's title under its panel")
+    font: str | None = opt(None, "TrueType font for captions (a CJK font for Chinese)")
+
+
+class Story(Options):
+    title: str = opt("", "story title")
+    style: str = opt("", "prefix added to every scene prompt (style words, trigger word)", aliases=("prefix",))
+    negative_prompt: str = opt("", "negative prompt shared by all scenes")
+    model: str | None = opt(None, "model to use when the command line gives none")
+    loras: list[str] = opt([], "LoRA file[:weight] applied to every scene", aliases=("lora",))
+    controlnets: dict[str, str] = opt({}, "ControlNet weights per control type (canny: path), for scene "
+                                          "units that name no model")
+    defaults: StoryDefaults = Field(default_factory=StoryDefaults)
+    grid: GridOptions = Field(default_factory=GridOptions)
+    characters: list[Character] = opt([], "the cast: {name, description, references, lora, lora_weight, trigger}")
+    language: str | None = opt(None, "which description of each character scenes use (default: zh for a "
+                                     "prompt with Chinese characters, else en)")
+    scenes: list[Scene] = Field(..., min_length=1)
+
+    def scene_prompt(self, scene: Scene, prompt: str | None = None) -> str:
+        """The style prefix + `prompt` (default: the scene's own prompt)."""
+        prompt = scene.prompt if prompt is None else prompt
+        if not self.style:
+            return prompt
+        sep = "" if self.style.endswith((",", "，", " ")) else ","
+        return f"{self.style}{sep}{prompt}"
+
+    def panel_casts(self) -> list[PanelCast]:
+        return [resolve_cast(self.characters, scene, k, self.language) for k, scene in enumerate(self.scenes)]
+
+
+class StoryboardConfig(ModelOptions, SamplingOptions):
+    """`loraflow storyboard STORY --out DIR`; flags override the story's defaults."""
+
+    story: str = opt("", "story file (.yaml/.json)", cli=False)
+    out: str = opt("outputs/story", "output folder", aliases=("output",))
+    batch_size: int = opt(1, "scenes per pipeline call", ge=1, le=16)
+    captions: bool | None = opt(None, "captions under each panel (overrides the story)")
+    grid_width: int | None = opt(None, "final grid width (overrides the story)", ge=1, le=MAX_GRID_SIDE)
+    grid_height: int | None = opt(None, "final grid height (overrides the story)", ge=1, le=MAX_GRID_SIDE)
+    score: bool = opt(False, "score every panel (aesthetic and/or CLIP score) into story.json")
+    best_of: int = opt(1, "render N seeds per scene (seed, seed+1, ...) and keep the best-scoring one", ge=1, le=64)
+    best_of_metric: Literal["combined", "identity", "aesthetic", "clip"] = opt(
+        "combined", "which score --best-of maximises (combined: weighted mean of identity, text and aesthetic)")
+    clip: str | None = opt(None, "local CLIP folder for CLIP scores (and for a bare aesthetic head)")
+    aesthetic: str | None = opt(None, "local aesthetic predictor (folder or head file) for aesthetic scores")
+    identity: Literal["auto", "clip", "demo", "none"] = opt(
+        "auto", "how each character's identity is scored: clip (CLIP-I cosine against its references or first "
+                "panel, needs --clip), demo (the demo checker: colour and shape); auto: demo on the demo model, "
+                "clip when --clip is given")
+    identity_weight: float = opt(1.0, "weight of identity in the combined score", ge=0.0)
+    text_weight: float = opt(1.0, "weight of the CLIP score / 100 in the combined score", ge=0.0)
+    aesthetic_weight: float = opt(1.0, "weight of the aesthetic score / 10 in the combined score", ge=0.0)
+    repair: bool = opt(False, "re-render panels whose combined score is under --repair-threshold, new seeds each")
+    repair_threshold: float = opt(0.5, "combined score (0..1) a panel must reach under --repair", ge=0.0, le=1.0)
+    repair_budget: int = opt(8, "most re-renders --repair may spend on the whole story", ge=1)
+
+    def score_weights(self) -> dict[str, float]:
+        return {"identity": self.identity_weight, "text": self.text_weight, "aesthetic": self.aesthetic_weight}
+
+
+def load_story(path: str | Path) -> Story:
+    story = Story.from_file(path)
+    problem = cast_problem(story.characters, story.scenes)
+    if problem:
+        raise ConfigError(f"{path}: {problem}")
+    return story
+
+
+def scene_configs(story: Story, cfg: StoryboardConfig) -> list[GenerateConfig]:
+    """One GenerateConfig per scene: story values, then command-line overrides."""
+    d = story.defaults
+    loras = cfg.lora or story.loras
+    items = []
+    for i, (scene, cast) in enumerate(zip(story.scenes, story.panel_casts())):
+        seed = scene.seed if scene.seed is not None else (cfg.seed if cfg.seed is not None else d.seed)
+        if scene.seed is None and d.seed_policy == "increment":
+            seed += i
+        items.append(GenerateConfig(
+            model=cfg.model or story.model,
+            prompt=story.scene_prompt(scene, cast.prompt),
+            negative_prompt=scene.negative_prompt if scene.negative_prompt is not None
+            else (cfg.negative_prompt or story.negative_prompt),
+            guidance_scale=cfg.guidance_scale if cfg.guidance_scale is not None else d.guidance_scale,
+            num_inference_steps=cfg.num_inference_steps or d.num_inference_steps,
+            height=cfg.height or d.height,
+            width=cfg.width or d.width,
+            seed=seed,
+            scheduler=cfg.scheduler or d.scheduler,
+            lora=[*loras, *cast.loras],
+            lora_dir=cfg.lora_dir,
+            control=[u if u.model else u.model_copy(update={"model": story.controlnets.get(u.type)})
+                     for u in scene.control],
+            init_image=scene.init_image,
+            strength=scene.strength,
+        ))
+    if story.scenes[0].uses_previous():
+        raise ConfigError(f"scene 1 uses {PREVIOUS}, but there is no previous scene")
+    return items
+
+
+def with_previous(item: GenerateConfig, previous: Path) -> GenerateConfig:
+    """`@previous` in a scene's references -> the file of the scene rendered before it."""
+    def sub(image: str | None) -> str | None:
+        return str(previous) if image == PREVIOUS else image
+
+    control = [u.model_copy(update={"image": sub(u.image)}) for u in item.control]
+    return item.model_copy(update={"control": control, "init_image": sub(item.init_image)})
