@@ -51,7 +51,7 @@ def add_ui_routes(app, state) -> None:
 def lora_details(paths: ServerPaths, name: str) -> dict:
     """`loraflow lora info` of a LoRA by name: its fields (type, rank, alpha, base model, ...) and the
     full text the CLI prints."""
-    from loraflow.models.lora.cli import format_info
+    from loraflow.models.lora.info import format_info
     from loraflow.models.lora.load import read_lora
 
     text = format_info(read_lora(paths.lora(name)))

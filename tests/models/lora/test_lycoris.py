@@ -272,7 +272,7 @@ def test_shape_mismatch_is_reported_as_such(pipe_of, tmp_path):
 
 
 def test_info_names_the_types_and_convert_refuses_lycoris(tmp_path):
-    from loraflow.models.lora.cli import format_info
+    from loraflow.models.lora.info import format_info
     from loraflow.models.lora.load import convert_lora
 
     q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"

@@ -5,12 +5,12 @@ Light at import time (no torch): the work is done by plain functions in `load.py
 from __future__ import annotations
 
 import argparse
-from collections import Counter
 from typing import Literal, Optional
 
 from loraflow.config import Options, opt
 from loraflow.models.families import FamilyName
 from loraflow.models.lora import tools_cli
+from loraflow.models.lora.info import format_info
 
 
 class InfoOptions(Options):
@@ -73,72 +73,3 @@ def run_convert(args: argparse.Namespace) -> int:
     print(f"wrote {out} ({options.to})")
     tools_cli.check_after_export(out, options.family)
     return 0
-
-
-def format_info(lora) -> str:
-    """Text for `lora info`: one `key: value` line per fact, then the training metadata."""
-    from loraflow.models.lora.load import guess_family
-
-    modules = lora.modules()
-    ranks = Counter(r for r, _ in modules.values())
-    alphas = Counter(a for _, a in modules.values())
-    targets = sorted({t.split(".")[0] + ":" + _short_target(t) for t in modules})
-    counts = Counter(t.split(".")[0] for t in modules)
-    lines = [
-        f"file:        {lora.name}",
-        f"format:      {lora.format}",
-        f"type:        {_types(lora)}",
-        f"family:      {guess_family(lora) or 'unknown'}",
-        f"rank:        {_counted(ranks)}",
-        f"alpha:       {_counted(alphas)}",
-        "modules:     " + ", ".join(f"{c} {n}" for c, n in counts.items()),
-        f"keys:        unet {_keys(lora, 'unet')}, text encoders {len(lora.state_dict) - _keys(lora, 'unet')}",
-        f"targets:     {', '.join(targets)}",
-        f"base model:  {tools_cli.base_model_line(lora.metadata)}",
-        "blocks:",
-        *tools_cli.block_table(modules),
-    ]
-    meta = {k: v for k, v in sorted(lora.metadata.items())
-            if k.startswith(("ss_", "sshs_", "modelspec.")) or k == "lora_adapter_metadata"}
-    if meta:
-        lines.append("metadata:")
-        lines += [f"  {k}: {_clip(v)}" for k, v in meta.items()]
-    return "\n".join(lines)
-
-
-def _types(lora) -> str:
-    """LoRA, or the LyCORIS kinds with their module counts (`loha (120 modules), diff (2 modules)`)."""
-    if not lora.adapters:
-        return "lora"
-    kinds = Counter(("dora" if a.dora_scale is not None else a.kind) for a in lora.adapters.values())
-    return ", ".join(f"{kind} ({n} modules)" for kind, n in kinds.most_common())
-
-
-def _keys(lora, component: str) -> int:
-    if lora.format == "lycoris":
-        return sum(not k.startswith(("lora_te", "text_encoder")) for k in lora.state_dict)
-    if lora.format == "kohya":
-        return sum(k.startswith("lora_unet_") for k in lora.state_dict)
-    if lora.format == "peft":
-        return len(lora.state_dict) if component == "unet" else 0
-    return sum(k.startswith(component + ".") for k in lora.state_dict)
-
-
-_CONTAINERS = {"down_blocks", "up_blocks", "attentions", "resnets", "transformer_blocks", "layers",
-               "downsamplers", "upsamplers"}
-
-
-def _short_target(target: str) -> str:
-    """`unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q` -> `attn1.to_q`."""
-    parts = target.split(".")
-    cut = max((i for i in range(1, len(parts)) if parts[i].isdigit() and parts[i - 1] in _CONTAINERS), default=0)
-    return ".".join(parts[cut + 1:]) or parts[-1]
-
-
-def _counted(counter) -> str:
-    return ", ".join(f"{v:g} ({n} modules)" if len(counter) > 1 else f"{v:g}" for v, n in counter.most_common())
-
-
-def _clip(text: str, limit: int = 200) -> str:
-    text = text.replace("\n", " ")
-    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"

@@ -129,36 +129,6 @@ def run_extract(args: argparse.Namespace) -> int:
 
 
 # ---- `lora info` extras ------------------------------------------------------------------------
-def base_model_line(metadata: dict[str, str]) -> str:
-    """What the file says it was trained on: model name, base version, architecture (kohya + modelspec)."""
-    parts = [metadata[k] for k in ("ss_sd_model_name", "ss_base_model_version", "modelspec.architecture")
-             if metadata.get(k)]
-    return ", ".join(dict.fromkeys(parts)) or "not recorded"
-
-
-def block_table(modules: dict[str, tuple[int, float]]) -> list[str]:
-    """Rank / alpha per block (`unet down_blocks.1: 20 modules, rank 4, alpha 2`), in model order."""
-    from collections import Counter
-
-    blocks: dict[str, list[tuple[int, float]]] = {}
-    for target, value in modules.items():
-        parts = target.split(".")
-        if parts[0] == "unet":
-            depth = 2 if parts[1] in ("down_blocks", "up_blocks") else 1
-            name = "unet " + ".".join(parts[1:1 + depth])
-        else:
-            name = parts[0]
-        blocks.setdefault(name, []).append(value)
-    lines = []
-    for name, values in blocks.items():
-        ranks = Counter(r for r, _ in values)
-        alphas = Counter(a for _, a in values)
-        rank = "/".join(str(r or "full") for r, _ in ranks.most_common())
-        alpha = "/".join(f"{a:g}" for a, _ in alphas.most_common())
-        lines.append(f"  {name}: {len(values)} modules, rank {rank}, alpha {alpha}")
-    return lines
-
-
 class CheckOptions(Options):
     model: Optional[str] = opt(None, "check against this model and measure the LoRA's effect on it; without it "
                                "the keys are checked against the family's full-size architecture")
