@@ -80,6 +80,9 @@ def main(argv=None) -> int:
     parser.add_argument("--family", nargs="+", default=["sdxl", "kolors"])
     parser.add_argument("--json", help="also write the rows as JSON here")
     args = parser.parse_args(argv)
+    from loraflow.quiet import silence_third_party
+
+    silence_third_party()  # the library notices the CLI hides (dtype casts of meta models)
     out = []
     for family in args.family:
         started = time.time()
