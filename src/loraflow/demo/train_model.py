@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from loraflow.atomic import apply_umask
+
 TEXT_DIM = 64
 TIME_DIM = 8
 LATENT_CHANNELS = 8
@@ -214,6 +216,7 @@ def save_pipeline(components, out: Path) -> Path:
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     StableDiffusionXLPipeline(**components).save_pretrained(tmp, safe_serialization=True)
+    apply_umask(tmp)
     old = out.with_name(f".{out.name}.old")
     if out.exists():
         out.rename(old)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from loraflow.atomic import apply_umask
+
 COND_CHANNELS = (4, 8, 8, 16)  # conditioning embedding: 3 stride-2 convs = the VAE's 8x
 
 
@@ -35,4 +37,4 @@ def save_tiny_controlnet(family: str, out_dir: str | Path, seed: int = 0) -> Pat
 
     unet = build_tiny_components(family)["unet"]
     build_tiny_controlnet(unet, seed).save_pretrained(out_dir, safe_serialization=True)
-    return Path(out_dir)
+    return apply_umask(out_dir)
