@@ -114,3 +114,15 @@ def test_kill_9_mid_write_leaves_the_previous_file(tmp_path):
     assert target.read_text() == "old"
     leftovers = [p.name for p in tmp_path.iterdir() if p != target]
     assert len(leftovers) == 1 and leftovers[0].startswith(".index.json.")  # hidden, never the target
+
+
+def test_model_folders_written_by_libraries_follow_the_umask(tmp_path, umask_022):
+    """`loraflow models tiny` and the tiny ControlNet go through diffusers' save_pretrained, whose
+    safetensors writer makes 0600 files on its own; loraflow resets them to what the umask gives."""
+    from loraflow.generate.control.tiny import save_tiny_controlnet
+    from loraflow.models.tiny import save_tiny_model
+
+    folders = [save_tiny_model("sd15", tmp_path / "tiny"), save_tiny_controlnet("sd15", tmp_path / "cn")]
+    files = [p for folder in folders for p in folder.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".safetensors" for p in files)
+    assert {p.name: mode(p) for p in files} == {p.name: 0o644 for p in files}

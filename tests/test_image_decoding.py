@@ -76,3 +76,17 @@ def test_loraflow_score_scores_the_composite_the_filter_saw(tmp_path):
     (scored,) = scorer.seen
     assert np.array_equal(scored, np.asarray(SampleImages([str(path)]).rgb(0), dtype=np.float32))
     assert scored[0, 63].tolist() == [255, 255, 255]
+
+
+def test_a_transparent_control_or_init_image_is_composited_on_white(tmp_path):
+    """Reference images (ControlNet maps, img2img inputs) use the same decoder: the hidden red of a
+    transparent pixel never reaches the control map."""
+    from loraflow.generate.control.preprocess import load_image, make_control_map
+
+    rgba = _transparent_png(tmp_path / "ref.png")
+    loaded = np.asarray(load_image(tmp_path / "ref.png", "init_image"), dtype=np.float64)
+    alpha = rgba[..., 3:4] / 255.0
+    expected = rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)  # "over" on white, by hand
+    assert np.abs(loaded - expected).max() <= 1.0
+    control = np.asarray(make_control_map("tile", Image.open(tmp_path / "ref.png"), 64, 64, "control"))
+    assert np.abs(control.astype(np.float64) - expected).max() <= 1.0

@@ -27,6 +27,10 @@ from loraflow.errors import ConfigError
 from loraflow.generate.options import GenerateConfig, ModelOptions
 from loraflow.generate.storyboard import Story, StoryboardConfig
 from loraflow.progress import ProgressFn, progress_for
+from loraflow.generate.grid import make_grid
+from loraflow.generate.session import GenerationSession, save_results
+from loraflow.generate.storyboard import load_story, run_storyboard
+from loraflow.models.loading import DEMO
 
 __all__ = ["load", "storyboard", "Session", "Images", "Storyboard"]
 
@@ -93,13 +97,9 @@ class Images:
 
     def save(self, out: str | Path) -> list[Path]:
         """PNGs numbered as A1111 numbers them (`00012-1234.png`), infotext included."""
-        from loraflow.generate.session import save_results
-
         return save_results(self.results, out)
 
     def grid(self, columns: int | None = None):
-        from loraflow.generate.grid import make_grid
-
         return make_grid([r.image for r in self.results], columns or min(4, len(self.results)))
 
     def _repr_png_(self) -> bytes:
@@ -193,8 +193,6 @@ class Session:
             cfg = StoryboardConfig.from_dict(data, "storyboard")
             story_obj = story if isinstance(story, Story) else Story.from_dict(story, "story")
         from loraflow.demo.identity import identity_for
-        from loraflow.generate.storyboard import run_storyboard
-        from loraflow.models.loading import DEMO
 
         # a cast on the demo model is scored by the demo checker, as `loraflow storyboard` does
         identity = identity_for(cfg.identity, cfg.clip, self.pipeline.loaded.source == DEMO)
@@ -209,7 +207,6 @@ def load(model: str | Path | None = None, loras: LoraArg | Iterable[LoraArg] | d
     bundled demo model) with optional LoRAs (`"file.safetensors:0.8"`, `("file", 0.8)` or
     `{"file": 0.8}`). Other options (`family`, `vae`, `device`, `dtype`, and any generate option
     such as `negative_prompt` or `steps`) become the session's defaults."""
-    from loraflow.generate.session import GenerationSession
 
     data = {**options, "model": str(model) if model is not None else None, "lora": lora_args(loras)}
     config = GenerateConfig.from_dict(data, "load")  # every option checked now, before the model loads
@@ -235,8 +232,6 @@ def storyboard(story: str | Path | dict | Story, model: str | Path | None = None
 
 
 def _story_model(story: str | Path | dict | Story) -> str | None:
-    from loraflow.generate.storyboard import load_story
-
     if isinstance(story, (str, Path)):
         return load_story(story).model
     return story.model if isinstance(story, Story) else (story or {}).get("model")

@@ -115,6 +115,19 @@ def atomic_save_safetensors(tensors: dict, path: str | os.PathLike, metadata: di
     return atomic_write_bytes(path, save(tensors, metadata=metadata))
 
 
+def apply_umask(folder: str | os.PathLike) -> Path:
+    """Give every file under `folder` the mode the user's umask gives new files (0644 under 022).
+    For folders written by other libraries: safetensors' `save_file`, which diffusers'
+    `save_pretrained` uses, creates each weight file 0600 whatever the umask."""
+    folder = Path(folder)
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [folder, *folder.rglob("*")] if folder.is_dir() else [folder]:
+        if path.is_file() and not path.is_symlink():
+            path.chmod(0o666 & ~umask)
+    return folder
+
+
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     """True when `a` and `b` name one file (symlinks and `..` followed; hard links via the inode)."""
     if os.path.realpath(a) == os.path.realpath(b):

@@ -23,6 +23,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from loraflow.atomic import apply_umask
+from loraflow.demo.shapes import ZH, all_scenes, caption_vocabulary, draw_scene, split_held_out
+from loraflow.models.families.sdxl import SDXL
+from loraflow.models.tiny_tokenizers import WORDS, build_clip_tokenizer
+
 TEXT_DIM = 64
 TIME_DIM = 8
 LATENT_CHANNELS = 8
@@ -30,8 +35,6 @@ LATENT_CHANNELS = 8
 
 def demo_words() -> tuple[str, ...]:
     """Every caption word of the shapes data set, English and Chinese, as single tokens."""
-    from loraflow.demo.shapes import ZH
-    from loraflow.models.tiny_tokenizers import WORDS
 
     return tuple(WORDS) + ("background", "背景", "有一个", "的", "条纹") + tuple(ZH.values())
 
@@ -62,9 +65,6 @@ def build_components(seed: int = 0, size: int = 64) -> dict:
     import torch
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    from loraflow.models.families.sdxl import SDXL  # the demo model is an SDXL-family model
-    from loraflow.models.tiny_tokenizers import build_clip_tokenizer
 
     import tempfile
 
@@ -107,16 +107,12 @@ def _pixels(scenes, size: int, rng):
     import numpy as np
     import torch
 
-    from loraflow.demo.shapes import draw_scene
-
     x = torch.from_numpy(np.stack([np.asarray(draw_scene(s, size, jitter=0.06, rng=rng)) for s in scenes]))
     return x.permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
 def _images_tensor(cfg: DemoTrainConfig):
     import random
-
-    from loraflow.demo.shapes import all_scenes, split_held_out
 
     train, _ = split_held_out(all_scenes(), seed=0)
     rng = random.Random(cfg.seed)
@@ -154,8 +150,6 @@ def finetune_decoder(vae, cfg: DemoTrainConfig, say) -> None:
 
     import torch
 
-    from loraflow.demo.shapes import all_scenes, split_held_out
-
     rng = random.Random(cfg.seed + 5)
     pools = [split_held_out(all_scenes(style), seed=0)[0] for style in ("plain", "striped")]
     scenes = [rng.choice(pool) for pool in pools for _ in range(cfg.decoder_images // 2)]
@@ -191,7 +185,6 @@ def vae_round_trip_accuracy(vae, n: int = 256, size: int = 64, seed: int = 99, s
     from PIL import Image
 
     from loraflow.demo.checker import accuracy, read_image
-    from loraflow.demo.shapes import all_scenes, split_held_out
 
     rng = random.Random(seed)
     scenes = [rng.choice(split_held_out(all_scenes(style), seed=0)[0]) for _ in range(n)]
@@ -214,6 +207,7 @@ def save_pipeline(components, out: Path) -> Path:
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     StableDiffusionXLPipeline(**components).save_pretrained(tmp, safe_serialization=True)
+    apply_umask(tmp)
     old = out.with_name(f".{out.name}.old")
     if out.exists():
         out.rename(old)
@@ -225,7 +219,6 @@ def save_pipeline(components, out: Path) -> Path:
 def train_unet(components, latents, embeds, pooled, caption_index, cfg: DemoTrainConfig, say) -> None:
     import torch
 
-    from loraflow.models.families.sdxl import SDXL  # the demo model is an SDXL-family model
     from loraflow.train.objective import diffusion_loss
 
     unet = components["unet"]
@@ -272,8 +265,6 @@ def write_model_card(out: Path, cfg: DemoTrainConfig, seconds: float, log: dict 
 
     import torch
 
-    from loraflow.demo.shapes import caption_vocabulary
-
     card = {
         "label": "loraflow demo model: 64 px coloured shapes, trained from scratch by `loraflow demo train` "
                  "(not a general text-to-image model)",
@@ -296,8 +287,6 @@ def write_model_card(out: Path, cfg: DemoTrainConfig, seconds: float, log: dict 
 def train_demo_model(cfg: DemoTrainConfig, say=print) -> Path:
     import torch
     from diffusers import StableDiffusionXLPipeline
-
-    from loraflow.models.families.sdxl import SDXL  # the demo model is an SDXL-family model
 
     torch.set_num_threads(cfg.threads)
     started = time.time()

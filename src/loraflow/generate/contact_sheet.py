@@ -10,6 +10,7 @@ import html
 from pathlib import Path
 
 from loraflow.atomic import atomic_save_image, atomic_write_text
+from loraflow.generate.grid import find_font
 
 CELL = 192  # panel side on the sheet: demo panels (64 px) are scaled up, large ones down
 LINE = 16  # text line height in pixels
@@ -42,8 +43,6 @@ def _num(value) -> str:
 def write_contact_sheet(out: Path, index: dict, images: list, columns: int = 4) -> dict[str, str]:
     """Draw the sheet and the page into `out`; returns their file names (for story.json)."""
     from PIL import Image, ImageDraw
-
-    from loraflow.generate.grid import find_font
 
     scenes = index["scenes"]
     low = weakest(scenes)

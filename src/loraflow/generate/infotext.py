@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from loraflow.atomic import atomic_open
 from loraflow.errors import InputError
+from loraflow.generate.schedulers import SAMPLERS
+from loraflow.models.prompt_syntax import extract_lora_tags
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -199,8 +201,6 @@ def infotext_to_config(text: str) -> dict[str, Any]:
     """A1111 `parameters` text -> the GenerateConfig fields it sets (the web UI's "send to Generate",
     A1111's "Send to txt2img"): prompt (without `<lora:>` tags), negative_prompt, steps, guidance,
     seed, size, scheduler and `lora` as `name:weight`. Labels loraflow has no field for are left out."""
-    from loraflow.generate.schedulers import SAMPLERS
-    from loraflow.models.prompt_syntax import extract_lora_tags
 
     parsed = parse_infotext(text)
     prompt, loras = extract_lora_tags(parsed["prompt"])

@@ -12,6 +12,12 @@ sequential offload: its largest layer is counted).
 from __future__ import annotations
 
 from loraflow.plan.report import Phase, Plan
+from loraflow.generate.memory import enable_vae_tiling
+from loraflow.models.loading import vae_dtype
+from loraflow.plan import phases as ops
+from loraflow.plan.accountant import MemoryAccountant
+from loraflow.plan.architecture import resolve_architecture
+from loraflow.plan.cuda_rules import cuda_rules
 
 
 def memory_settings(config, family) -> dict:
@@ -27,13 +33,6 @@ def _dtype_name(dtype: str) -> str:
 
 def plan_generate(config) -> Plan:
     import torch
-
-    from loraflow.generate.memory import enable_vae_tiling
-    from loraflow.plan import phases as ops
-    from loraflow.plan.accountant import MemoryAccountant
-    from loraflow.plan.architecture import resolve_architecture
-    from loraflow.plan.cuda_rules import cuda_rules
-    from loraflow.models.loading import vae_dtype
 
     arch = resolve_architecture(config.model, config.family)
     family = arch.family

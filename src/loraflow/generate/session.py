@@ -28,6 +28,8 @@ from loraflow.models.families import PromptEmbeds
 from loraflow.models.loading import LoadedModel, load_pipeline
 from loraflow.models.lora.apply import apply_loras, remove_loras
 from loraflow.models.prompt_syntax import extract_lora_tags
+from loraflow.generate.memory import apply_offload, enable_vae_tiling, load_device
+from loraflow.models.loading import resolve_device
 
 MAX_LORA_WEIGHT = 100.0
 
@@ -131,8 +133,6 @@ class GenerationSession:
 
     @classmethod
     def from_options(cls, options: ModelOptions) -> "GenerationSession":
-        from loraflow.generate.memory import apply_offload, enable_vae_tiling, load_device
-        from loraflow.models.loading import resolve_device
 
         device = resolve_device(options.device)
         loaded = load_pipeline(

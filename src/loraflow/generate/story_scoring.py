@@ -19,6 +19,8 @@ from loraflow.generate.story import with_previous
 from loraflow.images import load_rgb
 from loraflow.models.prompt_syntax import plain_prompt
 from loraflow.score import Scorer
+from loraflow.score.clip import load_clip
+from loraflow.score.identity import ClipIdentity
 
 
 def wants_scores(cfg) -> bool:
@@ -53,11 +55,9 @@ def load_identity(cfg, scorer=None):
                           "run_storyboard from Python; the loraflow command does this itself")
     if not cfg.clip:
         raise ConfigError("--identity clip needs a local CLIP folder: --clip PATH")
-    from loraflow.score.identity import ClipIdentity
 
     if scorer is not None and scorer.clip is not None:
         return ClipIdentity(scorer.clip)
-    from loraflow.score.clip import load_clip
 
     return ClipIdentity(load_clip(cfg.clip, cfg.device))
 

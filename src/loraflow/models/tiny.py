@@ -14,6 +14,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from loraflow.atomic import apply_umask
 from loraflow.models.families import get_family
 
 # UNet2DConditionModel arguments every tiny UNet shares; the family's `tiny_unet` adds the layout.
@@ -74,4 +75,4 @@ def save_tiny_model(family: str, out_dir: str | Path, seed: int = 0) -> Path:
     pipe = build_tiny_pipeline(family, seed, workdir=out_dir / ".build")
     pipe.save_pretrained(out_dir, safe_serialization=True)
     shutil.rmtree(out_dir / ".build", ignore_errors=True)
-    return out_dir
+    return apply_umask(out_dir)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from loraflow.models.clip_bpe import bytes_to_unicode
 
 # Words that become single tokens (English story/scene vocabulary and A1111 negative-prompt words).
 WORDS = (
@@ -55,7 +56,6 @@ def clip_vocab_and_merges(words: tuple[str, ...] = tuple(WORDS)) -> tuple[dict[s
     the pieces BPE currently splits it into, left to right, so the merges really produce it (a merge
     learnt for one word can otherwise pre-empt another's path). CJK words get a `</w>` variant too:
     CLIP pre-tokenizes a run of CJK characters as one word, so a CJK word may end a run or not."""
-    from loraflow.models.clip_bpe import bytes_to_unicode
 
     byte_symbol = bytes_to_unicode()
     symbols = list(byte_symbol.values())

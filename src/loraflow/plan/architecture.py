@@ -14,6 +14,7 @@ from typing import Any
 
 from loraflow.errors import ConfigError
 from loraflow.models.families import get_family
+from loraflow.models.tiny import build_tiny_components
 
 CONFIG_ROOT = Path(__file__).resolve().parent.parent / "models" / "configs"
 
@@ -122,8 +123,6 @@ def _tiny(fam) -> Architecture:
             import tempfile
 
             import torch
-
-            from loraflow.models.tiny import build_tiny_components
 
             # built for real on the CPU (a few kB; its scheduler cannot be made on meta)
             with tempfile.TemporaryDirectory() as workdir, torch.device("cpu"):  # tokenizer files: not kept

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from loraflow.errors import ModelLoadError
 from loraflow.score.clip import ClipEncoder, load_image_processor
 from loraflow.score.weights import folder_weights, read_state_dict, resolve_local
+from loraflow.models.loading import resolve_device, resolve_dtype
 
 if TYPE_CHECKING:
     import torch
@@ -142,8 +143,6 @@ def load_aesthetic(name: str, clip: ClipEncoder | None, device: str | None = "au
 def _load_predictor_folder(folder: Path, device: str | None, dtype: str, allow_pickle: bool,
                            batch_size: int) -> AestheticPredictor:
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    from loraflow.models.loading import resolve_device, resolve_dtype
 
     if not (folder / "config.json").is_file():
         raise ModelLoadError(f"{folder} has no config.json; pass a simple-aesthetics-predictor folder "

@@ -13,6 +13,7 @@ from typing import Any
 
 from loraflow.progress import ProgressFn, progress_for
 from loraflow.score.run import ScoreOptions, format_table, gate_failure, run_score, write_outputs
+from loraflow.score.chart import score_figure
 
 
 @dataclass
@@ -46,8 +47,6 @@ class ScoreReport:
     @property
     def figure(self):
         """The scores as a bar chart (matplotlib Figure), as `chart=` writes it."""
-        from loraflow.score.chart import score_figure
-
         return score_figure(self.report)
 
     def _repr_png_(self) -> bytes:

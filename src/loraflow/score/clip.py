@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from loraflow.errors import InputError, ModelLoadError
 from loraflow.images import to_rgb
 from loraflow.score.weights import folder_weights, resolve_local
+from loraflow.models.loading import resolve_device, resolve_dtype
 
 if TYPE_CHECKING:
     import torch
@@ -123,8 +124,6 @@ def load_clip(name: str, device: str | None = "auto", dtype: str = "auto", allow
     A hub id (`openai/clip-vit-large-patch14`) works only from the HF cache or with network.
     """
     from transformers import CLIPModel, CLIPTokenizer
-
-    from loraflow.models.loading import resolve_device, resolve_dtype
 
     folder = resolve_local(name, "CLIP model", "--clip", allow_pickle)
     if not folder.is_dir() or not (folder / "config.json").is_file():

@@ -37,6 +37,15 @@ from loraflow.serve.options import ServeOptions
 from loraflow.serve.paths import NotFound, PathRefused, ServerPaths, safe_join
 from loraflow.serve.security import BodyTooLarge, GuardMiddleware, allowed_hosts
 from loraflow.serve.validation import Invalid
+from loraflow.generate.schedulers import SAMPLERS
+from loraflow.serve.comfy.routes import add_comfy_routes
+from loraflow.serve.events import EventBus
+from loraflow.serve.jobs import JOB_KINDS
+from loraflow.serve.limits import Limits
+from loraflow.serve.model_cache import ModelCache
+from loraflow.serve.ui_routes import add_ui_routes
+from loraflow.serve.watchdog import Watchdog
+from loraflow.serve.worker import Worker
 
 log = logging.getLogger("loraflow.serve")
 STATIC_DIR = Path(__file__).parent / "static"
@@ -47,11 +56,6 @@ class ServerState:
     """Everything the routes share; built in `create_app`, started/stopped by the app's lifespan."""
 
     def __init__(self, options: ServeOptions):
-        from loraflow.serve.events import EventBus
-        from loraflow.serve.limits import Limits
-        from loraflow.serve.model_cache import ModelCache
-        from loraflow.serve.watchdog import Watchdog
-        from loraflow.serve.worker import Worker
 
         self.options = options
         self.limits = Limits.from_options(options)
@@ -115,8 +119,6 @@ def create_app(options: ServeOptions | None = None):
         return FileResponse(path, headers={"Cache-Control": "no-cache"})
 
     _job_routes(app, state)
-    from loraflow.serve.comfy.routes import add_comfy_routes
-    from loraflow.serve.ui_routes import add_ui_routes
 
     add_ui_routes(app, state)
     add_comfy_routes(app, state)
@@ -166,8 +168,6 @@ def _error_handlers(app) -> None:
 def _job_routes(app, state: ServerState) -> None:
     from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
-    from loraflow.serve.jobs import JOB_KINDS
-
     @app.get("/api/health")
     async def health():
         current = state.worker.current
@@ -176,8 +176,6 @@ def _job_routes(app, state: ServerState) -> None:
 
     @app.get("/api/catalog")
     async def catalog():
-        from loraflow.generate.schedulers import SAMPLERS
-
         p = state.paths
         return {"models": list(BUILTIN_MODELS) + p.list("model"), "loras": p.list("LoRA"),
                 "controlnets": p.list("ControlNet"), "schedulers": list(SAMPLERS), "job_kinds": list(SUBMITTABLE)}
@@ -273,8 +271,6 @@ def _job_routes(app, state: ServerState) -> None:
 
 def _validated(kind: str, body: object, state: ServerState) -> dict:
     """The job kind's own checks, then the limits and the path policy over the whole payload."""
-    from loraflow.serve.jobs import JOB_KINDS
-
     payload = JOB_KINDS[kind].validate(body, state.paths)
     check_job_limits(kind, payload, state.limits)
     return confine_payload(kind, payload, state.paths)

@@ -33,6 +33,7 @@ from loraflow.serve.preview import image_to_jpeg, unet_previews
 from loraflow.serve.validation import Invalid, parse_options
 from loraflow.train.checkpoint import list_checkpoints
 from loraflow.train.config import TrainConfig
+from loraflow.train.trainer import train
 
 Job = TypeVar("Job")
 
@@ -282,8 +283,6 @@ def validate_train(body: Any, paths: ServerPaths) -> dict:
 
 
 def run_train(ctx: JobContext, cfg: TrainConfig) -> dict:
-    from loraflow.train.trainer import train  # imports torch
-
     update = {"output": str(ctx.out_dir), "cache_dir": str(ctx.paths.outputs / ".cache" / "train")}
     if cfg.resume is None and list_checkpoints(ctx.out_dir):
         update["resume"] = "latest"  # a re-queued (cancelled / interrupted) run continues where it stopped

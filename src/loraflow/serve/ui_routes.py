@@ -15,6 +15,10 @@ from pathlib import Path
 from fastapi import Request
 from loraflow.serve.paths import IMAGE_SUFFIXES, NotFound, ServerPaths
 from loraflow.serve.validation import Invalid
+from loraflow.generate.infotext import infotext_to_config
+from loraflow.models.lora.info import format_info
+from loraflow.models.lora.load import read_lora
+from loraflow.train.checkpoint import list_checkpoints
 
 # `format_info` lines whose values the LoRA list shows as fields; the rest stays in the text
 INFO_FIELDS = {"format": "format", "type": "type", "family": "family", "rank": "rank", "alpha": "alpha",
@@ -28,8 +32,6 @@ def add_ui_routes(app, state) -> None:
 
     @app.post("/api/infotext")
     async def infotext(request: Request):
-        from loraflow.generate.infotext import infotext_to_config
-
         try:
             body = await request.json()
         except ValueError:
@@ -51,8 +53,6 @@ def add_ui_routes(app, state) -> None:
 def lora_details(paths: ServerPaths, name: str) -> dict:
     """`loraflow lora info` of a LoRA by name: its fields (type, rank, alpha, base model, ...) and the
     full text the CLI prints."""
-    from loraflow.models.lora.info import format_info
-    from loraflow.models.lora.load import read_lora
 
     text = format_info(read_lora(paths.lora(name)))
     fields = {}
@@ -65,8 +65,6 @@ def lora_details(paths: ServerPaths, name: str) -> dict:
 
 def training_files(paths: ServerPaths, job_id: str) -> dict:
     """Validation images (oldest first) and complete checkpoints of a train job's output folder."""
-    from loraflow.train.checkpoint import list_checkpoints
-
     out = paths.outputs / "jobs" / job_id
     base = f"/api/jobs/{job_id}/files/"
     samples = sorted(p for p in (out / "samples").glob("*") if p.suffix.lower() in IMAGE_SUFFIXES) \

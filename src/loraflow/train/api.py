@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from loraflow.train.config import TrainConfig
+from loraflow.train.trainer import train as run
 
 
 def train_config(config: str | Path | dict | TrainConfig | None = None, **options: Any) -> TrainConfig:
@@ -38,6 +39,5 @@ def train(config: str | Path | dict | TrainConfig | None = None,
           progress: Callable[[int, int], None] | None = None, **options: Any):
     """Train a LoRA; returns the `TrainResult` (`lora_path`, `output`, `steps`, `losses`, `loss_curve`
     PNG, `stats` with timings). Options are those of `loraflow train --help`."""
-    from loraflow.train.trainer import train as run
 
     return run(train_config(config, **options), progress=progress)

@@ -14,6 +14,7 @@ from pydantic import field_validator, model_validator
 
 from loraflow.config import Options, opt
 from loraflow.models.families import FAMILIES, TINY_MODELS, FamilyName, get_family
+from loraflow.errors import ConfigError
 
 # Named sets of UNet modules LoRA is put on (diffusers module-name suffixes), so nobody has to list
 # hundreds of module names; the names are the `lora_targets` choices. `attn` is what the tutorial
@@ -186,7 +187,6 @@ class TrainConfig(Options):
     def check_required(self) -> None:
         """Keys that have no sensible default, checked when a run starts (not on construction,
         so a partial config can be merged with flags)."""
-        from loraflow.errors import ConfigError
 
         for key in ("dataset",):
             if not getattr(self, key):

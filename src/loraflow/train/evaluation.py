@@ -22,12 +22,15 @@ import random
 from pathlib import Path
 
 from loraflow.errors import ConfigError
+import loraflow.train.objective as objective
+from loraflow.atomic import atomic_write_bytes, atomic_write_text
+from loraflow.train.buckets import crop_for
+from loraflow.train.dataset import read_items
+from loraflow.train.forward import predict, text_conditioning
 
 
 def split_held_out(items: list, config) -> tuple[list, list[int]]:
     """(items incl. held-out ones with 0 repeats, indices of the held-out ones)."""
-    from loraflow.train.dataset import read_items
-
     if not config.eval_every:
         return items, []
     if config.eval_dataset:
@@ -91,10 +94,6 @@ class HeldOut:
         """Mean held-out loss over images x fixed timesteps; the same on every process."""
         import torch
 
-        import loraflow.train.objective as objective
-        from loraflow.train.buckets import crop_for
-        from loraflow.train.forward import predict, text_conditioning
-
         scheduler = model.noise_scheduler
         timesteps = torch.tensor(fixed_timesteps(scheduler.config.num_train_timesteps, self.config.eval_timesteps))
         k = len(timesteps)
@@ -134,8 +133,6 @@ class HeldOut:
 def report(history: list[tuple[int, float]], train_losses: list[tuple[int, float]], output: Path,
            best_file: str) -> tuple[str, Path, Path | None]:
     """The evaluation table (markdown, also returned for printing) and a plot when matplotlib is there."""
-    from loraflow.atomic import atomic_write_text
-
     best_step = min(history, key=lambda e: (e[1], e[0]))[0]
     lines = ["| step | held-out loss | train loss (mean since last evaluation) | |", "|---:|---:|---:|---|"]
     previous = 0
@@ -159,8 +156,6 @@ def _plot(history, train_losses, best_step: int, path: Path) -> Path | None:
     except ImportError:
         return None
     import io
-
-    from loraflow.atomic import atomic_write_bytes
 
     fig, ax = plt.subplots(figsize=(8, 4))
     if train_losses:

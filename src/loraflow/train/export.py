@@ -13,6 +13,10 @@ from collections import Counter
 from pathlib import Path
 
 from loraflow.train.config import TrainConfig
+from loraflow.models.hashing import model_weights_files, sha256_file
+from loraflow.models.lora.adapter_types import LYCORIS_TYPES, save_adapter
+from loraflow.models.lora.save import save_lora
+from loraflow.train.model_setup import lora_state_dicts
 
 
 
@@ -71,7 +75,6 @@ def base_model_sha256(path: Path | None) -> str | None:
     """SHA-256 of the base checkpoint file (a diffusers folder: its UNet weights, see models.hashing)."""
     if path is None:
         return None
-    from loraflow.models.hashing import model_weights_files, sha256_file
 
     files = model_weights_files(path)
     return sha256_file(files[0]) if len(files) == 1 else None
@@ -83,8 +86,6 @@ def save_lora_files(output: Path, name: str, unet_state: dict, te_states: dict, 
     """OUTPUT/NAME.safetensors (kohya) and optionally OUTPUT/NAME.diffusers.safetensors, written
     atomically by the LoRA-formats layer (`loraflow.models.lora.save.save_lora`; LoHa / LoKr / DoRA:
     `adapter_types.save_adapter`, kohya layout only)."""
-    from loraflow.models.lora.adapter_types import LYCORIS_TYPES, save_adapter
-    from loraflow.models.lora.save import save_lora
 
     common = dict(family=family, rank=rank, alpha=alpha, dtype=dtype, metadata=metadata, output_name=name,
                   resolution=resolution, tag_frequency=tag_freq)
@@ -102,8 +103,6 @@ def save_lora_files(output: Path, name: str, unet_state: dict, te_states: dict, 
 def write_outputs(config, model, data, accelerator, step, started, suffix: str = ""):
     """OUTPUT/NAME{suffix}.safetensors (+ the diffusers file for the main LoRA) from the adapters as they are."""
     import torch
-
-    from loraflow.train.model_setup import lora_state_dicts
 
     unet_state, te_states = lora_state_dicts(model, accelerator.unwrap_model)
     model_hash = base_model_sha256(model.path)

@@ -12,6 +12,10 @@ from typing import Any
 
 from loraflow.models.loading import vae_dtype
 from loraflow.train.config import TARGET_PRESETS, TEXT_ENCODER_PRESETS, TrainConfig
+from loraflow.models.families import FAMILIES, get_family
+from loraflow.models.loading import DEMO, demo_model_dir, detect_folder_family, load_pipeline
+from loraflow.models.lora.adapter_types import peft_config
+from loraflow.train.activation_memory import recompute_feed_forward_gates
 
 WEIGHT_DTYPES = {"no": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
@@ -46,9 +50,6 @@ def load_for_training(config: TrainConfig, device: str, encoders: bool = True) -
     """`encoders=False`: the VAE and text encoders are not loaded (pipe.vae etc. are None)."""
     import torch
 
-    from loraflow.models.families import FAMILIES
-    from loraflow.models.loading import load_pipeline
-
     weight_dtype = WEIGHT_DTYPES[config.mixed_precision]
     skip = () if encoders else ("vae", *dict.fromkeys(n for f in FAMILIES.values() for n in f.text_encoder_names))
     # Loaded on the CPU; the VAE and text encoders go to the device for the cache pass, the UNet only after
@@ -78,8 +79,6 @@ def prepare_unet(model: TrainModel, config: TrainConfig) -> None:
     """Frozen base -> trainable: fp8 storage, LoRA adapters, activation-memory settings. `loraflow plan`
     runs this same function on the meta device."""
     import torch
-
-    from loraflow.train.activation_memory import recompute_feed_forward_gates
 
     if config.base_fp8:  # before the adapters, so the LoRA layers stay fp32
         from loraflow.train.fp8_base import store_base_in_fp8
@@ -114,8 +113,6 @@ def identity_of(model: TrainModel) -> EncoderIdentity:
 def identity_from_files(config: TrainConfig) -> EncoderIdentity | None:
     """From a diffusers folder's weight files and configs, without loading a weight. None where that
     is not possible (tiny or single-file model, a lone VAE file, pickle weights): use `identity_of`."""
-    from loraflow.models.families import get_family
-    from loraflow.models.loading import DEMO, demo_model_dir, detect_folder_family
     from loraflow.train.cache import file_fingerprint
 
     if not config.model or config.model.startswith("tiny:"):
@@ -160,8 +157,6 @@ def _vae_config(folder: Path) -> dict:
 
 
 def lora_config(rank: int, alpha: float, targets, lora_type: str = "lora"):
-    from loraflow.models.lora.adapter_types import peft_config
-
     # every type starts as a no-op (Gaussian A, zero B for LoRA: diffusers' train_text_to_image_lora_sdxl.py)
     return peft_config(lora_type, rank, alpha, targets)
 

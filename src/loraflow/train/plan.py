@@ -19,6 +19,13 @@ from types import SimpleNamespace
 
 from loraflow.plan.report import Phase, Plan
 from loraflow.train.config import TrainConfig
+import loraflow.train.objective as objective
+from loraflow.plan import phases
+from loraflow.plan.accountant import MemoryAccountant
+from loraflow.plan.architecture import resolve_architecture
+from loraflow.plan.cuda_rules import cuda_rules
+from loraflow.train.model_setup import TrainModel, WEIGHT_DTYPES, prepare_unet, vae_dtype
+from loraflow.train.optim import make_optimizer
 
 
 @dataclass(frozen=True)
@@ -46,11 +53,6 @@ def memory_settings(config: TrainConfig) -> dict:
 
 def plan_train(config: TrainConfig, workload: Workload | None = None) -> Plan:
     import torch
-
-    from loraflow.plan.accountant import MemoryAccountant
-    from loraflow.plan.architecture import resolve_architecture
-    from loraflow.plan.cuda_rules import cuda_rules
-    from loraflow.train.model_setup import WEIGHT_DTYPES, TrainModel, prepare_unet, vae_dtype
 
     workload = workload or Workload.from_config(config)
     arch = resolve_architecture(config.model, config.family)
@@ -139,8 +141,6 @@ def _vae_config(arch, override: str | None, notes: list[str]) -> dict:
 
 
 def _encode(family, pipe, encoders, batch, resolution, images: bool, text: bool) -> None:
-    from loraflow.plan import phases
-
     if images and pipe.vae is not None:
         phases.vae_encode(pipe.vae, batch, resolution, resolution)
     if text:
@@ -153,9 +153,6 @@ def train_step(model, config: TrainConfig, optimizer, params, shape, device="met
     """trainer.micro_batch_loss + optimizer_step on inputs of `shape` (B, C, h, w) (bench/plan_vs_cuda.py
     runs it on CUDA tensors)."""
     import torch
-
-    from loraflow.plan import phases
-    import loraflow.train.objective as objective
 
     unet, family = model.unet, model.family
     x0 = torch.randn(shape, dtype=torch.float32, device=device)  # LatentStore.sample: fp32 latents
@@ -179,8 +176,6 @@ def _optimizer(params, config: TrainConfig, acct):
     """The run's optimizer with its state allocated (as after the first step). 8-bit AdamW and Prodigy
     are not installed here: their state is allocated in their layout and their step is a no-op."""
     import torch
-
-    from loraflow.train.optim import make_optimizer
 
     with acct.category("optimizer"):
         if config.optimizer == "adamw":
@@ -222,8 +217,6 @@ class _PlannedOptimizer:
 
 def _validation(family, pipe, encoders, resolution, scale) -> None:
     import torch
-
-    from loraflow.plan import phases
 
     for name in encoders:
         if getattr(pipe, name, None) is not None:

@@ -6,6 +6,7 @@ import random
 from pathlib import Path
 
 from loraflow.train.config import TrainConfig
+from loraflow.train.buckets import crop_for
 
 
 def _say(accelerator, text: str) -> None:
@@ -52,7 +53,6 @@ def cached_captions(config: TrainConfig, data) -> list[str]:
 def cached_crops(config: TrainConfig, data, rank: int = 0, world: int = 1) -> list:
     """(item index, crop) the latent cache holds for process `rank`'s share: the center crop, and its
     mirror when flipping."""
-    from loraflow.train.buckets import crop_for
 
     work = []
     for i in range(rank, len(data.items), world):

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from loraflow.train.dataset import read_items
 
 
 def add_regularization(items: list, config) -> tuple[list, list[int]]:
     """(items + reg items with their per-epoch repeats, indices of the reg items)."""
-    from loraflow.train.dataset import read_items
-
     if not config.reg_dataset:
         return items, []
     reg = read_items(config.reg_dataset)

@@ -37,6 +37,20 @@ from loraflow.train.export import write_outputs
 from loraflow.train.regularization import sample_weights
 from loraflow.train.precache import (all_cached, cache_roots, encoders_needed_in_loop, make_stores, precache,
                                      release_encoders)
+from loraflow.atomic import atomic_write_text
+from loraflow.models.hashing import sha256_file
+from loraflow.models.loading import resolve_device
+from loraflow.train.buckets import BatchPlan, make_buckets
+from loraflow.train.captions import CaptionPolicy, Captions
+from loraflow.train.dataset import read_items
+from loraflow.train.evaluation import split_held_out
+from loraflow.train.feedback import Logger
+from loraflow.train.forward import predict, text_conditioning
+from loraflow.train.loss_plot import draw_loss_curve
+from loraflow.train.masks import Masks
+from loraflow.train.model_setup import identity_from_files, identity_of, load_for_training, lora_state_dicts
+from loraflow.train.optim import make_lr_scheduler, make_optimizer
+from loraflow.train.regularization import add_regularization
 
 
 class TrainingDiverged(LoraflowError):
@@ -96,16 +110,7 @@ def _say(accelerator, text: str) -> None:
 
 
 def read_data(config: TrainConfig, text_cached: bool) -> RunData:
-    from loraflow.train.buckets import BatchPlan, make_buckets
-    from loraflow.train.captions import CaptionPolicy, Captions
-    from loraflow.train.dataset import read_items
-    from loraflow.models.hashing import sha256_file
-    from loraflow.train.evaluation import split_held_out
     from loraflow.train.images import image_size
-
-    from loraflow.train.masks import Masks
-
-    from loraflow.train.regularization import add_regularization
 
     items, eval_items = split_held_out(read_items(config.dataset, config.mask_column), config)
     items, reg_items = add_regularization(items, config)
@@ -131,8 +136,6 @@ def total_steps(config: TrainConfig, data: RunData, world: int) -> int:
 
 def micro_batch_loss(m: int, config: TrainConfig, data: RunData, model, unet, latents, texts, device):
     """Loss of global micro-batch m (see the module docstring)."""
-    from loraflow.train.forward import predict, text_conditioning
-
     entries = data.plan.batch(m)
     gen = _generator(config.seed, m)
     captions = data.captions.for_batch(m)
@@ -156,8 +159,6 @@ def micro_batch_loss(m: int, config: TrainConfig, data: RunData, model, unet, la
 
 
 def _save_checkpoint(config, model, accelerator, step, optimizer, lr_scheduler, plan, losses, extras):
-    from loraflow.train.model_setup import lora_state_dicts
-
     if accelerator.is_main_process:
         unet_state, te_states = lora_state_dicts(model, accelerator.unwrap_model)
         state = {f"unet.{k}": v for k, v in unet_state.items()}
@@ -282,8 +283,6 @@ def optimizer_step(step, config, data, model, unet, optimizer, lr_scheduler, lat
 def setup_accelerator(config: TrainConfig):
     from accelerate import Accelerator
 
-    from loraflow.models.loading import resolve_device
-
     cpu = resolve_device(config.device) == "cpu"  # a named device that is absent is an error, not the CPU
     return Accelerator(mixed_precision=config.mixed_precision, cpu=cpu)
 
@@ -293,11 +292,6 @@ def train(config: TrainConfig | dict, progress: Callable[[int, int], None] | Non
     """Run a training. `progress(step, total)` is called after every optimizer step; an exception
     it raises (e.g. a server's cancel) stops the run there, with saved checkpoints intact.
     `on_step(step, loss, lr)` gets each step's numbers (the web UI's live loss chart)."""
-    from loraflow.atomic import atomic_write_text
-    from loraflow.train.feedback import Logger
-    from loraflow.train.loss_plot import draw_loss_curve
-    from loraflow.train.model_setup import identity_from_files, identity_of, load_for_training
-    from loraflow.train.optim import make_lr_scheduler, make_optimizer
 
     # 1. config and accelerate
     config = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from loraflow.errors import ConfigError, InputError
+from loraflow.images import to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,8 @@ def load_image(path: str | os.PathLike, label: str, mode: str = "RGB"):
     try:
         with Image.open(path) as image:
             image.load()
-            return image.convert(mode)
+            # colour references go through the one decoder (EXIF turn, alpha on white, 16-bit)
+            return to_rgb(image) if mode == "RGB" else image.convert(mode)
     except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for unreadable/corrupt files
         raise InputError(f"{label}: cannot read image {path}: {exc}") from None
 
@@ -152,7 +154,7 @@ def make_control_map(kind: str, source, width: int, height: int, label: str, *,
     import numpy as np
     from PIL import Image
 
-    image = load_image(source, label) if isinstance(source, (str, os.PathLike)) else source.convert("RGB")
+    image = load_image(source, label) if isinstance(source, (str, os.PathLike)) else to_rgb(source)
     fitted = np.asarray(fit_to_size(image, width, height, f"{label} ({source if isinstance(source, (str, os.PathLike)) else 'image'})"))
     return Image.fromarray(preprocess(kind, np.ascontiguousarray(fitted), canny_thresholds=canny_thresholds,
                                       annotator_dir=annotator_dir))

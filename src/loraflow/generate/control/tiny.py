@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from loraflow.atomic import apply_umask
+from loraflow.models.tiny import build_tiny_components
+
 COND_CHANNELS = (4, 8, 8, 16)  # conditioning embedding: 3 stride-2 convs = the VAE's 8x
 
 
@@ -31,8 +34,6 @@ def build_tiny_controlnet(unet, seed: int = 0, std: float = 0.3):
 
 def save_tiny_controlnet(family: str, out_dir: str | Path, seed: int = 0) -> Path:
     """A tiny ControlNet for `tiny:<family>` written as a diffusers folder (config.json + safetensors)."""
-    from loraflow.models.tiny import build_tiny_components
-
     unet = build_tiny_components(family)["unet"]
     build_tiny_controlnet(unet, seed).save_pretrained(out_dir, safe_serialization=True)
-    return Path(out_dir)
+    return apply_umask(out_dir)

@@ -22,6 +22,7 @@ from loraflow.models.lora.formats import detect_lora_format  # noqa: F401  (part
 from loraflow.models.lora.kohya_keys import is_sgm_name, underscores_to_dots
 from loraflow.models.lora.metadata import family_from_metadata
 from loraflow.models.pickle_files import PICKLE_SUFFIXES, load_pickle_state_dict
+from loraflow.atomic import atomic_save_safetensors
 
 
 @dataclass
@@ -178,8 +179,6 @@ def convert_lora(src: str | os.PathLike, dst: str | os.PathLike, *, to: str, fam
     `family` is needed for kohya output (SGM names for SDXL/Kolors); by default it is guessed
     from the file.
     """
-    from loraflow.atomic import atomic_save_safetensors
-
     if to not in formats.FORMATS:
         raise InputError(f"unknown LoRA format '{to}'; choose one of: {', '.join(formats.FORMATS)}")
     lora = read_lora(src, allow_pickle=allow_pickle)

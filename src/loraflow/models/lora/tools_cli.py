@@ -6,12 +6,15 @@ from typing import Optional
 
 from loraflow.config import Options, opt
 from loraflow.errors import InputError
+from loraflow.models.families import get_family
+from loraflow.models.loading import load_pipeline
+from loraflow.models.lora.compat import check_file, format_table
+from loraflow.models.lora.tools import extract_lora, format_report, merge_loras, resize_lora
 
 
 def _family_name(name: Optional[str]) -> Optional[str]:
     if name is None:
         return None
-    from loraflow.models.families import get_family
 
     return get_family(name).name
 
@@ -64,8 +67,6 @@ def register(sub) -> None:
 
 
 def run_resize(args: argparse.Namespace) -> int:
-    from loraflow.models.lora.tools import format_report, resize_lora
-
     options = ResizeOptions.from_cli(args)
     rows = resize_lora(args.input, args.output, rank=options.rank, energy=options.kept_energy,
                        family=_family_name(options.family), allow_pickle=options.allow_pickle)
@@ -99,7 +100,6 @@ def run_merge(args: argparse.Namespace) -> int:
         return 0
     if options.rank is None:
         raise InputError("lora merge: give --base CHECKPOINT (merge into a model) or --rank N (merge into one LoRA)")
-    from loraflow.models.lora.tools import format_report, merge_loras
 
     rows = merge_loras(loras, args.output, rank=options.rank, family=_family_name(options.family),
                        allow_pickle=options.allow_pickle)
@@ -110,8 +110,6 @@ def run_merge(args: argparse.Namespace) -> int:
 
 
 def run_extract(args: argparse.Namespace) -> int:
-    from loraflow.models.loading import load_pipeline
-    from loraflow.models.lora.tools import extract_lora, format_report
 
     options = ExtractOptions.from_cli(args)
     base = load_pipeline(args.base, dtype="float32", device="cpu", allow_pickle=options.allow_pickle)
@@ -122,7 +120,6 @@ def run_extract(args: argparse.Namespace) -> int:
                         components=components, min_diff=options.min_diff)
     print(format_report(rows, 20))
     print(f"wrote {args.output}")
-    from loraflow.models.lora.compat import check_file, format_table
 
     print(format_table(check_file(args.output, family=base.family.name, pipe=base.pipe)))
     return 0
@@ -147,8 +144,6 @@ def register_check(sub) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from loraflow.models.lora.compat import check_file, format_table
-
     options = CheckOptions.from_cli(args)
     pipe, family = None, _family_name(options.family)
     if options.model:
@@ -165,7 +160,6 @@ def run_check(args: argparse.Namespace) -> int:
 def check_after_export(path, family: Optional[str]) -> None:
     """The key check, run after convert / merge / resize; printed and stored in the file."""
     from loraflow.errors import InputError
-    from loraflow.models.lora.compat import check_file, format_table
 
     try:
         print(format_table(check_file(path, family=family)))

@@ -4,6 +4,7 @@ VAEDecode -> SaveImage), in API format (for POST /prompt) and UI format (to open
 from __future__ import annotations
 
 from pathlib import Path
+from loraflow.atomic import atomic_write_text
 
 
 def api_workflow(ckpt_name: str, lora_name: str | None, prompt: str, negative_prompt: str = "", *,
@@ -83,8 +84,6 @@ def ui_workflow(api: dict) -> dict:
 def export_workflow(out: str | Path, lora: str | None, prompt: str, model: str, **kwargs) -> list[Path]:
     """Write OUT (API format) and OUT with `.ui.json` (UI format); returns both paths."""
     import json
-
-    from loraflow.atomic import atomic_write_text
 
     api = api_workflow(model, Path(lora).name if lora else None, prompt, **kwargs)
     out = Path(out)

@@ -28,6 +28,8 @@ from loraflow.serve import store as st
 from loraflow.serve.limits import parse_json
 from loraflow.serve.paths import NotFound, PathRefused, safe_join
 from loraflow.serve.validation import Invalid
+from loraflow.atomic import atomic_path
+from loraflow.errors import InputError
 
 COMFY_EVENTS = ("execution_start", "execution_cached", "executing", "progress", "executed", "execution_success",
                 "execution_error", "execution_interrupted")
@@ -300,9 +302,6 @@ def _converted_type(preview: str | None, channel: str | None) -> str:
 def _save_upload(state, data: bytes, filename: str, subfolder: str, overwrite: bool) -> str:
     """Check the bytes are one image of an allowed format and size (Pillow), then store them."""
     from PIL import Image, UnidentifiedImageError
-
-    from loraflow.atomic import atomic_path
-    from loraflow.errors import InputError
 
     try:
         with Image.open(io.BytesIO(data)) as im:
