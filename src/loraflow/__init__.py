@@ -63,8 +63,9 @@ _API = {
     "Images": "loraflow.api",
     "Storyboard": "loraflow.api",
 }
-# subpackages that are also called: `loraflow.train(...)`, `loraflow.score(...)` (see callable_package)
-_PACKAGES = ("data", "train", "score", "errors")
+# subpackages that are also called: `loraflow.train(...)`, `loraflow.score(...)`, `loraflow.plan(...)`
+# (see callable_package)
+_PACKAGES = ("data", "train", "score", "plan", "errors")
 
 
 def __getattr__(name: str):

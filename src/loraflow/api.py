@@ -32,7 +32,7 @@ from loraflow.generate.session import GenerationSession, save_results
 from loraflow.generate.storyboard import load_story, run_storyboard
 from loraflow.models.loading import DEMO
 
-__all__ = ["load", "storyboard", "Session", "Images", "Storyboard"]
+__all__ = ["load", "storyboard", "plan", "Session", "Images", "Storyboard"]
 
 LoraArg = str | Path | tuple[str | Path, float]
 
@@ -235,3 +235,31 @@ def _story_model(story: str | Path | dict | Story) -> str | None:
     if isinstance(story, (str, Path)):
         return load_story(story).model
     return story.model if isinstance(story, Story) else (story or {}).get("model")
+
+
+def plan(command: str = "train", config: str | Path | dict | None = None, *, gpu: str = "RTX 4090",
+         vram: float | None = None, efficiency: float | None = None, **options: Any):
+    """Full-size peak device memory (by category), FLOPs and step time of a run, planned on the meta
+    device without a GPU or weights: `loraflow plan COMMAND`. `command` is "train", "generate" or
+    "storyboard" (then `story=` names the story file); `config` a config file or dict of that
+    command; `options` its options; `gpu` a card name or a size in GiB; `vram` picks the fastest
+    low-VRAM modes that fit. Returns the `Plan` (`.peak_bytes`, `.by_category`, `.fits`, `.to_dict()`)."""
+    from loraflow.plan.cli import (plan_generate_config, plan_storyboard_config, plan_train_config,
+                                   with_gpu)
+    from loraflow.plan.gpus import find_gpu
+
+    find_gpu(gpu)  # an unknown name fails before the planning
+    data = config if isinstance(config, dict) or config is None else None
+    if command == "train":
+        from loraflow.train.api import train_config
+
+        result = plan_train_config(train_config(config, **({"vram": vram} if vram is not None else {}), **options))
+    elif command == "generate":
+        base = GenerateConfig.from_file(config) if data is None else GenerateConfig.from_dict(data or {}, "plan")
+        result = plan_generate_config(base.merged(options, "plan") if options else base, vram)
+    elif command == "storyboard":
+        base = StoryboardConfig.from_file(config) if data is None else StoryboardConfig.from_dict(data or {}, "plan")
+        result = plan_storyboard_config(base.merged(options, "plan") if options else base, vram)
+    else:
+        raise ConfigError(f"plan: command '{command}' is not one of: train, generate, storyboard")
+    return with_gpu(result, gpu, efficiency)

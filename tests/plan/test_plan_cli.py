@@ -37,3 +37,24 @@ def test_plan_that_fits_no_mode_is_one_line(capsys):
     assert main(["plan", "generate", "--model", "tiny:sd15", "--height", "64", "--width", "64", "--vram", "0.5"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: plan: no low-VRAM mode set fits") and "\n" not in err
+
+
+def test_python_api_plan_equals_the_command(capsys):
+    """`loraflow.plan(...)` runs the command's planner: the same JSON for the same options."""
+    import loraflow
+    from loraflow.errors import ConfigError
+
+    assert main(["plan", "train", "--model", "tiny:sd15", "--resolution", "64", "--gpu", "T4", "--json"]) == 0
+    command = json.loads(capsys.readouterr().out)
+    plan = loraflow.plan("train", model="tiny:sd15", resolution=64, gpu="T4")
+    assert plan.to_dict() == command
+    generate = loraflow.plan("generate", {"model": "tiny:sd15", "height": 64, "width": 64}, gpu="T4")
+    assert generate.peak_bytes == max(p.peak_bytes for p in generate.phases) and generate.fits
+    for bad, key in ((dict(command="fly"), "command"), (dict(gpu="RTX 9090"), "gpu"),
+                     (dict(command="train", resolution="big"), "resolution")):
+        try:
+            loraflow.plan(**bad)
+        except ConfigError as e:
+            assert key in str(e) and "\n" not in str(e)
+        else:
+            raise AssertionError(f"{bad} was accepted")

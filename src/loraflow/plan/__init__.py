@@ -8,4 +8,9 @@ themselves live with what they plan, so each runs its own layer's real code: `tr
 (one training step through train's setup, objective and optimizer; `train/fit.py` stops a CUDA run
 that would not fit) and `generate/plan.py` (one denoising step plus VAE decode). `plan/cli.py` is
 the command's thin shell on top.
+
+The package is also called: `loraflow.plan("train", config, gpu="RTX 4090")` is `loraflow.api.plan`.
 """
+from loraflow import callable_package
+
+callable_package(__name__, "loraflow.api", "plan")

@@ -48,59 +48,81 @@ def register(subparsers) -> None:
 
 
 def _finish(plan, args) -> int:
-    from loraflow.plan.gpus import find_gpu
     from loraflow.plan.report import format_plan
 
-    plan.gpu = find_gpu(args.gpu)
-    if args.efficiency is not None:
-        plan.efficiency = args.efficiency
+    plan = with_gpu(plan, args.gpu, args.efficiency)
     print(json.dumps(plan.to_dict(), indent=2) if args.json else format_plan(plan))
     return 0
 
 
-def run_train(args: argparse.Namespace) -> int:
+def with_gpu(plan, gpu: str = DEFAULT_GPU, efficiency: float | None = None):
+    """`plan` timed and fitted against `gpu` (a name or a size in GiB)."""
     from loraflow.plan.gpus import find_gpu
-    from loraflow.plan.modes import TRAIN_STEPS, budget_from_vram, choose, flags
-    from loraflow.train.plan import plan_train
-    from loraflow.train.config import TrainConfig
 
-    find_gpu(args.gpu)  # an unknown name fails before minutes of planning
-    config = TrainConfig.from_cli(args, args.config)
-    if config.vram is None:
-        return _finish(plan_train(config), args)
-    config, plan, changes = choose(config, budget_from_vram(config.vram), plan_train, TRAIN_STEPS)
-    plan.notes.insert(0, f"modes chosen for --vram {config.vram:g}: {flags(changes) or 'none needed'}")
-    return _finish(plan, args)
-
-
-def _plan_generate(config, args):
-    from loraflow.generate.plan import plan_generate
-    from loraflow.plan.gpus import find_gpu
-    from loraflow.plan.modes import GENERATE_STEPS, budget_from_vram, choose, flags
-
-    find_gpu(args.gpu)
-    if args.vram is None:
-        return plan_generate(config)
-    config, plan, changes = choose(config, budget_from_vram(args.vram), plan_generate, GENERATE_STEPS)
-    plan.notes.insert(0, f"modes chosen for --vram {args.vram:g}: {flags(changes) or 'none needed'}")
+    plan.gpu = find_gpu(gpu)
+    if efficiency is not None:
+        plan.efficiency = efficiency
     return plan
 
 
-def run_generate(args: argparse.Namespace) -> int:
-    from loraflow.generate.options import GenerateConfig
+def plan_train_config(config):
+    """The plan of `loraflow train` with `config`; with `config.vram`, of the fastest modes that fit it."""
+    from loraflow.plan.modes import TRAIN_STEPS, budget_from_vram, choose, flags
+    from loraflow.train.plan import plan_train
 
-    return _finish(_plan_generate(GenerateConfig.from_cli(args, args.config), args), args)
+    if config.vram is None:
+        return plan_train(config)
+    config, plan, changes = choose(config, budget_from_vram(config.vram), plan_train, TRAIN_STEPS)
+    plan.notes.insert(0, f"modes chosen for --vram {config.vram:g}: {flags(changes) or 'none needed'}")
+    return plan
 
 
-def run_storyboard(args: argparse.Namespace) -> int:
-    from loraflow.generate.storyboard import StoryboardConfig, load_story, scene_configs
+def plan_generate_config(config, vram: float | None = None):
+    """The plan of `loraflow generate` with `config`; with `vram`, of the fastest modes that fit it."""
+    from loraflow.generate.plan import plan_generate
+    from loraflow.plan.modes import GENERATE_STEPS, budget_from_vram, choose, flags
 
-    cfg = StoryboardConfig.from_cli(args, None, story=args.story)
+    if vram is None:
+        return plan_generate(config)
+    config, plan, changes = choose(config, budget_from_vram(vram), plan_generate, GENERATE_STEPS)
+    plan.notes.insert(0, f"modes chosen for --vram {vram:g}: {flags(changes) or 'none needed'}")
+    return plan
+
+
+def plan_storyboard_config(cfg, vram: float | None = None):
+    """The plan of `loraflow storyboard`: its largest scene, on the one loaded model."""
+    from loraflow.generate.storyboard import load_story, scene_configs
+
     scenes = scene_configs(load_story(cfg.story), cfg)
     largest = max(scenes, key=lambda c: (c.height or 0) * (c.width or 0) * c.batch_size)
     largest = largest.model_copy(update={"batch_size": cfg.batch_size, "offload": cfg.offload,
                                          "vae_tiling": cfg.vae_tiling})
-    plan = _plan_generate(largest, args)
+    plan = plan_generate_config(largest, vram)
     plan.command = "storyboard"
     plan.notes.append(f"the largest of {len(scenes)} scenes; every scene runs on the same loaded model")
-    return _finish(plan, args)
+    return plan
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from loraflow.plan.gpus import find_gpu
+    from loraflow.train.config import TrainConfig
+
+    find_gpu(args.gpu)  # an unknown name fails before minutes of planning
+    return _finish(plan_train_config(TrainConfig.from_cli(args, args.config)), args)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from loraflow.generate.options import GenerateConfig
+    from loraflow.plan.gpus import find_gpu
+
+    find_gpu(args.gpu)
+    return _finish(plan_generate_config(GenerateConfig.from_cli(args, args.config), args.vram), args)
+
+
+def run_storyboard(args: argparse.Namespace) -> int:
+    from loraflow.generate.storyboard import StoryboardConfig
+    from loraflow.plan.gpus import find_gpu
+
+    find_gpu(args.gpu)
+    cfg = StoryboardConfig.from_cli(args, None, story=args.story)
+    return _finish(plan_storyboard_config(cfg, args.vram), args)
