@@ -237,7 +237,15 @@ def _plot(history, train_losses, best_step: int, path: Path) -> Path | None:
     ax.axvline(best_step, color="#c03030", linestyle="--", label=f"recommended: step {best_step}")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.legend()
+    handles = ax.get_legend_handles_labels()
+    measured = [e for e in history if e.effect is not None]
+    if measured:  # a different unit: its own axis on the right
+        right = ax.twinx()
+        right.plot([e.step for e in measured], [e.effect for e in measured], marker="s", color="#2a8a4a",
+                   linewidth=0.8, label="LoRA effect (relative)")
+        right.set_ylabel("LoRA effect")
+        handles = [a + b for a, b in zip(handles, right.get_legend_handles_labels())]
+    ax.legend(*handles)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
