@@ -23,6 +23,7 @@ def test_validation_scores_logged(tmp_path, tiny_clip_dir, head_files):
     result = train(dict(model="tiny:sdxl", dataset=str(tmp_path / "data"), output=str(tmp_path / "out"),
                         resolution=64, lora_rank=4, batch_size=2, max_steps=2, seed=0, device="cpu",
                         cache_dir=str(tmp_path / "cache"), validation_every=1, validation_steps=1,
+                        eval_every=1, eval_split=0.25,
                         validation_prompt=["a red square", "a (blue:1.2) square"],
                         validation_clip=str(tiny_clip_dir), validation_aesthetic=str(head_files["mlp"])))
     lines = [json.loads(line) for line in (result.output / "samples" / "scores.jsonl").read_text().splitlines()]
@@ -36,3 +37,11 @@ def test_validation_scores_logged(tmp_path, tiny_clip_dir, head_files):
         assert [i["clip"] for i in line["images"]] == pytest.approx(expected, abs=1e-3)
         assert line["validation/clip"] == pytest.approx(sum(expected) / 2, abs=1e-3)
         assert line["validation/aesthetic"] == sum(i["aesthetic"] for i in line["images"]) / 2
+    # the evaluation rows of steps 1 and 2 carry the same means (step 0 had no samples); resume keeps them
+    state = json.loads((result.output / "checkpoints" / "step-000002" / "state.json").read_text())
+    assert [(e["step"], e["scores"]) for e in state["evaluations"]] == [
+        (0, {}), *((line["step"], {"clip": line["validation/clip"], "aesthetic": line["validation/aesthetic"]})
+                   for line in lines)]
+    table = (result.output / "evaluation.md").read_text()
+    for line in lines:
+        assert f"| {line['validation/clip']:.4f} | {line['validation/aesthetic']:.4f} |" in table

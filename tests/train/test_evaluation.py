@@ -1,7 +1,9 @@
 """Held-out evaluation: deterministic numbers, the early-stop decision, the best checkpoint."""
 from __future__ import annotations
 
+import copy
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -38,10 +40,15 @@ def test_held_out_loss_is_identical_across_runs(tmp_path, shapes_dataset):
     first = train(config)
     second = train(dict(config, output=str(tmp_path / "again")))
     a, b = _evaluations(first.output, 4), _evaluations(second.output, 4)
-    assert [s for s, _ in a] == [0, 2, 4]  # step 0: the base model with the zero-initialised LoRA
+    assert [e["step"] for e in a] == [0, 2, 4]  # step 0: the base model with the zero-initialised LoRA
     assert a == b  # bit-identical floats through JSON
-    assert len({v for _, v in a}) == 3  # the weights changed, the inputs did not
-    assert "recommended" in (first.output / "evaluation.md").read_text()
+    assert len({e["loss"] for e in a}) == 3  # the weights changed, the inputs did not
+    # lora_B starts at zero: at step 0 the LoRA changes nothing; training moves it further and further
+    assert a[0]["effect"] == 0.0 and 0 < a[1]["effect"] < a[2]["effect"]
+    assert all(e["scores"] == {} for e in a)  # no validation images in this run
+    table = (first.output / "evaluation.md").read_text()
+    assert "recommended" in table and "LoRA effect" in table
+    assert f"| 4 | {a[2]['loss']:.5f} |" in table and f"| {a[2]['effect']:.5f} |" in table
     assert (first.output / "evaluation.png").is_file()
 
 
@@ -50,7 +57,7 @@ def test_early_stop_fires_and_keeps_the_best_lora(tmp_path, shapes_dataset, monk
     from loraflow.train.trainer import train
 
     curve = iter([4.0, 3.0, 2.0, 2.5, 2.6, 2.7, 2.8])  # evaluations at steps 0, 1, 2, ...: best at step 2
-    monkeypatch.setattr(evaluation.HeldOut, "loss", lambda self, *a: next(curve))
+    monkeypatch.setattr(evaluation.HeldOut, "measure", lambda self, *a: (next(curve), 0.0))
     held_out = make_shapes_dataset(tmp_path / "held_out", n=2, seed=5)  # the training data stays the same
     config = base_config(tmp_path, shapes_dataset, max_steps=8, eval_every=1, early_stop=2, learning_rate=1e-2,
                          eval_dataset=str(held_out))
@@ -65,6 +72,51 @@ def test_early_stop_fires_and_keeps_the_best_lora(tmp_path, shapes_dataset, monk
     assert best.keys() == ref.keys()
     for k in ref:
         assert torch.equal(best[k], ref[k]), k
+
+
+def test_lora_effect_equals_a_recomputation_with_lora_b_zeroed(tmp_path, shapes_dataset, monkeypatch):
+    """The effect column, recomputed by hand: the same UNet inputs through a copy of the trained UNet
+    whose lora_B weights are zeroed (the LoRA's delta is B @ A, so this is the base model)."""
+    from loraflow.train import evaluation
+    from loraflow.train.trainer import train
+
+    calls = []  # (unet, predict's arguments after the unet) of every held-out prediction
+
+    def recording(model, net, *args):
+        calls.append((model, net, args))
+        return predict(model, net, *args)
+
+    predict = evaluation.predict
+    monkeypatch.setattr(evaluation, "predict", recording)
+    config = base_config(tmp_path, shapes_dataset, max_steps=2, eval_every=2, eval_split=0.25, learning_rate=1e-2)
+    result = train(config)
+    last = _evaluations(result.output, 2)[-1]
+    assert last["step"] == 2 and last["effect"] > 0
+    lora_on = calls[-12::2]  # the last evaluation: 6 held-out images, each predicted with the LoRA on, then off
+    model, net, _ = lora_on[0]
+    base = copy.deepcopy(net).eval()
+    with torch.no_grad():
+        for name, p in base.named_parameters():
+            if "lora_B" in name:
+                p.zero_()
+        changed = total = 0.0
+        for _, _, args in lora_on:
+            on, off = predict(model, net, *args).float(), predict(model, base, *args).float()
+            changed += (on - off).square().sum().item()
+            total += off.square().sum().item()
+    assert last["effect"] == pytest.approx(math.sqrt(changed / total), rel=1e-5)
+
+
+def test_evaluations_resume_bit_equal(tmp_path, shapes_dataset):
+    from loraflow.train.trainer import train
+
+    config = base_config(tmp_path, shapes_dataset, max_steps=4, save_every=2, eval_every=2, eval_split=0.25,
+                         learning_rate=1e-2)
+    full = train(config)
+    resumed = train(dict(config, output=str(tmp_path / "resumed"),
+                         resume=str(full.output / "checkpoints" / "step-000002")))
+    assert _evaluations(resumed.output, 4) == _evaluations(full.output, 4)
+    assert (resumed.output / "evaluation.md").read_text() == (full.output / "evaluation.md").read_text()
 
 
 def test_held_out_items_are_never_trained_on(tmp_path, shapes_dataset):

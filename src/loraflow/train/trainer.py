@@ -32,7 +32,7 @@ from loraflow.train.fit import cuda_free_bytes, fit_train_config
 from loraflow.train import checkpoint, objective
 from loraflow.train.config import TrainConfig
 from loraflow.train.ema import LoraEMA
-from loraflow.train.evaluation import HeldOut, report
+from loraflow.train.evaluation import Evaluation, HeldOut, report
 from loraflow.train.export import write_outputs
 from loraflow.train.regularization import sample_weights
 from loraflow.train.precache import (all_cached, cache_roots, encoders_needed_in_loop, make_stores, precache,
@@ -235,17 +235,21 @@ def _validate_now(config, model, accelerator, step, logger) -> None:
 
 
 def _evaluate(step, config, data, model, unet, latents, texts, accelerator, held_out, logger, started) -> bool:
-    """Held-out loss at `step`; a new best is kept as NAME-best.safetensors. True: early stopping says stop."""
-    loss = held_out.loss(data, model, unet, latents, texts, accelerator)
-    logger.scalars({"eval/held_out_loss": loss}, step)
-    best = held_out.record(step, loss)
+    """Held-out loss and LoRA effect at `step` (+ the validation scores when samples were scored at this step);
+    a new best is kept as NAME-best.safetensors. True: early stopping says stop."""
+    loss, effect = held_out.measure(data, model, unet, latents, texts, accelerator)
+    logger.scalars({"eval/held_out_loss": loss, "eval/lora_effect": effect}, step)
+    # validation runs before the evaluation of the same step; only the main process scores (and saves)
+    last = logger.validations[-1] if logger.validations else None
+    scores = {k.split("/", 1)[1]: v for k, v in last[1].items()} if last and last[0] == step else {}
+    best = held_out.record(Evaluation(step, loss, effect, scores))
     if best and accelerator.is_main_process:
         write_outputs(config, model, data, accelerator, step, started, suffix="-best")
-    _say(accelerator, f"step {step}: held-out loss {loss:.5f}" + (" (best so far)" if best else ""))
+    _say(accelerator, f"step {step}: held-out loss {loss:.5f}, LoRA effect {effect:.5f}" + (" (best so far)" if best else ""))
     stop = held_out.should_stop()
     if stop:
         _say(accelerator, f"early stop: the held-out loss has not improved for {config.early_stop} evaluations "
-                          f"(best at step {held_out.best()[0]})")
+                          f"(best at step {held_out.best().step})")
     return stop
 
 
@@ -367,16 +371,21 @@ def train(config: TrainConfig | dict, progress: Callable[[int, int], None] | Non
             on_step(step, step_loss, lr_scheduler.get_last_lr()[0])
         if progress is not None:
             progress(step, steps)
-        if config.save_every and step % config.save_every == 0 and step < steps:
-            _save_checkpoint(config, model, accelerator, step, optimizer, lr_scheduler, data.plan, logger.losses,
-                             extras)
         if config.validation_every and step % config.validation_every == 0 and step < steps:
             _validate(config, model, accelerator, step, logger, ema)
-        if held_out is not None and held_out.due(step) and _evaluate(
-                step, config, data, model, unet, latents, texts, accelerator, held_out, logger, started):
+        # the last step's evaluation follows the last samples, after the loop
+        stop = held_out is not None and held_out.due(step) and step < steps and _evaluate(
+            step, config, data, model, unet, latents, texts, accelerator, held_out, logger, started)
+        # saved after this step's evaluation, so a resume from here has its row (and the run after stop saves)
+        if config.save_every and step % config.save_every == 0 and step < steps and not stop:
+            _save_checkpoint(config, model, accelerator, step, optimizer, lr_scheduler, data.plan, logger.losses,
+                             extras)
+        if stop:
             break
     loop_seconds, loop_cpu = time.time() - loop_started, time.process_time() - loop_cpu
-    if held_out is not None and (not held_out.history or held_out.history[-1][0] != step):
+    # the last samples before the last evaluation, so its row (and the final checkpoint) holds their scores
+    _validate(config, model, accelerator, step, logger, ema)
+    if held_out is not None and (not held_out.history or held_out.history[-1].step != step):
         _evaluate(step, config, data, model, unet, latents, texts, accelerator, held_out, logger, started)
     # 7. outputs
     _save_checkpoint(config, model, accelerator, step, optimizer, lr_scheduler, data.plan, logger.losses, extras)
@@ -395,8 +404,6 @@ def train(config: TrainConfig | dict, progress: Callable[[int, int], None] | Non
         if held_out is not None:
             table, result.evaluation, _ = report(held_out.history, logger.losses, output, f"{config.name}-best.safetensors")
             print(f"held-out evaluation ({result.evaluation}):\n{table}", flush=True)
-    _validate(config, model, accelerator, step, logger, ema)
-    if accelerator.is_main_process:  # after the last validation, so the plot shows it too
         result.learning_rates, result.validations = logger.learning_rates, logger.validations
         result.loss_figure, result.loss_curve = draw_loss_curve(
             logger.losses, output / "loss.png", logger.learning_rates, logger.validations)
