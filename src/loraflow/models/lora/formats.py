@@ -194,6 +194,19 @@ def peft_to_neutral(state_dict: dict[str, Any], adapter_metadata: dict[str, Any]
     return out, alphas_from_config(out, adapter_metadata, component, source)
 
 
+def to_neutral(fmt: str, state_dict: dict[str, Any], adapter_metadata: dict[str, Any] | None,
+               source: str = "LoRA") -> tuple[dict[str, Any], dict[str, float]] | None:
+    """Plain LoRA weights in a detected layout (`detect_lora_format`) -> (neutral state dict, alphas);
+    None for a layout that is not one of kohya / diffusers / peft (callers word their own error)."""
+    if fmt == "kohya":
+        return kohya_to_neutral(state_dict, source)
+    if fmt == "diffusers":
+        return diffusers_to_neutral(state_dict, adapter_metadata, source)
+    if fmt == "peft":
+        return peft_to_neutral(state_dict, adapter_metadata, "unet", source)
+    return None
+
+
 def canonical_module(component: str, name: str) -> str:
     """Text encoder paths keep CLIP's `text_model.` level, which transformers 5 flattens out of
     `CLIPTextModel` but every LoRA file (kohya, diffusers) still spells."""

@@ -98,15 +98,12 @@ def lora_from_state_dict(state_dict: dict[str, Any], metadata: dict[str, str] | 
     if fmt == "lycoris":
         alphas, adapters = lycoris.read_adapters(state_dict, adapter_meta, source)
         neutral = {}
-    elif fmt == "kohya":
-        neutral, alphas = formats.kohya_to_neutral(state_dict, source)
-    elif fmt == "diffusers":
-        neutral, alphas = formats.diffusers_to_neutral(state_dict, adapter_meta, source)
-    elif fmt == "peft":
-        neutral, alphas = formats.peft_to_neutral(state_dict, adapter_meta, "unet", source)
     else:
-        raise InputError(f"{source}: not a LoRA state dict (keys such as {', '.join(list(state_dict)[:3])}); "
-                         "expected kohya (lora_unet_...), diffusers (unet....lora_A.weight) or peft keys")
+        converted = formats.to_neutral(fmt, state_dict, adapter_meta, source)
+        if converted is None:
+            raise InputError(f"{source}: not a LoRA state dict (keys such as {', '.join(list(state_dict)[:3])}); "
+                             "expected kohya (lora_unet_...), diffusers (unet....lora_A.weight) or peft keys")
+        neutral, alphas = converted
     if not alphas:
         raise InputError(f"{source}: holds no LoRA modules")
     ranks = formats.module_ranks(neutral) if not adapters else {t: a.rank or 0 for t, a in adapters.items()}

@@ -192,13 +192,10 @@ def _parse_peft_dora(state_dict: dict[str, Any], adapter_metadata: dict[str, Any
     rest = {k: v for k, v in state_dict.items() if k not in magnitudes}
     fmt = formats.detect_lora_format(rest)
     meta = {k: v for k, v in (adapter_metadata or {}).items() if not k.endswith("use_dora")}
-    if fmt == "diffusers":
-        neutral, alphas = formats.diffusers_to_neutral(rest, meta, source)
-    elif fmt == "peft":
-        neutral, alphas = formats.peft_to_neutral(rest, meta, "unet", source)
-    else:
+    if fmt not in ("diffusers", "peft"):  # kohya DoRA files carry `dora_scale`, read elsewhere
         raise InputError(f"{source}: DoRA magnitudes beside keys that are not LoRA A/B weights "
                          f"(e.g. {', '.join(list(rest)[:2])})")
+    neutral, alphas = formats.to_neutral(fmt, rest, meta, source)
     by_target = {}
     for key, value in magnitudes.items():
         head = key.removeprefix("base_model.model.").split(marker)[0]
