@@ -40,3 +40,13 @@ def screenshot(page, tmp_path, name: str):
         os.makedirs(folder, exist_ok=True)
         shutil.copy(shot, folder)
     return shot
+
+
+def fill_generate_form(page, prompt: str, *, model: str = "tiny-sdxl", **fields: str) -> None:
+    """The Generate tab: pick `model`, type `prompt`, and fill each `#<name>` input with its value
+    (`num_inference_steps="2", seed="42"`, ...), once the model list has loaded."""
+    page.wait_for_function("document.querySelectorAll('#model option').length > 0")
+    page.select_option("#model", model)
+    page.fill("#prompt", prompt)
+    for name, value in fields.items():
+        page.fill(f"#{name}", value)

@@ -8,7 +8,7 @@ import httpx
 import pytest
 import yaml
 
-from browser_helpers import browse, needs_chromium, screenshot
+from browser_helpers import browse, fill_generate_form, needs_chromium, screenshot
 
 pytestmark = needs_chromium
 REPO = Path(__file__).resolve().parents[2]
@@ -22,16 +22,11 @@ def page(start_server):
 
 
 def test_generate_in_the_browser(page, tmp_path):
-    page.wait_for_function("document.querySelectorAll('#model option').length > 0")
-    page.select_option("#model", "tiny-sdxl")
-    page.fill("#prompt", "an orange cat")
-    page.fill("#negative_prompt", "blurry")
+    fill_generate_form(page, "an orange cat", negative_prompt="blurry", num_inference_steps="2",
+                       guidance_scale="5", width="64", height="64", seed="42")
     page.click("#add-lora")
     page.fill(".lora-row input.weight", "0.7")
     page.select_option("#scheduler", "DPM++ 2M Karras")
-    for field, value in (("#num_inference_steps", "2"), ("#guidance_scale", "5"), ("#width", "64"),
-                         ("#height", "64"), ("#seed", "42")):
-        page.fill(field, value)
     assert "denoising steps" in page.get_attribute("#num_inference_steps", "title")  # help from GenerateConfig
     page.click("#run")
     page.wait_for_selector("#gallery .card img", timeout=60_000)
@@ -46,16 +41,11 @@ def test_generate_in_the_browser(page, tmp_path):
 
 
 def test_send_to_generate_fills_the_form_from_the_infotext(page, tmp_path):
-    page.wait_for_function("document.querySelectorAll('#model option').length > 0")
-    page.select_option("#model", "tiny-sdxl")
-    page.fill("#prompt", "a blue star")
-    page.fill("#negative_prompt", "grey")
+    fill_generate_form(page, "a blue star", negative_prompt="grey", num_inference_steps="2",
+                       guidance_scale="3.5", width="64", height="72", seed="11")
     page.click("#add-lora")
     page.fill(".lora-row input.weight", "0.55")
     page.select_option("#scheduler", "Euler a")
-    for field, value in (("#num_inference_steps", "2"), ("#guidance_scale", "3.5"), ("#width", "64"),
-                         ("#height", "72"), ("#seed", "11")):
-        page.fill(field, value)
     page.click("#run")
     page.wait_for_selector("#gallery .card button.send", timeout=60_000)
     page.fill("#prompt", "")  # a different form, then the gallery card's parameters put back

@@ -11,7 +11,7 @@ import playwright.sync_api as sync_api
 import pytest
 from PIL import Image
 
-from browser_helpers import browse, needs_chromium, screenshot
+from browser_helpers import browse, fill_generate_form, needs_chromium, screenshot
 
 pytestmark = needs_chromium
 
@@ -33,11 +33,7 @@ def test_lora_list_shows_lora_info_and_adds_the_lora_with_its_weight(start_serve
         card.locator("button.use").click()
         screenshot(page, tmp_path, "loras")
         page.click("button[data-tab=generate]")
-        page.wait_for_function("document.querySelectorAll('#model option').length > 0")
-        page.select_option("#model", "tiny-sdxl")
-        page.fill("#prompt", "a red circle")
-        for field, value in (("#num_inference_steps", "2"), ("#width", "64"), ("#height", "64"), ("#seed", "1")):
-            page.fill(field, value)
+        fill_generate_form(page, "a red circle", num_inference_steps="2", width="64", height="64", seed="1")
         page.click("#run")
         page.wait_for_selector("#gallery .card pre", timeout=60_000)
         assert "<lora:style:0.6>" in page.inner_text("#gallery .card pre")
@@ -55,10 +51,7 @@ def test_reference_images_controlnet_img2img_and_a_drawn_mask(start_server, tmp_
         im.save(reference)
     with browse(url) as page:
         page.wait_for_function("document.querySelectorAll('#control-type option').length > 1")
-        page.select_option("#model", "tiny-sdxl")
-        page.fill("#prompt", "a black square")
-        for field, value in (("#num_inference_steps", "4"), ("#width", "64"), ("#height", "64"), ("#seed", "3")):
-            page.fill(field, value)
+        fill_generate_form(page, "a black square", num_inference_steps="4", width="64", height="64", seed="3")
         page.click("#reference summary")
         page.select_option("#control-type", "canny")
         page.select_option("#control-model", "tiny-cn")
