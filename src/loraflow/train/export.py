@@ -13,7 +13,6 @@ from collections import Counter
 from pathlib import Path
 
 from loraflow.train.config import TrainConfig
-from loraflow.models.hashing import model_weights_files, sha256_file
 from loraflow.models.lora.adapter_types import LYCORIS_TYPES, save_adapter
 from loraflow.models.lora.save import save_lora
 from loraflow.train.model_setup import lora_state_dicts
@@ -71,15 +70,6 @@ def training_metadata(config: TrainConfig, *, family: str, model_name: str, mode
     return meta
 
 
-def base_model_sha256(path: Path | None) -> str | None:
-    """SHA-256 of the base checkpoint file (a diffusers folder: its UNet weights, see models.hashing)."""
-    if path is None:
-        return None
-
-    files = model_weights_files(path)
-    return sha256_file(files[0]) if len(files) == 1 else None
-
-
 def save_lora_files(output: Path, name: str, unet_state: dict, te_states: dict, *, family: str, rank: int,
                     alpha: float, dtype, resolution: int, tag_freq: dict, metadata: dict[str, str],
                     with_diffusers: bool, lora_type: str = "lora") -> tuple[Path, Path | None]:
@@ -105,7 +95,7 @@ def write_outputs(config, model, data, accelerator, step, started, suffix: str =
     import torch
 
     unet_state, te_states = lora_state_dicts(model, accelerator.unwrap_model)
-    model_hash = base_model_sha256(model.path)
+    model_hash = model.base_sha256
     epochs = math.ceil(step * config.gradient_accumulation * accelerator.num_processes / data.plan.batches_per_epoch)
     meta = training_metadata(
         config, family=model.family.name, model_name=model.name, model_hash=model_hash, num_images=len(data.train_items),

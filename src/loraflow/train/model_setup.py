@@ -6,10 +6,12 @@ folder's files without loading weights (`identity_from_files`) or from the built
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loraflow.models.hashing import model_weights_files, sha256_file
 from loraflow.models.loading import vae_dtype
 from loraflow.train.config import TARGET_PRESETS, TEXT_ENCODER_PRESETS, TrainConfig
 from loraflow.models.families import FAMILIES, get_family
@@ -36,6 +38,15 @@ class TrainModel:
     @property
     def unet(self):
         return self.pipe.unet
+
+    @functools.cached_property
+    def base_sha256(self) -> str | None:
+        """SHA-256 of the base checkpoint file (a diffusers folder: its UNet weights, see
+        models.hashing), hashed once per run: every saved LoRA (best, EMA, final) records it."""
+        if self.path is None:
+            return None
+        files = model_weights_files(self.path)
+        return sha256_file(files[0]) if len(files) == 1 else None
 
     @property
     def vae(self):

@@ -9,7 +9,8 @@ from loraflow.train.config import TrainConfig
 from loraflow.train.buckets import crop_for
 
 
-def _say(accelerator, text: str) -> None:
+def say(accelerator, text: str) -> None:
+    """Print on the main process only (one line per run, not one per process)."""
     if accelerator.is_main_process:
         print(text, flush=True)
 
@@ -26,12 +27,12 @@ def cache_roots(config: TrainConfig, accelerator) -> tuple[Path | None, Path | N
     root = Path(config.cache_dir) if config.cache_dir else _default_cache_dir()
     latent_root = root if config.cache_latents else None
     if config.cache_latents and config.random_crop:
-        _say(accelerator, "note: latent caching is off because random_crop is on (every crop differs); "
+        say(accelerator, "note: latent caching is off because random_crop is on (every crop differs); "
                           "use center crop to cache latents (kohya does the same)")
         latent_root = None
     text_root = root if config.cache_text_embeds else None
     if config.cache_text_embeds and config.train_text_encoder:
-        _say(accelerator, "note: text-embedding caching is off because the text encoder trains")
+        say(accelerator, "note: text-embedding caching is off because the text encoder trains")
         text_root = None
     return latent_root, text_root
 

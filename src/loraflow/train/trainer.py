@@ -36,7 +36,7 @@ from loraflow.train.evaluation import Evaluation, HeldOut, report
 from loraflow.train.export import write_outputs
 from loraflow.train.regularization import sample_weights
 from loraflow.train.precache import (all_cached, cache_roots, encoders_needed_in_loop, make_stores, precache,
-                                     release_encoders)
+                                     release_encoders, say)
 from loraflow.atomic import atomic_write_text
 from loraflow.models.hashing import sha256_file
 from loraflow.models.loading import resolve_device
@@ -102,11 +102,6 @@ def _generator(seed: int, m: int):
 
     digest = hashlib.sha256(f"loraflow:{seed}:{m}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:7], "little"))
-
-
-def _say(accelerator, text: str) -> None:
-    if accelerator.is_main_process:
-        print(text, flush=True)
 
 
 def read_data(config: TrainConfig, text_cached: bool) -> RunData:
@@ -201,7 +196,7 @@ def _resume(config, model, accelerator, optimizer, lr_scheduler, extras) -> tupl
     for part in extras:
         if part is not None:
             part.load(state, meta, str(path))
-    _say(accelerator, f"resumed from {path} at step {meta['step']} (epoch {meta.get('epoch')})")
+    say(accelerator, f"resumed from {path} at step {meta['step']} (epoch {meta.get('epoch')})")
     return int(meta["step"]), [tuple(x) for x in meta.get("losses", [])]
 
 
@@ -229,7 +224,7 @@ def _validate_now(config, model, accelerator, step, logger) -> None:
                 model.scorer = Scorer.load(clip=config.validation_clip, aesthetic=config.validation_aesthetic,
                                            device=str(accelerator.device))
             means = score_validation(model.scorer, images, config.validation_prompt, step, out_dir)
-            _say(accelerator, "step %d validation: %s" % (step, ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in means.items())))
+            say(accelerator, "step %d validation: %s" % (step, ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in means.items())))
         logger.validated(step, means)
     accelerator.wait_for_everyone()
 
@@ -245,10 +240,10 @@ def _evaluate(step, config, data, model, unet, latents, texts, accelerator, held
     best = held_out.record(Evaluation(step, loss, effect, scores))
     if best and accelerator.is_main_process:
         write_outputs(config, model, data, accelerator, step, started, suffix="-best")
-    _say(accelerator, f"step {step}: held-out loss {loss:.5f}, LoRA effect {effect:.5f}" + (" (best so far)" if best else ""))
+    say(accelerator, f"step {step}: held-out loss {loss:.5f}, LoRA effect {effect:.5f}" + (" (best so far)" if best else ""))
     stop = held_out.should_stop()
     if stop:
-        _say(accelerator, f"early stop: the held-out loss has not improved for {config.early_stop} evaluations "
+        say(accelerator, f"early stop: the held-out loss has not improved for {config.early_stop} evaluations "
                           f"(best at step {held_out.best().step})")
     return stop
 
@@ -309,7 +304,7 @@ def train(config: TrainConfig | dict, progress: Callable[[int, int], None] | Non
     started = time.time()
     accelerator = setup_accelerator(config)
     # --vram picks low-VRAM modes; on CUDA a run that would spill into shared memory stops here
-    config = fit_train_config(config, str(accelerator.device), lambda text: _say(accelerator, text),
+    config = fit_train_config(config, str(accelerator.device), lambda text: say(accelerator, text),
                               free_bytes=cuda_free_bytes(str(accelerator.device)))
     output = Path(config.output)
     if accelerator.is_main_process:
@@ -322,7 +317,7 @@ def train(config: TrainConfig | dict, progress: Callable[[int, int], None] | Non
     data = read_data(config, text_cached=roots[1] is not None)
     world, accum = accelerator.num_processes, config.gradient_accumulation
     steps = total_steps(config, data, world)
-    _say(accelerator, f"{len(data.train_items)} images ({data.summary()}), {data.plan.batches_per_epoch} batches/epoch in "
+    say(accelerator, f"{len(data.train_items)} images ({data.summary()}), {data.plan.batches_per_epoch} batches/epoch in "
                       f"{len(set(data.plan.item_buckets))} bucket(s); {steps} steps x {accum} accumulation x {world} process(es)")
     # 3. caches and model: a warm cache means the VAE and text encoders are never loaded
     identity = identity_from_files(config)  # None: only known once the model is built (tiny, single file)
@@ -333,7 +328,7 @@ def train(config: TrainConfig | dict, progress: Callable[[int, int], None] | Non
     latents, texts = stores or make_stores(identity_of(model), *roots)
     # 4. fill the caches (a warm run has read every entry already)
     if warm:
-        _say(accelerator, "every latent and caption embedding is cached: VAE and text encoders not loaded")
+        say(accelerator, "every latent and caption embedding is cached: VAE and text encoders not loaded")
         accelerator.wait_for_everyone()  # the barrier precache has, for processes that did not find it warm
     else:
         latents.vae, texts.pipe = model.vae, model.pipe
