@@ -72,7 +72,7 @@ MUTATIONS = (
              "if path != base and base not in path.parents:", "if False:",
              ("tests/serve/test_symlinks.py",)),
     Mutation("comfy_cache", "ComfyUI cache ignores a LoRA file's change on disk", "serve/comfy/executor.py",
-             "    stat = p.stat()", "    return [str(p)]  # the file's state left out of the key\n    stat = p.stat()",
+             "    return [str(p), *file_stamp(p)]", "    return [str(p)]  # the file's state left out of the key",
              ("tests/serve/test_workflow.py::test_overwritten_lora_file_reruns_the_lora_node_and_changes_the_image",)),
     Mutation("pickle", "LoRA .pt read with weights_only=False under --allow-pickle", "models/pickle_files.py",
              'state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)',

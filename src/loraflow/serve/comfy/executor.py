@@ -17,6 +17,7 @@ import traceback
 from pathlib import Path
 
 from loraflow.errors import LoraflowError
+from loraflow.generate.session import file_stamp
 from loraflow.serve.comfy.graph import is_link, normalize, topological_order
 from loraflow.serve.comfy.nodes import NODES
 from loraflow.serve.cancel import cancel_points_in
@@ -136,7 +137,7 @@ def _file_stamp(paths, kind: str, name: str):
         return str(path)
     if p.is_dir():
         files = [f for f in p.rglob("*") if f.is_file()]
-        return [str(p), [(f.name, f.stat().st_size, f.stat().st_mtime_ns, f.stat().st_ino) for f in sorted(files)]]
-    stat = p.stat()  # rewritten in place: size or mtime changes; replaced by rename: the inode does
-    return [str(p), stat.st_size, stat.st_mtime_ns, stat.st_ino]
+        return [str(p), [(f.name, *file_stamp(f)) for f in sorted(files)]]
+    # rewritten in place: size or mtime changes; replaced by rename: the inode does
+    return [str(p), *file_stamp(p)]
 
