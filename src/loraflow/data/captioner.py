@@ -22,6 +22,7 @@ from pathlib import Path
 from PIL import Image
 
 from loraflow.errors import ConfigError
+from loraflow.models.loading import resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +90,11 @@ class Captioner:
         if style is None:
             raise ConfigError(f"hf_img2seq '{path}': a '{model_type}' model is not a captioner loraflow knows "
                               "(BLIP, BLIP-2, InstructBLIP, Florence-2, or a chat VLM with a chat template such as Qwen2-VL)")
-        if language != "en" and style != "chat":
+        if style != "chat":  # BLIP-class and Florence-2 write English only: any other language is refused
             check_language(folder, language, "hf_img2seq")
-            raise ConfigError(f"hf_img2seq '{path}': language '{language}' needs a chat VLM with a chat template")
         auto = getattr(transformers, "AutoModelForImageTextToText", None) or transformers.AutoModelForVision2Seq
-        device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-        dtype = torch.float16 if device.startswith("cuda") else torch.float32
+        device = resolve_device(device)
+        dtype = resolve_dtype("auto", device)
         # transformers >= 4.56 calls it `dtype`; float32 (CPU) is every version's default
         new_kw = Version(transformers.__version__) >= Version("4.56")
         dtype_kw = {} if dtype == torch.float32 else {"dtype" if new_kw else "torch_dtype": dtype}
