@@ -21,13 +21,12 @@ from typing import Any
 
 from loraflow.atomic import atomic_save_safetensors
 from loraflow.errors import InputError
-from loraflow.models.lora import formats, kohya_keys
+from loraflow.models.lora import formats, kohya_keys, lycoris
 from loraflow.models.lora.metadata import sshs_hashes, training_metadata
 
 LORA_TYPES = ("lora", "locon", "loha", "lokr", "dora")
 LYCORIS_TYPES = ("loha", "lokr", "dora")  # written with LyCORIS keys (no diffusers/peft twin)
-_SUFFIXES = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2", "lokr_w1", "lokr_w1_a",
-             "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2")
+_SUFFIXES = lycoris.LOHA_KEYS + lycoris.LOKR_KEYS  # the LyCORIS key names the loader reads
 
 
 def peft_config(lora_type: str, rank: int, alpha: float, targets):

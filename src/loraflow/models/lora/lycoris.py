@@ -37,11 +37,11 @@ from loraflow.errors import InputError
 from loraflow.models.lora import formats, kohya_keys
 
 _LORA = ("lora_up.weight", "lora_down.weight", "lora_mid.weight")
-_LOHA = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2")
-_LOKR = ("lokr_w1", "lokr_w2", "lokr_w1_a", "lokr_w1_b", "lokr_w2_a", "lokr_w2_b", "lokr_t2")
+LOHA_KEYS = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2")
+LOKR_KEYS = ("lokr_w1", "lokr_w2", "lokr_w1_a", "lokr_w1_b", "lokr_w2_a", "lokr_w2_b", "lokr_t2")
 _DIFF = ("diff", "diff_b")
 _COMMON = ("alpha", "dora_scale")
-KNOWN_SUFFIXES = frozenset(_LORA + _LOHA + _LOKR + _DIFF + _COMMON)
+KNOWN_SUFFIXES = frozenset(_LORA + LOHA_KEYS + LOKR_KEYS + _DIFF + _COMMON)
 _KOHYA_PREFIXES = formats._KOHYA_PREFIXES  # one list of kohya module-name prefixes
 SUPPORTED = "LoRA/LoCon (lora_up/down/mid), LoHa (hada_*), LoKr (lokr_*), DoRA (dora_scale), full (diff, diff_b)"
 _EPS = 1.1920928955078125e-07  # torch.finfo(torch.float32).eps, as ComfyUI and LyCORIS add to the norm
@@ -211,7 +211,7 @@ def _parse_peft_dora(state_dict: dict[str, Any], adapter_metadata: dict[str, Any
 
 def _adapter(name: str, parts: dict[str, Any], source: str) -> Adapter:
     alpha = float(parts["alpha"].item()) if "alpha" in parts else None
-    kinds = [kind for kind, suffixes in (("lora", _LORA), ("loha", _LOHA), ("lokr", _LOKR), ("diff", _DIFF))
+    kinds = [kind for kind, suffixes in (("lora", _LORA), ("loha", LOHA_KEYS), ("lokr", LOKR_KEYS), ("diff", _DIFF))
              if any(s in parts for s in suffixes)]
     if len(kinds) != 1:
         raise InputError(f"{source}: module '{name}' has {' and '.join(kinds) or 'no'} adapter weights "
