@@ -133,7 +133,6 @@ def _sgm(module: str, layout) -> str | None:
 def comfyui_keys(modules, layout) -> dict[str, str]:
     """File module name -> target, as ComfyUI maps them."""
     out: dict[str, str] = {}
-    has_te2 = any(m.startswith("text_encoder_2.") for m in modules)
     for target in modules:
         component, _, name = target.partition(".")
         if component == "unet":
@@ -152,8 +151,6 @@ def comfyui_keys(modules, layout) -> dict[str, str]:
         kohya = f"text_model_encoder_layers_{match.group(1)}_{match.group(2).replace('.', '_')}"
         prefixes = ("lora_te2_",) if component == "text_encoder_2" else \
             ("lora_te_", "lora_te1_") if component == "text_encoder" else ()
-        if component == "text_encoder_2" and not has_te2:
-            continue
         for prefix in prefixes:
             out[prefix + kohya] = target
         out[f"{component}.{name}"] = target
