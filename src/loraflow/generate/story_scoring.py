@@ -177,8 +177,6 @@ def repair(session, items, results: list, scores: list[dict], out: Path, cfg, pa
     A panel keeps its best picture; the others are not touched (their files stay byte-identical). A panel
     that is a character's anchor (its first appearance, without references) is left alone: the other
     panels' identity was measured against it."""
-    from loraflow.generate.session import save_results
-
     anchors = {int(a.split("-")[1]) - 1 for a in panels.anchored_by.values() if a.startswith("scene-")}
     used, report = 0, []
     for k, s in enumerate(scores):
