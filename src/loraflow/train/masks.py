@@ -15,6 +15,7 @@ from pathlib import Path
 
 from loraflow.errors import InputError
 from loraflow.train.buckets import Crop
+from loraflow.train.images import image_size
 
 ALPHA = "alpha"  # mask source: the image's own alpha channel
 
@@ -48,8 +49,7 @@ def _open_mask(image_path: Path, source: Path | str):
         mask = image.convert("L")
     except (OSError, ValueError) as e:
         raise InputError(f"{path}: cannot read mask: {e}") from None
-    with Image.open(image_path) as original:
-        size = ImageOps.exif_transpose(original).size
+    size = image_size(image_path)  # displayed (EXIF-rotated) size, from the header: no second decode
     if mask.size != size:
         raise InputError(f"{path}: mask is {mask.size[0]}x{mask.size[1]}, its image {image_path.name} is "
                          f"{size[0]}x{size[1]}; a mask must have its image's size")
