@@ -107,3 +107,20 @@ def test_training_on_fully_masked_images_learns_nothing(tmp_path, shapes_dataset
     state = load_file(result.output / "checkpoints" / "step-000002" / "lora.safetensors")
     ups = [k for k in state if "lora_B" in k]
     assert ups and all(torch.count_nonzero(state[k]) == 0 for k in ups)
+
+
+def test_a_mask_of_another_size_is_a_one_line_error(tmp_path):
+    """The size compared is the image's displayed one: an EXIF-rotated 40x24 photo shows 24x40."""
+    from loraflow.errors import InputError
+
+    photo = Image.new("RGB", (40, 24), "white")
+    exif = photo.getexif()
+    exif[0x0112] = 6  # "display rotated by 90 degrees"
+    photo.save(tmp_path / "p.jpg", exif=exif)
+    Image.new("L", (24, 40), 255).save(tmp_path / "p_mask.png")  # the displayed size: accepted
+    Image.new("L", (40, 24), 255).save(tmp_path / "q_mask.png")  # the stored size: refused
+    crop = crop_for((24, 40), (24, 40), True, False, None)
+    assert load_mask(tmp_path / "p.jpg", tmp_path / "p_mask.png", crop).shape == (1, 40, 24)
+    with pytest.raises(InputError) as e:
+        load_mask(tmp_path / "p.jpg", tmp_path / "q_mask.png", crop)
+    assert "mask is 40x24, its image p.jpg is 24x40" in str(e.value) and "\n" not in str(e.value)
