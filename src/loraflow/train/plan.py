@@ -2,7 +2,7 @@
 
     1. build the VAE and text encoders at full size in the run's dtypes (weights)
     2. cache pass: VAE encode of one batch, one caption through every text encoder on the device
-    3. encoders the loop does not need are released, as `trainer._release_encoders` does
+    3. encoders the loop does not need are released, as `precache.release_encoders` does
     4. the UNet arrives (model_setup keeps it on the CPU until accelerator.prepare), then
        `prepare_unet` — the training's own fp8 storage / LoRA / checkpointing setup
     5. optimizer state exists (a first step has been taken), then one optimizer step is measured:
@@ -26,6 +26,7 @@ from loraflow.plan.architecture import resolve_architecture
 from loraflow.plan.cuda_rules import cuda_rules
 from loraflow.train.model_setup import TrainModel, WEIGHT_DTYPES, prepare_unet, vae_dtype
 from loraflow.train.optim import make_optimizer
+from loraflow.train.precache import caches_on
 
 
 @dataclass(frozen=True)
@@ -39,10 +40,9 @@ class Workload:
 
     @classmethod
     def from_config(cls, config: TrainConfig) -> "Workload":
-        vae_in_loop = not config.cache_latents or config.random_crop
-        text_in_loop = not config.cache_text_embeds or config.train_text_encoder
-        resident = vae_in_loop or text_in_loop or bool(config.validation_prompt)  # trainer.encoders_needed_in_loop
-        return cls(vae_in_loop, text_in_loop, resident)
+        latents_on, texts_on = caches_on(config)
+        # as precache.encoders_needed_in_loop: uncached inputs or sample images keep the encoders
+        return cls(not latents_on, not texts_on, not (latents_on and texts_on) or bool(config.validation_prompt))
 
 
 def memory_settings(config: TrainConfig) -> dict:

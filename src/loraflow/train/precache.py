@@ -22,19 +22,23 @@ def _default_cache_dir() -> Path:
     return Path(base) / "loraflow" / "train"
 
 
+def caches_on(config: TrainConfig) -> tuple[bool, bool]:
+    """(latents cached, text embeddings cached): random crops differ every time and a training text
+    encoder changes its outputs, so either turns its cache off whatever the config asks."""
+    return (config.cache_latents and not config.random_crop,
+            config.cache_text_embeds and not config.train_text_encoder)
+
+
 def cache_roots(config: TrainConfig, accelerator) -> tuple[Path | None, Path | None]:
     """Latent and text cache folders; None where a cache is off, and a note why."""
     root = Path(config.cache_dir) if config.cache_dir else _default_cache_dir()
-    latent_root = root if config.cache_latents else None
-    if config.cache_latents and config.random_crop:
+    latents_on, texts_on = caches_on(config)
+    if config.cache_latents and not latents_on:
         say(accelerator, "note: latent caching is off because random_crop is on (every crop differs); "
                           "use center crop to cache latents (kohya does the same)")
-        latent_root = None
-    text_root = root if config.cache_text_embeds else None
-    if config.cache_text_embeds and config.train_text_encoder:
+    if config.cache_text_embeds and not texts_on:
         say(accelerator, "note: text-embedding caching is off because the text encoder trains")
-        text_root = None
-    return latent_root, text_root
+    return root if latents_on else None, root if texts_on else None
 
 
 def make_stores(identity, latent_root: Path | None, text_root: Path | None):
