@@ -176,7 +176,7 @@ class Session:
         with progress_for(progress, "generate") as update:
             results = self.pipeline.generate(config, progress=update)
         images = Images(results)
-        if "out" in options or "output" in options or "output_dir" in options:
+        if "out" in {GenerateConfig.alias_map().get(k, k) for k in options}:  # `out` or any of its aliases
             images.save(config.out)
         return images
 
