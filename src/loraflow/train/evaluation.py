@@ -182,17 +182,17 @@ class HeldOut:
         return bool(self.config.early_stop) and should_stop([e.loss for e in self.history], self.config.early_stop)
 
     def best(self) -> Evaluation | None:
-        return min(self.history, key=lambda e: (e.loss, e.step)) if self.history else None
+        return best_of(self.history) if self.history else None
 
 
-def best_of(history: list[Evaluation]) -> int:
-    """The recommended step: the lowest held-out loss, the earliest on ties."""
-    return min(history, key=lambda e: (e.loss, e.step)).step
+def best_of(history: list[Evaluation]) -> Evaluation:
+    """The recommended evaluation: the lowest held-out loss, the earliest on ties."""
+    return min(history, key=lambda e: (e.loss, e.step))
 
 
 def table_rows(history: list[Evaluation], train_losses: list[tuple[int, float]], best_file: str) -> list[list[str]]:
     """The table's cells, one list per evaluation (see HEADER); an empty cell: not measured at that step."""
-    best_step = best_of(history)
+    best_step = best_of(history).step
     rows, previous = [], 0
     for e in history:
         window = [v for s, v in train_losses if previous < s <= e.step and math.isfinite(v)]
@@ -215,7 +215,7 @@ def report(history: list[Evaluation], train_losses: list[tuple[int, float]], out
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(history, train_losses, best_file)]
     table = "\n".join(lines) + "\n"
     path = atomic_write_text(output / "evaluation.md", f"# Held-out evaluation\n\n{table}")
-    return table, path, _plot(history, train_losses, best_of(history), output / "evaluation.png")
+    return table, path, _plot(history, train_losses, best_of(history).step, output / "evaluation.png")
 
 
 
