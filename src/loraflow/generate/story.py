@@ -8,11 +8,14 @@ scenes -> one `GenerateConfig` per scene. Only parsing and planning; `storyboard
     loras: [models/anime.safetensors:0.8]
     grid: {columns: 2, width: 1024, height: 2048, captions: true}
     controlnets: {canny: models/controlnet-canny}   # weights per control type (optional)
+    characters: [{name: kitten, description: ...}]   # a cast: see cast.py
     scenes:
       - {title: 现代小猫玩耍, prompt: "现代风格,一只橘色的小猫..."}
       - title: 小猫穿越
         prompt: "..."
         control: [{type: canny, image: "@previous", scale: 0.6}]  # keep the last panel's layout
+      - prompt: "两只动物在花园里玩耍"
+        regions: {kitten: left, puppy: right}     # each character's words act only in its region
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from loraflow.errors import ConfigError
 from loraflow.generate.cast import Character, PanelCast, cast_problem, resolve_cast
 from loraflow.generate.control.units import PREVIOUS, ControlUnit, parse_units
 from loraflow.generate.options import GenerateConfig, ModelOptions, SamplingOptions
+from loraflow.generate.regions import RegionPrompt, mask_problem
 
 
 MAX_GRID_SIDE = 16384  # pixels; a 16384² RGB grid is 768 MB, a 100000² one would need 28 GB
@@ -44,6 +48,8 @@ class Scene(Options):
                           ge=0.0, le=1.0)
     cast: list[str] = opt([], "characters in this scene (names from the story's `characters`); "
                               "{name} in the prompt also brings one in")
+    regions: dict[str, str] = opt({}, "where each character is: {name: left|right|top|bottom|full or a mask "
+                                      "image}; its words act only there (and it joins the scene's cast)")
 
     @field_validator("control", mode="before")
     @classmethod
@@ -143,10 +149,20 @@ class StoryboardConfig(ModelOptions, SamplingOptions):
 
 def load_story(path: str | Path) -> Story:
     story = Story.from_file(path)
-    problem = cast_problem(story.characters, story.scenes)
+    problem = cast_problem(story.characters, story.scenes) or _mask_problem(story)
     if problem:
         raise ConfigError(f"{path}: {problem}")
     return story
+
+
+def _mask_problem(story: Story) -> str | None:
+    """The first region mask image of the story that cannot be read (before any panel is drawn)."""
+    for k, scene in enumerate(story.scenes):
+        for name, region in scene.regions.items():
+            problem = mask_problem(region)
+            if problem:
+                return f"scenes[{k}].regions.{name}: {problem}"
+    return None
 
 
 def scene_configs(story: Story, cfg: StoryboardConfig) -> list[GenerateConfig]:
@@ -175,6 +191,7 @@ def scene_configs(story: Story, cfg: StoryboardConfig) -> list[GenerateConfig]:
                      for u in scene.control],
             init_image=scene.init_image,
             strength=scene.strength,
+            regions=[RegionPrompt(region=r.region, prompt=story.scene_prompt(scene, r.prompt)) for r in cast.regions],
         ))
     if story.scenes[0].uses_previous():
         raise ConfigError(f"scene 1 uses {PREVIOUS}, but there is no previous scene")

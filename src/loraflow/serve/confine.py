@@ -8,6 +8,7 @@ the folder the value must resolve into (after symlinks are followed):
     controlnet  models_dir
     font        models_dir
     image       the uploads or the outputs folder (`@previous` = the story's previous panel)
+    region      an area name (left, right, ...) unchanged, else a mask image as `image`
     dataset     data_dir
     export      data_dir, and never one of the job's own inputs (`export_path` vs `dataset_path`)
     name        a bare file name (a train job's `name`: no folders, no `..`)
@@ -23,6 +24,7 @@ from typing import Any, Callable
 
 from loraflow.atomic import same_file
 from loraflow.data.recipe import output_paths
+from loraflow.generate.regions import AREAS
 from loraflow.serve.paths import ServerPaths, confine_path, safe_file_name
 from loraflow.serve.validation import Invalid
 
@@ -30,7 +32,7 @@ PREVIOUS = "@previous"  # a storyboard scene's reference to the panel before it
 
 _MODEL = {"model": "model", "vae": "model", "lora.*": "lora", "lora_dir.*": "server", "out": "server"}
 _REFERENCES = {"controlnet.*": "controlnet", "control.*.image": "image", "control.*.model": "controlnet",
-               "annotator_dir": "server", "init_image": "image", "mask": "image"}
+               "annotator_dir": "server", "init_image": "image", "mask": "image", "regions.*.region": "region"}
 
 PATH_FIELDS: dict[str, dict[str, str]] = {
     "generate": {**_MODEL, **_REFERENCES},
@@ -41,6 +43,7 @@ PATH_FIELDS: dict[str, dict[str, str]] = {
         "story.grid.font": "font", "story.scenes.*.init_image": "image",
         "story.scenes.*.control.*.image": "image", "story.scenes.*.control.*.model": "controlnet",
         "story.characters.*.lora": "lora", "story.characters.*.references.*": "image",
+        "story.scenes.*.regions.*": "region",
     },
     "train": {"model": "model", "vae": "model", "dataset": "dataset", "output": "server", "cache_dir": "server",
               "name": "name", "resume": "server", "validation_clip": "model", "validation_aesthetic": "model",
@@ -62,6 +65,7 @@ def confine_payload(kind: str, payload: dict, paths: ServerPaths) -> dict:
         "controlnet": lambda v, f: str(confine_path(v, paths.roots("model"), f)),
         "font": lambda v, f: str(confine_path(v, paths.roots("model"), f)),
         "image": lambda v, f: v if v == PREVIOUS else str(confine_path(v, paths.roots("image"), f)),
+        "region": lambda v, f: v if v in AREAS else str(confine_path(v, paths.roots("image"), f)),
         "dataset": lambda v, f: str(confine_path(v, paths.roots("dataset"), f)),
         "export": lambda v, f: str(confine_path(v, paths.roots("dataset"), f)),
         "name": lambda v, f: safe_file_name(v, f),
