@@ -83,7 +83,8 @@ class RenderItem:
     reference: tuple  # `reference_key`: what must match for two items to share a batch
 
     def batch_key(self) -> tuple:
-        return (self.loras, self.height, self.width, self.steps, self.guidance, self.reference, self.config.scheduler)
+        return (self.loras, self.height, self.width, self.steps, self.guidance, self.reference, self.config.scheduler,
+                tuple(r.region for r in self.config.regions))  # a batch shares its regions' masks
 
 
 def file_stamp(path: Path) -> tuple:
@@ -271,7 +272,7 @@ class GenerationSession:
 
     def _conditioning(self, group: list[RenderItem]) -> tuple[dict, Any]:
         """Pipeline arguments of the prompts, and the RegionalConditioning when the items have regional
-        prompts (the items of a batch share their regions' areas: `reference_key`)."""
+        prompts (the items of a batch share their regions' areas: `RenderItem.batch_key`)."""
         n, dtype = len(group), self.pipe.unet.dtype
         regions = group[0].config.regions
         region_prompts = [r.prompt for j in group for r in j.config.regions]
@@ -345,10 +346,10 @@ class GenerationSession:
             params["VAE"] = self.loaded.extras["vae"]
         if refs is not None:
             params.update(reference_params(refs, job.config, job.width, job.height, self.controlnet_label))
-        if job.config.regions:  # A1111 has no key for these; JSON so a reader gets them back exactly
-            params["Regions"] = json.dumps([r.model_dump() for r in job.config.regions], ensure_ascii=False)
         if self._loras:
             params["Lora hashes"] = {l.name: self.lora_hash(l) for l in self._loras}
+        if job.config.regions:  # A1111 has no key for these; JSON so a reader gets them back exactly
+            params["Regions"] = json.dumps([r.model_dump() for r in job.config.regions], ensure_ascii=False)
         params["Version"] = f"loraflow {__version__}"
         return params
 
@@ -375,7 +376,7 @@ def reference_key(config: GenerateConfig) -> tuple:
     """What must match for two items to share a batch: the same references, drawn the same way."""
     return (tuple(u.model_dump_json() for u in config.control), config.guess_mode, config.canny_low_threshold,
             config.canny_high_threshold, config.annotator_dir, config.init_image, config.strength, config.mask,
-            config.mask_blur, tuple(r.region for r in config.regions))
+            config.mask_blur)
 
 
 def _stack(embeds: list[PromptEmbeds], dtype) -> PromptEmbeds:

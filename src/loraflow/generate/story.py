@@ -187,11 +187,11 @@ def scene_configs(story: Story, cfg: StoryboardConfig) -> list[GenerateConfig]:
             scheduler=cfg.scheduler or d.scheduler,
             lora=[*loras, *cast.loras],
             lora_dir=cfg.lora_dir,
+            regions=[RegionPrompt(region=r.region, prompt=story.scene_prompt(scene, r.prompt)) for r in cast.regions],
             control=[u if u.model else u.model_copy(update={"model": story.controlnets.get(u.type)})
                      for u in scene.control],
             init_image=scene.init_image,
             strength=scene.strength,
-            regions=[RegionPrompt(region=r.region, prompt=story.scene_prompt(scene, r.prompt)) for r in cast.regions],
         ))
     if story.scenes[0].uses_previous():
         raise ConfigError(f"scene 1 uses {PREVIOUS}, but there is no previous scene")

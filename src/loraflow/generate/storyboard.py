@@ -119,10 +119,10 @@ def story_index(story: Story, session: GenerationSession, items, casts, results,
         return {"index": k + 1, "title": s.title, "description": s.description, "prompt": item.prompt,
                 "negative_prompt": item.negative_prompt, "loras": list(item.lora), "seed": r.seed, "file": r.path.name,
                 "infotext": r.infotext,
-                **({"cast": cast.to_json(), "references": [p for c in cast.members for p in c.references]}
-                   if cast.members else {}),
                 **({"regions": [{**r.to_json(), "prompt": sent.prompt} for r, sent in zip(cast.regions, item.regions)]}
                    if cast.regions else {}),  # the prompt as sent: with the story's style
+                **({"cast": cast.to_json(), "references": [p for c in cast.members for p in c.references]}
+                   if cast.members else {}),
                 **({"scores": sc} if sc is not None else {}),
                 **({"candidates": candidates[k]} if candidates[k] else {})}
 

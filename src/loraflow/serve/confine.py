@@ -32,18 +32,18 @@ PREVIOUS = "@previous"  # a storyboard scene's reference to the panel before it
 
 _MODEL = {"model": "model", "vae": "model", "lora.*": "lora", "lora_dir.*": "server", "out": "server"}
 _REFERENCES = {"controlnet.*": "controlnet", "control.*.image": "image", "control.*.model": "controlnet",
-               "annotator_dir": "server", "init_image": "image", "mask": "image", "regions.*.region": "region"}
+               "annotator_dir": "server", "init_image": "image", "mask": "image"}
 
 PATH_FIELDS: dict[str, dict[str, str]] = {
-    "generate": {**_MODEL, **_REFERENCES},
+    "generate": {**_MODEL, **_REFERENCES, "regions.*.region": "region"},
     "storyboard": {
         **{f"config.{k}": v for k, v in _MODEL.items()},
         "config.story": "server", "config.clip": "model", "config.aesthetic": "model",
         "story.model": "model", "story.loras.*": "lora", "story.controlnets.*": "controlnet",
         "story.grid.font": "font", "story.scenes.*.init_image": "image",
+        "story.scenes.*.regions.*": "region",
         "story.scenes.*.control.*.image": "image", "story.scenes.*.control.*.model": "controlnet",
         "story.characters.*.lora": "lora", "story.characters.*.references.*": "image",
-        "story.scenes.*.regions.*": "region",
     },
     "train": {"model": "model", "vae": "model", "dataset": "dataset", "output": "server", "cache_dir": "server",
               "name": "name", "resume": "server", "validation_clip": "model", "validation_aesthetic": "model",
