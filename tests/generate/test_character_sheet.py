@@ -22,7 +22,7 @@ from loraflow.generate.story import SheetCommand, StoryboardConfig
 
 STEPS = 2
 SEED = 3
-# the hero's words, then the story's framing below: what every portrait prompt must be
+# the hero's words, then the story's framing below: every portrait's prompt, and its training caption
 PORTRAIT_PROMPT = "a red star,in the center, white background"
 
 
@@ -42,7 +42,8 @@ def story(tmp_path):
             # a few steps at a high rate: enough for the LoRA to change the pictures visibly, fast on a CPU
             "sheet_training": {"max_steps": 3, "learning_rate": 0.01, "cache_dir": str(tmp_path / "cache"),
                                "device": "cpu"},
-            "scenes": [{"prompt": "{hero} on the left, black background"}, {"prompt": "{friend} at the top, gray background"},
+            "scenes": [{"prompt": "{hero} on the left, black background"},
+                       {"prompt": "{friend} at the top, gray background"},
                        {"prompt": "{hero} at the bottom, white background"}]}
     path = tmp_path / "story.yaml"
     path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
@@ -108,7 +109,7 @@ def test_use_sheet_trains_on_exactly_the_picks_and_renders_with_the_lora(story, 
     # the training set: one row per pick, captioned with the hero's words; each exported JPEG is its pick
     with open(folder / "train-1-3" / "dataset" / "train" / "metadata.csv", encoding="utf-8-sig", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [r["text"] for r in rows] == ["a red star", "a red star"]
+    assert [r["text"] for r in rows] == [PORTRAIT_PROMPT, PORTRAIT_PROMPT]  # no style: caption = portrait prompt
     candidates = [pixels(folder / f"candidate-{j:02d}.png") for j in (1, 2, 3, 4)]
     for row, pick in zip(rows, (1, 3)):
         exported = pixels(folder / "train-1-3" / "dataset" / "train" / row["file_name"])
@@ -160,3 +161,9 @@ def test_picks_out_of_range_is_one_line_after_the_sheet(story, tmp_path, capsys)
     assert main(["storyboard", str(story), "--out", str(out), "--device", "cpu", "--use-sheet", "hero:2,3"]) == 2
     one_line_error(capsys, "pick 3 is out of range", "1..2")
     assert not (out / "sheets" / "hero" / "train-2-3").exists()  # nothing trained
+    data = yaml.safe_load(story.read_text(encoding="utf-8"))
+    for training, words in (({"lora_rnk": 4}, "lora_rnk"), ({"output": "elsewhere"}, "sheet_training.output")):
+        story.write_text(yaml.safe_dump({**data, "sheet_training": training}, allow_unicode=True), encoding="utf-8")
+        assert main(["storyboard", str(story), "--out", str(out), "--device", "cpu", "--use-sheet", "hero:2"]) == 2
+        one_line_error(capsys, words)
+        assert not (out / "sheets" / "hero" / "train-2").exists()

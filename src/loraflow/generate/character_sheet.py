@@ -43,12 +43,25 @@ def find_character(story: Story, name: str, flag: str) -> Character:
     raise ConfigError(f"{flag}: unknown character '{name}' (characters: {known})")
 
 
+def sheet_language(story: Story, character: Character) -> str:
+    """The story's language, else zh for a character whose words are Chinese, else en."""
+    return story.language or scene_language(character.words("en"), None)
+
+
+def training_caption(story: Story, character: Character, language: str) -> str:
+    """What a portrait of the sheet is captioned with for training: the character's words (trigger and
+    description) and the framing. The framing is named so that the LoRA ties the plain background and the
+    pose to those words, not to the trigger: the story's panels put the character elsewhere."""
+    return ",".join(p for p in (character.words(language), story.sheet.framing_words(language)) if p)
+
+
 def sheet_item(story: Story, cfg: StoryboardConfig, character: Character):
     """(GenerateConfig, PanelCast) of one portrait: a one-scene copy of the story whose scene is the
     character and the framing, so style, negative prompt, size, steps, LoRAs and flags apply as to a panel."""
-    language = story.language or scene_language(character.words(story.language or "en"), None)
+    language = sheet_language(story, character)
     framing = story.sheet.framing_words(language)
-    scene = Scene(title=f"{character.name} sheet", prompt=",".join(p for p in ("{" + character.name + "}", framing) if p))
+    prompt = ",".join(p for p in ("{" + character.name + "}", framing) if p)
+    scene = Scene(title=f"{character.name} sheet", prompt=prompt)
     one = story.model_copy(update={"scenes": [scene], "language": language})
     [item] = scene_configs(one, cfg)
     [cast] = one.panel_casts()
@@ -78,10 +91,10 @@ def render_sheet(cfg: StoryboardConfig, cmd: SheetCommand, session: GenerationSe
     scores = panels.score(0, [r.image for r in results], item.prompt) if panels is not None else [None] * k
     # 3. a numbered grid to pick from, and the index --use-sheet reads
     grid = make_grid([r.image for r in results], min(GRID_COLUMNS, k), None,
-                     [f"{j} (seed {r.seed})" for j, r in enumerate(results, 1)])
+                     [str(j) for j in range(1, k + 1)])  # the numbers --use-sheet picks by
     atomic_save_image(grid, folder / "grid.png")
     sheet = {"character": character.name, "model": session.loaded.name, "prompt": item.prompt,
-             "negative_prompt": item.negative_prompt, "caption": cast.members[0].words(cast.language),
+             "negative_prompt": item.negative_prompt, "caption": training_caption(story, character, cast.language),
              "language": cast.language, "seeds": [r.seed for r in results], "grid": "grid.png",
              "candidates": [{"index": j, "seed": r.seed, "file": r.path.name, **({"scores": s} if s else {})}
                             for j, (r, s) in enumerate(zip(results, scores), 1)]}

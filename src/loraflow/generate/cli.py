@@ -54,8 +54,9 @@ def run_storyboard_cmd(args: argparse.Namespace) -> int:
             index = run_storyboard(config, progress=update, identity=identity)
     if "character_sheet" in index:
         made = index["character_sheet"]
-        print(f"{made['character']}: LoRA {made['lora']} trained on candidates "
-              f"{', '.join(map(str, made['picks']))} ({made['train']['steps']} steps, {made['train']['seconds']:.0f} s)")
+        picks, train = ", ".join(map(str, made["picks"])), made["train"]
+        print(f"{made['character']}: LoRA {made['lora']} trained on candidates {picks} "
+              f"({train['steps']} steps, {train['seconds']:.0f} s)")
     print(f"{len(index['scenes'])} scenes -> {config.out}/{index['grid']} ({index['grid_size'][0]}x{index['grid_size'][1]})")
     if "contact_sheet" in index:
         sheet = index["contact_sheet"]
@@ -100,7 +101,7 @@ def use_sheet(config: StoryboardConfig, sheet: SheetCommand, session=None, progr
     folder = sheets.sheet_folder(config.out, name)
     numbers = [c["index"] for c in chosen]
     lora = train_character_lora(
-        [folder / c["file"] for c in chosen], character.words(made.get("language", "en")),
+        [folder / c["file"] for c in chosen], sheets.training_caption(story, character, made.get("language", "en")),
         folder / ("train-" + "-".join(map(str, numbers))), name=name, model=config.model or story.model,
         device=config.device, seed=story.defaults.seed, story_options=story.sheet_training,
         overrides=sheet.training_overrides())

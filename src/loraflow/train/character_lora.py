@@ -1,7 +1,8 @@
 """A quick character LoRA from a few picked portraits (`storyboard --use-sheet NAME[:PICKS]`).
 
 The picked files are exported as a training set with the data step's own exporter (DiffSynth layout:
-dataset/train/0.jpg ... + metadata.csv, every caption the character's trigger word and description),
+dataset/train/0.jpg ... + metadata.csv; the caption, given by the caller, is the character's trigger
+word and description plus the sheet's framing),
 then trained with `loraflow.train` under small defaults that story options and flags override:
 
     story `sheet_training:` (any `loraflow train` option) < --sheet-steps / --sheet-rank / --sheet-learning-rate
@@ -21,11 +22,12 @@ from pathlib import Path
 from loraflow.data.export_run import export
 from loraflow.data.jsonl import write_jsonl
 from loraflow.data.options import ExportOptions
-from loraflow.errors import InputError
+from loraflow.errors import ConfigError, InputError
 from loraflow.images import read_info
 from loraflow.train.config import TrainConfig
 from loraflow.train.trainer import train
 
+PLACED_BY_THE_SHEET = ("dataset", "output", "name", "resume")  # what the picks and the sheet folder decide
 SHEET_TRAINING_DEFAULTS = {"lora_rank": 8, "lora_alpha": 8.0, "max_steps": 300, "learning_rate": 1e-4,
                            "batch_size": 1}
 
@@ -50,6 +52,10 @@ def character_train_config(images: list[Path], folder: Path, name: str, model: s
     config = TrainConfig.from_dict(base, "sheet_training")
     if story_options:
         config = config.merged(story_options, "sheet_training")
+        placed = sorted(config.model_fields_set & set(PLACED_BY_THE_SHEET))
+        if placed:
+            raise ConfigError(f"sheet_training.{placed[0]}: --use-sheet trains on the sheet's picks and writes "
+                              "into OUT/sheets/NAME/train-PICKS/; leave it out")
     if overrides:
         config = config.merged(overrides, "--use-sheet")
     return config.merged({"dataset": str(folder / "dataset"), "output": str(folder), "name": name}, "--use-sheet")
