@@ -2,14 +2,16 @@
 
 The picked files are exported as a training set with the data step's own exporter (DiffSynth layout:
 dataset/train/0.jpg ... + metadata.csv; the caption, given by the caller, is the character's trigger
-word and description plus the sheet's framing),
-then trained with `loraflow.train` under small defaults that story options and flags override:
+word and description plus the sheet's framing), then trained with `loraflow.train` under small
+defaults that story options and flags override:
 
     story `sheet_training:` (any `loraflow train` option) < --sheet-steps / --sheet-rank / --sheet-learning-rate
 
-The defaults follow the DreamBooth-LoRA recipe for a handful of subject images (diffusers
-`examples/dreambooth/README_sdxl.md`: rank 4-8, lr 1e-4, a few hundred steps, batch 1); alpha = rank, so
-the update is not scaled down. The resolution is the portraits' own size (the story's panel size).
+The defaults are a shorter run of diffusers' DreamBooth-LoRA recipe for 3-5 subject images
+(`examples/dreambooth/README_sdxl.md`: lr 1e-4 constant, 500 steps of batch 1 x 4 accumulation; the
+script's default rank is 4): rank 8, alpha = rank (the update is not scaled down), lr 1e-4, 300 steps of
+batch 1, so a sheet LoRA takes minutes, not an hour. The resolution is the portraits' own size (the story's
+panel size). A small model overfits sooner: the demo story sets 100 steps (see examples/stories/demo-cast.yaml).
 """
 from __future__ import annotations
 
