@@ -267,3 +267,29 @@ def test_story_regions_reach_the_panel_and_story_json(tmp_path, tiny_session):
                                       {"region": str(mask), "prompt": "cartoon,a brown puppy,and play in a garden"}]))
     panel = Image.open(tmp_path / "o" / first["file"])
     assert np.array_equal(np.asarray(panel.convert("RGB")), np.asarray(by_hand[0].image))
+
+
+def test_a_regioned_character_is_scored_and_anchored_on_its_region(tmp_path, tiny_session):
+    """The identity scorer sees the kitten's left half and the puppy's top half of each panel; the
+    first panel's crops become the anchors of the next."""
+    seen: dict[str, list] = {"kitten": [], "puppy": []}
+
+    class Recorder:
+        name, uses_anchors = "recorder", True
+
+        def identity(self, images, character, anchors):
+            seen[character.name].append((list(images), anchors))
+            return [0.5] * len(images)
+
+    story = write_story(tmp_path, [{"prompt": "a garden", "regions": {"kitten": "left", "puppy": "top"}},
+                                   {"prompt": "a street", "regions": {"kitten": "left", "puppy": "top"}}])
+    out = tmp_path / "o"
+    run_storyboard(StoryboardConfig(story=str(story), out=str(out)), session=tiny_session("sdxl"), identity=Recorder())
+    panels = [Image.open(out / f"scene-0{k}.png").convert("RGB") for k in (1, 2)]
+    boxes = {"kitten": (0, 0, 32, 64), "puppy": (0, 0, 64, 32)}  # 64x64 panels
+    for name, box in boxes.items():
+        (first, first_anchors), (second, second_anchors) = seen[name]
+        assert first_anchors is None
+        for (view,), panel in zip((first, second), panels):
+            assert np.array_equal(np.asarray(view), np.asarray(panel.crop(box)))
+        assert np.array_equal(np.asarray(second_anchors[0]), np.asarray(panels[0].crop(box)))
