@@ -208,6 +208,8 @@ def test_bad_regions_are_one_line_naming_the_key(tmp_path, tiny_session):
     assert "\n" not in str(e.value)
     with pytest.raises(ConfigError, match="REGION:PROMPT"):
         GenerateConfig.from_dict({"prompt": "a", "regions": ["left"]})
+    with pytest.raises(ConfigError, match="regions.*at most 8"):  # each region costs attention calls: bounded
+        GenerateConfig.from_dict({"prompt": "a", "regions": ["left:a"] * 9})
     # a mask file is only named by the options (the server places it first); drawing reads it
     cfg = GenerateConfig(model="tiny:sd15", prompt="a", steps=1, height=64, width=64,
                          regions=[f"{tmp_path / 'missing.png'}:a cat"])

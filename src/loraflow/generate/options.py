@@ -8,7 +8,7 @@ from pydantic import field_validator, model_validator
 from loraflow.config import Options, opt
 from loraflow.errors import ConfigError
 from loraflow.generate.control.units import ControlUnit, parse_units
-from loraflow.generate.regions import RegionPrompt, parse_regions
+from loraflow.generate.regions import MAX_REGIONS, RegionPrompt, parse_regions
 from loraflow.models.families import TINY_MODELS, FamilyName
 
 
@@ -109,7 +109,7 @@ class GenerateConfig(ReferenceOptions, ModelOptions, SamplingOptions):  # flags:
     regions: list[RegionPrompt] = opt(
         [], "regional prompt REGION:PROMPT, repeatable; REGION: left, right, top, bottom, full or a mask image "
             "(white = the region). Each prompt draws only in its region; --prompt where none covers",
-        aliases=("region",))
+        aliases=("region",), max_length=MAX_REGIONS)
 
     @field_validator("regions", mode="before")
     @classmethod

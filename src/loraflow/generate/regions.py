@@ -18,6 +18,9 @@ from loraflow.errors import ConfigError
 from loraflow.images import ImageError, read_info
 
 AREAS = ("left", "right", "top", "bottom", "full")
+# Each region adds one cross-attention call per layer and step; a bound keeps a request's cost bounded
+# (Regional Prompter's layouts rarely pass four).
+MAX_REGIONS = 8
 
 
 class RegionPrompt(Options):

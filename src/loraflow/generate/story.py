@@ -29,7 +29,7 @@ from loraflow.errors import ConfigError
 from loraflow.generate.cast import Character, PanelCast, cast_problem, resolve_cast
 from loraflow.generate.control.units import PREVIOUS, ControlUnit, parse_units
 from loraflow.generate.options import GenerateConfig, ModelOptions, SamplingOptions
-from loraflow.generate.regions import RegionPrompt, mask_problem
+from loraflow.generate.regions import MAX_REGIONS, RegionPrompt, mask_problem
 
 
 MAX_GRID_SIDE = 16384  # pixels; a 16384² RGB grid is 768 MB, a 100000² one would need 28 GB
@@ -49,7 +49,8 @@ class Scene(Options):
     cast: list[str] = opt([], "characters in this scene (names from the story's `characters`); "
                               "{name} in the prompt also brings one in")
     regions: dict[str, str] = opt({}, "where each character is: {name: left|right|top|bottom|full or a mask "
-                                      "image}; its words act only there (and it joins the scene's cast)")
+                                      "image}; its words act only there (and it joins the scene's cast)",
+                                  max_length=MAX_REGIONS)
 
     @field_validator("control", mode="before")
     @classmethod
