@@ -26,7 +26,7 @@ from loraflow.models.prompt_syntax import extract_lora_tags
 from loraflow.serve.cancel import cancel_points
 from loraflow.serve.comfy.executor import run_prompt
 from loraflow.serve.comfy.values import WorkflowJob
-from loraflow.serve.confine import confine_payload
+from loraflow.serve.confine import confine_payload, lora_weight
 from loraflow.serve.context import JobContext
 from loraflow.serve.paths import NotFound, ServerPaths, safe_join
 from loraflow.serve.preview import image_to_jpeg, unet_previews
@@ -89,16 +89,9 @@ def _resolve_model(name: str | None, paths: ServerPaths, field: str = "model") -
 def _resolve_loras(specs: list[str], paths: ServerPaths, field: str) -> list[str]:
     """`name[:weight]` -> `/abs/name.safetensors:weight`, each inside models_dir."""
     out = []
-    for spec in specs:
-        name, weight = spec, "1"
-        if ":" in spec:
-            head, tail = spec.rsplit(":", 1)
-            try:
-                float(tail)
-                name, weight = head, tail
-            except ValueError:
-                pass
-        out.append(f"{paths.lora(name)}:{weight}")
+    for i, spec in enumerate(specs):
+        name, weight = lora_weight(spec, f"{field}.{i}")
+        out.append(f"{paths.lora(name)}:{1.0 if weight is None else weight}")
     return out
 
 
