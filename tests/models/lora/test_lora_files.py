@@ -101,6 +101,13 @@ def test_detect_lora_format():
     assert detect_lora_format({"unet.down_blocks.0.to_q.lora_A.weight": t}) == "diffusers"
     assert detect_lora_format({"down_blocks.0.to_q.lora_A.weight": t}) == "peft"
     assert detect_lora_format({"lora_unet_x.hada_w1_a": t}) == "lycoris"
+    # the one LyCORIS rule (the loader's too): a kohya key other than lora_up/lora_down/alpha, or a
+    # peft/diffusers DoRA magnitude; the old marker list called these three plain LoRA or unknown
+    plain = {"lora_unet_x.lora_down.weight": t, "lora_unet_x.lora_up.weight": t}
+    assert detect_lora_format({**plain, "lora_unet_x.lora_mid.weight": t}) == "lycoris"  # LoCon (Tucker)
+    assert detect_lora_format({"lora_unet_x.hada_w2_a": t}) == "lycoris"
+    assert detect_lora_format({"unet.down_blocks.0.to_q.lora_A.weight": t,
+                               "unet.down_blocks.0.to_q.lora_magnitude_vector": t}) == "lycoris"  # peft DoRA
     assert detect_lora_format({"model.diffusion_model.x.weight": t}) == "unknown"
 
 
