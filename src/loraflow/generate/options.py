@@ -83,7 +83,8 @@ class ReferenceOptions(Options):
     ip_adapter: str | None = opt(None, "IP-Adapter for --reference: a folder laid out as its hub repository (the "
                                        "model family's) or the adapter file; its image encoder is found beside it")
     reference: list[Reference] = opt([], "reference image IMAGE[:SCALE] steering the picture through the "
-                                         "IP-Adapter, repeatable; in files also {image, scale, mask}")
+                                         "IP-Adapter, repeatable; in files also {image, scale, mask}",
+                                   aliases=("references",))
 
     @field_validator("reference", mode="before")
     @classmethod
