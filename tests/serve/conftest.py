@@ -48,6 +48,9 @@ def models_dir(tmp_path_factory) -> Path:
         save_tiny_controlnet("sdxl", root / "controlnet" / "tiny-cn")
     except ImportError:  # ControlNet support not in this build
         pass
+    from loraflow.models.tiny_ip_adapter import save_tiny_ip_adapter
+
+    save_tiny_ip_adapter("sdxl", root / "ipadapter" / "tiny-ipa")  # h94 layout: sdxl_models/, models/image_encoder
     return root
 
 

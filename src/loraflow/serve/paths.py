@@ -90,6 +90,10 @@ class ServerPaths:
         return self.models / "controlnet"
 
     @property
+    def ipadapters(self) -> Path:
+        return self.models / "ipadapter"  # ComfyUI_IPAdapter_plus's folder name
+
+    @property
     def checkpoints(self) -> Path:
         return self.models / "checkpoints"
 
@@ -125,6 +129,21 @@ class ServerPaths:
 
     def controlnet(self, name: str) -> Path:
         return self._find(name, (self.controlnets, self.models), "ControlNet", dirs=True)
+
+    def ip_adapter(self, name: str) -> Path:
+        """An IP-Adapter folder (the hub's layout) or .safetensors file under models_dir/ipadapter (or
+        models_dir). Its image encoder is looked for beside it, up to the file's grandparent folder
+        (models/ipadapter/sdxl_models/x.safetensors -> models/ipadapter/models/image_encoder), so that
+        folder must be inside models_dir as well."""
+        for root in (self.ipadapters, self.models):
+            path = safe_join(root, name, "IP-Adapter")
+            if path.is_dir() or (path.is_file() and path.suffix.lower() in MODEL_SUFFIXES):
+                base = self.models.resolve()
+                if path.is_file() and base not in path.parent.parents:
+                    raise PathRefused(f"IP-Adapter {name!r}: put the file in a folder under models_dir/ipadapter "
+                                      "with its image encoder")
+                return path
+        raise NotFound(f"IP-Adapter '{name}' not found in {self.ipadapters}")
 
     def _find(self, name: str, roots: tuple[Path, ...], what: str, dirs: bool = False, add_suffix: bool = False) -> Path:
         candidates = [name] + ([f"{name}.safetensors"] if add_suffix and not name.endswith(".safetensors") else [])
