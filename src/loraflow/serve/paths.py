@@ -168,7 +168,7 @@ class ServerPaths:
         for root in roots:
             if not root.is_dir():
                 continue
-            nested = () if root != self.models else (self.loras, self.checkpoints, self.controlnets)
+            nested = () if root != self.models else (self.loras, self.checkpoints, self.controlnets, self.ipadapters)
             for p in _walk(root, nested):
                 rel = p.relative_to(root).as_posix()
                 if what == "model" and p.is_dir() and (p / "model_index.json").is_file():
