@@ -179,3 +179,17 @@ def test_an_adapter_of_another_family_is_refused_in_one_line(tiny_session, adapt
     assert "\n" not in str(e.value)
     base, _ = draw(tiny_session("sd15"))  # and the model still draws without it
     assert base.shape == (64, 64, 3)
+
+
+def test_python_api_takes_ip_adapter_and_references(adapters, refs):
+    import loraflow
+
+    pipe = loraflow.load("tiny:sdxl", device="cpu")
+    kw = dict(negative_prompt=BASE["negative_prompt"], seed=7, steps=2, height=64, width=64, guidance_scale=5.0,
+              progress=False)
+    base = pipe.generate(BASE["prompt"], **kw)
+    steered = pipe.generate(BASE["prompt"], ip_adapter=str(adapters("sdxl")), references=[f"{refs['a']}:0.8"], **kw)
+    same_config = pipe.pipeline.generate(GenerateConfig(**{**BASE, "ip_adapter": str(adapters("sdxl")),
+                                                           "reference": [f"{refs['a']}:0.8"]}))[0]
+    assert steered.images[0].tobytes() == same_config.image.tobytes() != base.images[0].tobytes()
+    assert "IP-Adapter 0: " in steered.infotexts[0]

@@ -131,6 +131,13 @@ def test_ipadapter_nodes_steer_and_weight_zero_does_not(uploaded):
     assert steered != base and advanced_img == steered  # the same adapter, image and weight
     assert zero == base
 
+    with_vision = _ipa_graph(0.8, node="IPAdapterAdvanced")  # core CLIPVisionLoader replaces the adapter's encoder
+    with_vision["25"] = {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": "tiny-vision"}}
+    with_vision["24"]["inputs"]["clip_vision"] = ["25", 0]
+    _, other_encoder = _run_graph(uploaded, with_vision)
+    assert other_encoder not in (steered, base)
+    assert info["CLIPVisionLoader"]["input"]["required"]["clip_name"][0] == ["tiny-vision"]
+
     window = _ipa_graph(0.8)
     window["24"]["inputs"]["start_at"] = 0.5
     job, _ = _run_graph(uploaded, window)

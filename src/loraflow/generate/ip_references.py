@@ -72,6 +72,7 @@ class PreparedReferences:
     images: tuple  # PIL RGB, as given (the adapter's image processor resizes and crops)
     masks: tuple  # PIL L at the output size, or None (everywhere)
     allow_pickle: bool = False
+    image_encoder: str | None = None  # a CLIP vision folder given explicitly (ComfyUI's CLIPVisionLoader)
 
     @property
     def active(self) -> bool:

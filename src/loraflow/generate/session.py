@@ -327,7 +327,7 @@ class GenerationSession:
 
         if not accepts(pipe, "ip_adapter_image_embeds"):
             raise ConfigError(f"reference: {type(pipe).__name__} takes no IP-Adapter references")
-        self.ip_adapter.use(locate_ip_adapter(refs.adapter, self.family), refs.allow_pickle)
+        self.ip_adapter.use(locate_ip_adapter(refs.adapter, self.family, refs.image_encoder), refs.allow_pickle)
         # the pipelines' own rule for classifier-free guidance (which halves the embeds carry)
         cfg = guidance > 1 and self.pipe.unet.config.time_cond_proj_dim is None
         return ip_adapter_kwargs(self.ip_adapter, refs, n, cfg, height, width)

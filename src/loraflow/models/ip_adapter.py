@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from loraflow.errors import ConfigError, ModelLoadError
-from loraflow.models.pickle_files import PICKLE_SUFFIXES, load_pickle_state_dict
+from loraflow.models.pickle_files import PICKLE_SUFFIXES
 
 ENCODER_WEIGHTS = ("model.safetensors", "pytorch_model.bin")  # transformers' names, safetensors first
 
@@ -29,6 +29,7 @@ ENCODER_WEIGHTS = ("model.safetensors", "pytorch_model.bin")  # transformers' na
 class IPAdapterFiles:
     weights: Path  # the adapter: image_proj.* and ip_adapter.* tensors
     roots: tuple[Path, ...]  # folders the family's image encoder paths are relative to, nearest first
+    image_encoder: Path | None = None  # a transformers CLIP vision folder given explicitly (else searched in roots)
 
     @property
     def name(self) -> str:
@@ -56,18 +57,20 @@ def _candidates(root: Path, relative: str) -> list[Path]:
     return list(dict.fromkeys([root / relative, root / Path(relative).name]))
 
 
-def locate_ip_adapter(path: str | Path, family) -> IPAdapterFiles:
-    """The adapter file of a folder laid out as the family's hub repository (or the file itself)."""
+def locate_ip_adapter(path: str | Path, family, image_encoder: str | Path | None = None) -> IPAdapterFiles:
+    """The adapter file of a folder laid out as the family's hub repository (or the file itself);
+    `image_encoder`: its CLIP vision folder when it is not beside the adapter."""
     layout = _family_layout(family)
     p = Path(path).expanduser()
+    encoder = Path(image_encoder).expanduser() if image_encoder else None
     if p.is_file():
-        return IPAdapterFiles(p, (p.parent, p.parent.parent))
+        return IPAdapterFiles(p, (p.parent, p.parent.parent), encoder)
     if not p.is_dir():
         raise ModelLoadError(f"IP-Adapter not found: {p} (a folder or file laid out as the hub's {layout.hub_id})")
     for name in layout.weight_names:
         for candidate in _candidates(p, name):
             if candidate.is_file():
-                return IPAdapterFiles(candidate, (candidate.parent, p))
+                return IPAdapterFiles(candidate, (candidate.parent, p), encoder)
     raise ModelLoadError(f"IP-Adapter folder {p} has none of {', '.join(layout.weight_names)} "
                          f"(download them from {layout.hub_id}, or pass the adapter file itself)")
 
@@ -85,14 +88,16 @@ def read_adapter_state_dict(path: Path, allow_pickle: bool = False) -> dict:
         if not allow_pickle:
             raise ModelLoadError(f"{path}: pickled IP-Adapter weights; pass --allow-pickle to read them "
                                  "(weights_only), or use the .safetensors copy")
-        flat = load_pickle_state_dict(path)
-        nested = {k: v for k, v in flat.items() if "." not in k}  # a saved {"image_proj": {...}} is nested already
-        flat = {k: v for k, v in flat.items() if "." in k}
+        raw = _load_weights_only(path)
+        # the original repositories' .bin: {"image_proj": {...}, "ip_adapter": {...}} (torch.save of two state dicts)
+        if all(isinstance(raw.get(k), dict) for k in ("image_proj", "ip_adapter")):
+            return {"image_proj": dict(raw["image_proj"]), "ip_adapter": dict(raw["ip_adapter"])}
+        flat = raw
     else:
         from safetensors.torch import load_file
 
         try:
-            flat, nested = load_file(path), {}
+            flat = load_file(path)
         except Exception as e:  # a truncated or foreign file
             raise ModelLoadError(f"{path}: not a readable .safetensors file ({e.__class__.__name__})") from None
     state = {"image_proj": {}, "ip_adapter": {}}
@@ -101,10 +106,22 @@ def read_adapter_state_dict(path: Path, allow_pickle: bool = False) -> dict:
         if head in state:
             state[head][rest] = value
     if not state["image_proj"] or not state["ip_adapter"]:
-        if nested:
-            raise ModelLoadError(f"{path}: unexpected IP-Adapter layout (keys {', '.join(sorted(nested))[:80]})")
         raise ModelLoadError(f"{path}: no image_proj.* and ip_adapter.* weights; not an IP-Adapter")
     return state
+
+
+def _load_weights_only(path: Path) -> dict:
+    """A pickled dict read by torch's restricted unpickler (tensors and plain containers only)."""
+    import torch
+
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # weights_only refuses code; a cut-short zip fails too
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        raise ModelLoadError(f"{path}: cannot read as weights-only torch file ({e.__class__.__name__}: {first})") from None
+    if not isinstance(raw, dict):
+        raise ModelLoadError(f"{path}: holds a {type(raw).__name__}, not IP-Adapter weights")
+    return raw
 
 
 def image_embed_width(state: dict) -> tuple[str, int]:
@@ -124,20 +141,18 @@ def find_image_encoder(files: IPAdapterFiles, family, state: dict) -> Path:
     layout = _family_layout(family)
     kind, width = image_embed_width(state)
     tried, misfits = [], []
-    for root in files.roots:
-        for relative in layout.image_encoders:
-            for folder in _candidates(root, relative):
-                if folder in tried:
-                    continue
-                tried.append(folder)
-                config = folder / "config.json"
-                if not config.is_file() or not any((folder / w).is_file() for w in ENCODER_WEIGHTS):
-                    continue
-                cfg = json.loads(config.read_text())
-                got = cfg.get("projection_dim") if kind == "image_embeds" else cfg.get("hidden_size")
-                if got == width:
-                    return folder
-                misfits.append(f"{folder} ({got})")
+    nested = [[files.image_encoder]] if files.image_encoder else [
+        _candidates(root, relative) for root in files.roots for relative in layout.image_encoders]
+    for folder in dict.fromkeys(f for folders in nested for f in folders):
+        tried.append(folder)
+        config = folder / "config.json"
+        if not config.is_file() or not any((folder / w).is_file() for w in ENCODER_WEIGHTS):
+            continue
+        cfg = json.loads(config.read_text())
+        got = cfg.get("projection_dim") if kind == "image_embeds" else cfg.get("hidden_size")
+        if got == width:
+            return folder
+        misfits.append(f"{folder} ({got})")
     if misfits:
         raise ModelLoadError(f"IP-Adapter {files.weights.name} needs an image encoder with {kind} of width {width}; "
                              f"found only {', '.join(misfits)} (it comes with {layout.hub_id})")

@@ -94,6 +94,10 @@ class ServerPaths:
         return self.models / "ipadapter"  # ComfyUI_IPAdapter_plus's folder name
 
     @property
+    def clip_visions(self) -> Path:
+        return self.models / "clip_vision"  # ComfyUI's folder name
+
+    @property
     def checkpoints(self) -> Path:
         return self.models / "checkpoints"
 
@@ -145,6 +149,14 @@ class ServerPaths:
                 return path
         raise NotFound(f"IP-Adapter '{name}' not found in {self.ipadapters}")
 
+    def clip_vision(self, name: str) -> Path:
+        """A CLIP vision encoder: a transformers folder (config.json + weights) under models_dir/clip_vision."""
+        path = safe_join(self.clip_visions, name, "CLIP vision")
+        if not (path / "config.json").is_file():
+            raise NotFound(f"CLIP vision '{name}' not found in {self.clip_visions} (a folder with config.json "
+                           "and model.safetensors, as transformers saves CLIPVisionModelWithProjection)")
+        return path
+
     def _find(self, name: str, roots: tuple[Path, ...], what: str, dirs: bool = False, add_suffix: bool = False) -> Path:
         candidates = [name] + ([f"{name}.safetensors"] if add_suffix and not name.endswith(".safetensors") else [])
         for root in roots:
@@ -168,7 +180,8 @@ class ServerPaths:
         for root in roots:
             if not root.is_dir():
                 continue
-            nested = () if root != self.models else (self.loras, self.checkpoints, self.controlnets, self.ipadapters)
+            nested = () if root != self.models else (self.loras, self.checkpoints, self.controlnets, self.ipadapters,
+                                                                self.clip_visions)
             for p in _walk(root, nested):
                 rel = p.relative_to(root).as_posix()
                 if what == "model" and p.is_dir() and (p / "model_index.json").is_file():

@@ -1,15 +1,16 @@
 """IP-Adapter nodes with ComfyUI_IPAdapter_plus's names and inputs (cubiq/ComfyUI_IPAdapter_plus
 `IPAdapterPlus.py`: IPAdapterModelLoader, IPAdapter, IPAdapterAdvanced), so its API workflows run here.
 
-The image encoder comes with the adapter (found beside it, models/ip_adapter.py), so `clip_vision` is
-optional on IPAdapterAdvanced and ignored, as the adapter folder already names its encoder. What
+The image encoder is found beside the adapter (models/ip_adapter.py); IPAdapterAdvanced's optional
+`clip_vision` (ComfyUI's core CLIPVisionLoader, a transformers folder under models_dir/clip_vision)
+replaces it. What
 diffusers' IP-Adapter attention cannot do (a start/end window, weight types other than the standard
 one, other embedding combinations or scalings) is an error on the node, never silently different.
 """
 from __future__ import annotations
 
 from loraflow.serve.comfy.node_base import COMBO, FLOAT, LINK, Node
-from loraflow.serve.comfy.values import IPAdapterRef, IPAdapterUse, NodeError
+from loraflow.serve.comfy.values import CLIPVisionRef, IPAdapterRef, IPAdapterUse, NodeError
 
 # ComfyUI_IPAdapter_plus's choices, listed so its workflows validate; only the first of each is supported
 WEIGHT_TYPES = ("linear", "ease in", "ease out", "ease in-out", "reverse in-out", "weak input", "weak output",
@@ -29,6 +30,22 @@ def ip_adapter_names(paths) -> list[str]:
                   and (p.is_dir() or p.suffix.lower() == ".safetensors"))
 
 
+def clip_vision_names(paths) -> list[str]:
+    root = paths.clip_visions
+    return sorted(p.name for p in root.iterdir() if (p / "config.json").is_file()) if root.is_dir() else []
+
+
+class CLIPVisionLoader(Node):
+    """Loads a CLIP vision encoder (ComfyUI core `CLIPVisionLoader`) for IPAdapterAdvanced."""
+
+    INPUTS = {"clip_name": COMBO(clip_vision_names)}
+    OUTPUTS = ("CLIP_VISION",)
+    FILE_INPUTS = {"clip_name": "CLIP vision"}
+
+    def run(self, ctx, node_id, clip_name):
+        return (CLIPVisionRef(str(ctx.paths.clip_vision(clip_name))),)  # weights load when sampled
+
+
 class IPAdapterModelLoader(Node):
     """Loads an IP-Adapter (a folder in its hub layout, or a file with its image encoder beside it)."""
 
@@ -41,12 +58,12 @@ class IPAdapterModelLoader(Node):
         return (IPAdapterRef(str(ctx.paths.ip_adapter(ipadapter_file))),)  # weights load when sampled
 
 
-def _use(node_id, model, ipadapter, image, weight, start_at, end_at, attn_mask):
+def _use(node_id, model, ipadapter, image, weight, start_at, end_at, attn_mask, clip_vision=None):
     if (start_at, end_at) != (0.0, 1.0):
         raise NodeError(f"start_at/end_at {start_at:g}..{end_at:g}: only the whole run (0..1) is supported here")
     if weight == 0:
         return model  # as a LoRA at 0: the base model, byte for byte
-    return model.with_reference(IPAdapterUse(ipadapter, image, weight, attn_mask, label=node_id))
+    return model.with_reference(IPAdapterUse(ipadapter, image, weight, attn_mask, node_id, clip_vision))
 
 
 class IPAdapter(Node):
@@ -85,7 +102,7 @@ class IPAdapterAdvanced(Node):
                 raise NodeError(f"{name} {value!r}: only {default!r} is supported here")
         if image_negative is not None:
             raise NodeError("image_negative: not supported here (the unconditional side uses diffusers' own)")
-        return (_use(node_id, model, ipadapter, image, weight, start_at, end_at, attn_mask),)
+        return (_use(node_id, model, ipadapter, image, weight, start_at, end_at, attn_mask, clip_vision),)
 
 
-IPADAPTER_NODES = (IPAdapterModelLoader, IPAdapter, IPAdapterAdvanced)
+IPADAPTER_NODES = (IPAdapterModelLoader, CLIPVisionLoader, IPAdapter, IPAdapterAdvanced)

@@ -70,9 +70,9 @@ def ip_references(uses, width: int, height: int) -> PreparedReferences | None:
     batch is a reference with the node's weight, its attn_mask (1 = acts) resized to the output size."""
     if not uses:
         return None
-    adapters = {u.adapter.path for u in uses}
+    adapters = {(u.adapter.path, u.clip_vision.path if u.clip_vision else None) for u in uses}
     if len(adapters) > 1:
-        raise NodeError(f"one IP-Adapter per model at a time here; got {len(adapters)} ({', '.join(sorted(adapters))})")
+        raise NodeError(f"one IP-Adapter (and image encoder) per model at a time here; got {len(adapters)}")
     refs, images, masks = [], [], []
     for use in uses:
         pics = images_to_pil(use.image)
@@ -81,7 +81,8 @@ def ip_references(uses, width: int, height: int) -> PreparedReferences | None:
             refs.append(Reference(image=f"{use.label}.{k}", scale=use.weight, mask=use.label if mask is not None else None))
             images.append(pic)
             masks.append(mask)
-    return PreparedReferences(adapters.pop(), tuple(refs), tuple(images), tuple(masks))
+    adapter, encoder = adapters.pop()
+    return PreparedReferences(adapter, tuple(refs), tuple(images), tuple(masks), image_encoder=encoder)
 
 
 def images_to_pil(images) -> list:

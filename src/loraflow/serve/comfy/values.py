@@ -64,6 +64,13 @@ class IPAdapterRef:
     path: str
 
 
+@dataclass(frozen=True)
+class CLIPVisionRef:
+    """CLIP_VISION: a transformers CLIP vision folder under models_dir/clip_vision."""
+
+    path: str
+
+
 @dataclass(frozen=True, eq=False)  # holds tensors: compared by identity
 class IPAdapterUse:
     """One IPAdapter node's reference images, applied by the samplers that use the MODEL it returned."""
@@ -73,6 +80,7 @@ class IPAdapterUse:
     weight: float
     attn_mask: Any = None  # MASK (B or 1, H, W), 1 = where the references act; None: everywhere
     label: str = ""  # the node, named in the infotext-like records
+    clip_vision: CLIPVisionRef | None = None  # the image encoder, when not the one beside the adapter
 
 
 @dataclass(frozen=True)
