@@ -171,6 +171,11 @@ def test_references_without_an_adapter_and_bad_scales_are_one_line_errors(tiny_s
         GenerateConfig.from_dict({**BASE, "reference": [f"{refs['a']}:-1"]})
     assert "\n" not in str(e.value)
     assert GenerateConfig(reference=["C:/refs/a.png"]).reference[0].image == "C:/refs/a.png"
+    from loraflow.generate.ip_references import MAX_REFERENCES
+
+    with pytest.raises(ConfigError, match="reference") as e:  # each is an encoder pass and a mask per layer
+        GenerateConfig.from_dict({**BASE, "reference": [refs["a"]] * (MAX_REFERENCES + 1)})
+    assert "\n" not in str(e.value)
 
 
 def test_an_adapter_of_another_family_is_refused_in_one_line(tiny_session, adapters, refs):
@@ -193,3 +198,16 @@ def test_python_api_takes_ip_adapter_and_references(adapters, refs):
                                                            "reference": [f"{refs['a']}:0.8"]}))[0]
     assert steered.images[0].tobytes() == same_config.image.tobytes() != base.images[0].tobytes()
     assert "IP-Adapter 0: " in steered.infotexts[0]
+
+
+@pytest.mark.parametrize("task", ["img2img", "inpaint"])
+def test_references_work_through_kolors_borrowed_task_pipelines(tiny_session, adapters, refs, task):
+    """Kolors runs img2img and inpainting with SDXL's pipelines given ChatGLM embeddings; the adapter
+    (on the shared UNet) steers those too, and scale 0 is still the base image."""
+    session = tiny_session("kolors")
+    extra = {"init_image": refs["b"], "strength": 0.7} if task == "img2img" else {"init_image": refs["b"], "mask": refs["left"]}
+    base, _ = draw(session, **extra)
+    steered, _ = draw(session, ip_adapter=str(adapters("kolors", True)), reference=[refs["a"]], **extra)
+    zero, _ = draw(session, ip_adapter=str(adapters("kolors", True)), reference=[f"{refs['a']}:0"], **extra)
+    assert np.abs(steered - base).mean() > 1.0
+    assert np.array_equal(zero, base)

@@ -54,6 +54,7 @@ def test_generate_job_with_references(uploaded):
     ({"ip_adapter": "tiny-ipa", "reference": ["missing.png"]}, "reference.0.image"),
     ({"ip_adapter": "tiny-ipa", "reference": [{"image": "ref-a.png", "mask": "nope.png"}]}, "reference.0.mask"),
     ({"ip_adapter": "tiny-ipa", "reference": ["ref-a.png:11"]}, "reference"),
+    ({"ip_adapter": "tiny-ipa", "reference": ["ref-a.png"] * 17}, "reference"),  # a hostile count
 ])
 def test_bad_references_are_422_naming_the_field(uploaded, body, field):
     r = uploaded.post("/api/jobs/generate", json={**TINY, **body})

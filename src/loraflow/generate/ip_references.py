@@ -20,6 +20,8 @@ from loraflow.config import Options, opt
 from loraflow.errors import ConfigError
 
 MAX_REFERENCE_SCALE = 10.0  # far past any useful strength (1 is the adapter's trained scale)
+# references per image: each is one more encoder pass and one more (H, W) mask in every cross-attention
+MAX_REFERENCES = 16
 
 
 class Reference(Options):

@@ -8,7 +8,7 @@ from pydantic import field_validator, model_validator
 from loraflow.config import Options, opt
 from loraflow.errors import ConfigError
 from loraflow.generate.control.units import ControlUnit, parse_units
-from loraflow.generate.ip_references import Reference, parse_references
+from loraflow.generate.ip_references import MAX_REFERENCES, Reference, parse_references
 from loraflow.models.families import TINY_MODELS, FamilyName
 
 
@@ -84,7 +84,7 @@ class ReferenceOptions(Options):
                                        "model family's) or the adapter file; its image encoder is found beside it")
     reference: list[Reference] = opt([], "reference image IMAGE[:SCALE] steering the picture through the "
                                          "IP-Adapter, repeatable; in files also {image, scale, mask}",
-                                   aliases=("references",))
+                                   aliases=("references",), max_length=MAX_REFERENCES)
 
     @field_validator("reference", mode="before")
     @classmethod

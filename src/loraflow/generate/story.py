@@ -25,6 +25,7 @@ from loraflow.config import Options, opt
 from loraflow.errors import ConfigError
 from loraflow.generate.cast import Character, PanelCast, cast_problem, resolve_cast
 from loraflow.generate.control.units import PREVIOUS, ControlUnit, parse_units
+from loraflow.generate.ip_references import MAX_REFERENCES
 from loraflow.generate.options import GenerateConfig, ModelOptions, SamplingOptions
 
 
@@ -209,6 +210,9 @@ def scene_configs(story: Story, cfg: StoryboardConfig) -> list[GenerateConfig]:
     items = []
     ip_adapter = cfg.ip_adapter or story.ip_adapter
     for i, (scene, cast) in enumerate(zip(story.scenes, story.panel_casts())):
+        if len(cast.references) > MAX_REFERENCES:
+            raise ConfigError(f"scenes[{i}]: its cast brings {len(cast.references)} steering references; at most "
+                              f"{MAX_REFERENCES} per panel")
         if cast.references and not ip_adapter:
             raise ConfigError(f"scenes[{i}]: its cast steers with reference_strength, which needs an IP-Adapter: "
                               "set the story's ip_adapter or pass --ip-adapter")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from loraflow.atomic import atomic_save_image
 from loraflow.errors import ConfigError
 from loraflow.generate.engine import ControlInput, LatentSampling, sample_latents
-from loraflow.generate.ip_references import PreparedReferences, Reference
+from loraflow.generate.ip_references import MAX_REFERENCES, PreparedReferences, Reference
 from loraflow.generate.schedulers import canonical_sampler
 from loraflow.serve.comfy.values import Conditioning, Latent, ModelRef, NodeError, activate
 from loraflow.serve.paths import safe_join
@@ -81,6 +81,8 @@ def ip_references(uses, width: int, height: int) -> PreparedReferences | None:
             refs.append(Reference(image=f"{use.label}.{k}", scale=use.weight, mask=use.label if mask is not None else None))
             images.append(pic)
             masks.append(mask)
+    if len(refs) > MAX_REFERENCES:
+        raise NodeError(f"{len(refs)} IP-Adapter reference images reach this sampler; at most {MAX_REFERENCES}")
     adapter, encoder = adapters.pop()
     return PreparedReferences(adapter, tuple(refs), tuple(images), tuple(masks), image_encoder=encoder)
 
