@@ -185,8 +185,8 @@ def load_ip_adapter_files(files: IPAdapterFiles, family, *, dtype, device, allow
 
 class IPAdapterSlot:
     """The IP-Adapter attached to one pipeline's UNet: at most one at a time, read from disk once and
-    kept (the last one used) so a story that alternates panels with and without references reattaches
-    it without reading the files again."""
+    kept (the last one used; its image encoder on the CPU while detached) so a story that alternates
+    panels with and without references reattaches it without reading the files again."""
 
     def __init__(self, pipe, family):
         self.pipe = pipe
@@ -218,6 +218,7 @@ class IPAdapterSlot:
 
     def _attach(self, adapter: LoadedIPAdapter) -> None:
         pipe = self.pipe
+        adapter.image_encoder.to(pipe.unet.device)  # kept on the CPU while detached
         self._feature_extractor = getattr(pipe, "feature_extractor", None)
         # registered first, so load_ip_adapter neither loads an encoder nor builds a processor itself
         pipe.register_modules(image_encoder=adapter.image_encoder, feature_extractor=adapter.feature_extractor)
@@ -242,6 +243,7 @@ class IPAdapterSlot:
         if hasattr(unet, "text_encoder_hid_proj") and unet.text_encoder_hid_proj is None:
             del unet.text_encoder_hid_proj
         pipe.register_modules(image_encoder=None, feature_extractor=self._feature_extractor)
+        self.attached.image_encoder.to("cpu")  # kept for a later run, off the accelerator
         self.attached = None
 
     def image_embeds(self, images: list, n: int, cfg: bool) -> list:
