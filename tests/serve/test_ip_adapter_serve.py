@@ -143,3 +143,27 @@ def test_ipadapter_nodes_steer_and_weight_zero_does_not(uploaded):
     window["24"]["inputs"]["start_at"] = 0.5
     job, _ = _run_graph(uploaded, window)
     assert job["status"] == "failed" and "node 24 (IPAdapter)" in job["error"] and "start_at" in job["error"]
+
+
+def test_ipadapter_node_inputs_become_references_with_masks():
+    """What the samplers hand the session: each image of an IMAGE batch is a reference with its node's
+    weight; attn_mask (1 = acts) is resized to the output; two adapters on one model are a node error."""
+    import torch
+
+    from loraflow.serve.comfy.sampling import ip_references
+    from loraflow.serve.comfy.values import IPAdapterRef, IPAdapterUse, NodeError
+
+    images = torch.rand(2, 24, 24, 3)
+    mask = torch.zeros(1, 16, 16)
+    mask[:, :, :8] = 1.0  # left half
+    adapter = IPAdapterRef("/models/ipadapter/a")
+    refs = ip_references((IPAdapterUse(adapter, images, 0.7, mask, "24"),), 64, 32)
+    assert [r.scale for r in refs.references] == [0.7, 0.7] and refs.adapter == adapter.path
+    assert refs.images[1].size == (24, 24)
+    expected = (images[1].numpy() * 255).round().astype(np.uint8)
+    assert np.array_equal(np.asarray(refs.images[1]), expected)
+    resized = np.asarray(refs.masks[0])
+    assert resized.shape == (32, 64) and resized[:, :28].min() == 255 and resized[:, 36:].max() == 0
+    assert ip_references((), 64, 64) is None
+    with pytest.raises(NodeError, match="one IP-Adapter"):
+        ip_references((IPAdapterUse(adapter, images, 1.0), IPAdapterUse(IPAdapterRef("/other"), images, 1.0)), 64, 64)

@@ -1,5 +1,6 @@
 """A story's cast: characters defined once, placed into the scenes that name them.
 
+    ip_adapter: models/IP-Adapter                  # for characters with a reference_strength
     characters:
       - name: kitten
         description: {en: "an orange kitten with a white chest", zh: "一只胸口白色的橘色小猫"}
