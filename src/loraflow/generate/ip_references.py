@@ -92,9 +92,8 @@ def prepare_ip_references(config, width: int, height: int) -> PreparedReferences
     images, masks = [], []
     for k, ref in enumerate(config.reference):
         images.append(load_image(ref.image, f"reference {k}"))
-        mask = ref.mask and fit_to_size(load_image(ref.mask, f"reference {k} mask", mode="L"), width, height,
-                                        f"reference {k} mask ({ref.mask})")
-        masks.append(mask or None)
+        masks.append(fit_to_size(load_image(ref.mask, f"reference {k} mask", mode="L"), width, height,
+                                 f"reference {k} mask ({ref.mask})") if ref.mask else None)
     return PreparedReferences(config.ip_adapter, tuple(config.reference), tuple(images), tuple(masks),
                               config.allow_pickle)
 
@@ -113,7 +112,8 @@ def ip_adapter_kwargs(slot, refs: PreparedReferences, n: int, cfg: bool, height:
 
     slot.pipe.set_ip_adapter_scale(1.0)  # each reference's scale is on its mask
     full = Image.new("L", (width, height), 255)
-    masks = IPAdapterMaskProcessor().preprocess([m or full for m in refs.masks], height=height, width=width)  # (N, 1, H, W)
+    masks = IPAdapterMaskProcessor().preprocess([full if m is None else m for m in refs.masks],
+                                                height=height, width=width)  # (N, 1, H, W), binarised
     masks = masks.reshape(1, -1, height, width) * torch.tensor(scales).view(1, -1, 1, 1)  # (1, N, H, W)
     return {"ip_adapter_image_embeds": embeds, "cross_attention_kwargs": {"ip_adapter_masks": [masks]}}
 

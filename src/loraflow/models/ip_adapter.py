@@ -118,7 +118,8 @@ def _load_weights_only(path: Path) -> dict:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # weights_only refuses code; a cut-short zip fails too
         first = (str(e).strip().splitlines() or [""])[0][:160]
-        raise ModelLoadError(f"{path}: cannot read as weights-only torch file ({e.__class__.__name__}: {first})") from None
+        raise ModelLoadError(f"{path}: cannot read as a weights-only torch file ({e.__class__.__name__}: {first})") \
+            from None
     if not isinstance(raw, dict):
         raise ModelLoadError(f"{path}: holds a {type(raw).__name__}, not IP-Adapter weights")
     return raw

@@ -38,8 +38,8 @@ class SDXL(ModelFamily):
     # the *_vit-h ones ViT-H (models/image_encoder); models/ip_adapter.py picks the encoder whose width fits.
     ip_adapter = IPAdapterLayout(
         hub_id="h94/IP-Adapter",
-        weight_names=("sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors", "sdxl_models/ip-adapter_sdxl_vit-h.safetensors",
-                      "sdxl_models/ip-adapter_sdxl.safetensors"),
+        weight_names=("sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors",
+                      "sdxl_models/ip-adapter_sdxl_vit-h.safetensors", "sdxl_models/ip-adapter_sdxl.safetensors"),
         image_encoders=("image_encoder", "sdxl_models/image_encoder", "models/image_encoder"),
         image_encoder_title="CLIP ViT-H/14 (models/image_encoder) or ViT-bigG/14 (sdxl_models/image_encoder)",
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
+from loraflow.serve.comfy.values import Shown
+
 
 @dataclass
 class Input:
