@@ -12,11 +12,10 @@ attach the adapter at all, so it is the base model's image, byte for byte.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
-from loraflow.config import Options, opt
+from loraflow.config import Options, opt, split_weighted
 from loraflow.errors import ConfigError
 
 MAX_REFERENCE_SCALE = 10.0  # far past any useful strength (1 is the adapter's trained scale)
@@ -43,18 +42,10 @@ class Reference(Options):
 
 
 def parse_reference_arg(text: str) -> "Reference":
-    """`ref.png`, `ref.png:0.6`; a path may hold colons (C:\\x.png): only a numeric tail is a scale."""
-    head, sep, tail = text.rpartition(":")
-    if sep and head:
-        try:
-            scale = float(tail)
-        except ValueError:
-            pass
-        else:
-            if not math.isfinite(scale):
-                raise ConfigError(f"--reference {text!r}: scale must be a finite number")
-            return Reference.from_dict({"image": head, "scale": scale}, source=f"--reference {text!r}")
-    return Reference.from_dict({"image": text}, source=f"--reference {text!r}")
+    """`ref.png`, `ref.png:0.6`; a path may hold colons (C:\\x.png): the one NAME[:NUMBER] splitter."""
+    image, scale = split_weighted(text, None, what="scale")
+    return Reference.from_dict({"image": image, **({"scale": scale} if scale is not None else {})},
+                               source=f"--reference {text!r}")
 
 
 def parse_references(value) -> list[Reference]:
