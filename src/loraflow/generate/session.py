@@ -16,6 +16,7 @@ from loraflow.atomic import atomic_save_image
 from loraflow.config import split_weighted
 from loraflow.errors import ConfigError
 from loraflow.generate.control.infotext import reference_params
+from loraflow.generate.control.pipelines import accepts
 from loraflow.generate.control.references import (
     References, denoising_steps, paste_unmasked, prepare_references, vae_round_trip,
 )
@@ -318,8 +319,6 @@ class GenerationSession:
         if refs is None or not refs.active:
             self.ip_adapter.use(None)
             return {}
-        from loraflow.generate.control.pipelines import accepts
-
         if not accepts(pipe, "ip_adapter_image_embeds"):
             raise ConfigError(f"reference: {type(pipe).__name__} takes no IP-Adapter references")
         self.ip_adapter.use(locate_ip_adapter(refs.adapter, self.family, refs.image_encoder), refs.allow_pickle)
