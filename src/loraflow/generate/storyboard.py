@@ -120,6 +120,9 @@ def story_index(story: Story, session: GenerationSession, items, casts, results,
                 "infotext": r.infotext,
                 **({"cast": cast.to_json(), "references": [p for c in cast.members for p in c.references]}
                    if cast.members else {}),
+                # what steered the panel through the IP-Adapter (the cast's references with a reference_strength)
+                **({"ip_adapter": item.ip_adapter, "ip_references": [r.model_dump() for r in item.reference]}
+                   if item.reference else {}),
                 **({"scores": sc} if sc is not None else {}),
                 **({"candidates": candidates[k]} if candidates[k] else {})}
 

@@ -128,7 +128,8 @@ def cache_keys(prompt: dict, order: list[str], paths) -> dict[str, str]:
 def _file_stamp(paths, kind: str, name: str):
     try:
         path = {"model": lambda: paths.model(name), "LoRA": lambda: paths.lora(name),
-                "ControlNet": lambda: paths.controlnet(name),
+                "ControlNet": lambda: paths.controlnet(name), "IP-Adapter": lambda: paths.ip_adapter(name),
+                "CLIP vision": lambda: paths.clip_vision(name),
                 "input": lambda: paths.output_file(name, kind="input")}[kind]()
     except (LoraflowError, KeyError):
         return None
