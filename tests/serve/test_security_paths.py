@@ -23,7 +23,9 @@ NOT_PATHS = {
                    "story.negative_prompt", "story.defaults.scheduler", "story.scenes.*.title",
                    "story.scenes.*.description", "story.scenes.*.prompt", "story.scenes.*.negative_prompt",
                    "story.language", "story.scenes.*.cast.*", "story.characters.*.name", "story.characters.*.trigger",
-                   "story.characters.*.description", "story.characters.*.description.*"},
+                   "story.characters.*.description", "story.characters.*.description.*",
+                   # words of a character sheet's portraits (the server renders no sheets)
+                   "story.sheet.framing", "story.sheet.framing.*"},
     "train": {"caption_prefix", "device", "mixed_precision", "validation_prompt.*", "caption_separator", "mask_column"},
     "data-filter": {"recipe.project_name", "recipe.text_keys", "recipe.text_keys.*", "recipe.image_key",
                     "recipe.image_special_token", "recipe.eoc_special_token", "recipe.process.*.*.text_key",
