@@ -70,7 +70,7 @@ class LoraSpec:
     def stamp(self) -> tuple:
         """What identifies the file's content cheaply: a file rewritten in place changes its size or
         mtime, one replaced by rename its inode. Part of every key that depends on the LoRA's weights."""
-        return (str(self.path), self.weight, *file_stamp(self.path))
+        return (str(self.path), self.weight, *hashing.file_stamp(self.path))
 
 
 @dataclass
@@ -89,12 +89,6 @@ class RenderItem:
 
     def batch_key(self) -> tuple:
         return (self.loras, self.height, self.width, self.steps, self.guidance, self.reference, self.config.scheduler)
-
-
-def file_stamp(path: Path) -> tuple:
-    """(size, mtime_ns, inode) of a file, or of each file of a folder (a diffusers LoRA folder)."""
-    files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
-    return tuple(x for f in files for st in [f.stat()] for x in (st.st_size, st.st_mtime_ns, st.st_ino))
 
 
 def parse_lora_arg(text: str, lora_dirs: list[str]) -> LoraSpec:
@@ -368,7 +362,7 @@ class GenerationSession:
         return self._model_hash
 
     def lora_hash(self, lora: LoraSpec) -> str:
-        key = (str(lora.path), *file_stamp(lora.path))  # the file's content, whatever the weight
+        key = (str(lora.path), *hashing.file_stamp(lora.path))  # the file's content, whatever the weight
         if key not in self._lora_hashes:
             self._lora_hashes[key] = hashing.lora_hash(lora.path)
         return self._lora_hashes[key]

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from loraflow.errors import ConfigError, ModelLoadError
+from loraflow.models.hashing import file_stamp
 from loraflow.models.pickle_files import PICKLE_SUFFIXES
 
 ENCODER_WEIGHTS = ("model.safetensors", "pytorch_model.bin")  # transformers' names, safetensors first
@@ -73,12 +74,6 @@ def locate_ip_adapter(path: str | Path, family, image_encoder: str | Path | None
                 return IPAdapterFiles(candidate, (candidate.parent, p), encoder)
     raise ModelLoadError(f"IP-Adapter folder {p} has none of {', '.join(layout.weight_names)} "
                          f"(download them from {layout.hub_id}, or pass the adapter file itself)")
-
-
-def file_stamp(path: Path) -> tuple:
-    """(size, mtime_ns, inode) of a file or of every file in a folder."""
-    files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
-    return tuple(x for f in files for st in [f.stat()] for x in (st.st_size, st.st_mtime_ns, st.st_ino))
 
 
 def read_adapter_state_dict(path: Path, allow_pickle: bool = False) -> dict:

@@ -17,7 +17,7 @@ import traceback
 from pathlib import Path
 
 from loraflow.errors import LoraflowError
-from loraflow.generate.session import file_stamp
+from loraflow.models.hashing import file_stamp
 from loraflow.serve.comfy.graph import is_link, normalize, topological_order
 from loraflow.serve.comfy.nodes import NODES
 from loraflow.serve.cancel import cancel_points_in
