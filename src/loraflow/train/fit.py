@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from loraflow.errors import ConfigError
 from loraflow.plan.gpus import GiB
-from loraflow.plan.modes import TRAIN_STEPS, budget_from_vram, choose, flags, spill_message
+from loraflow.plan.modes import TRAIN_STEPS, budget_from_vram, choose, flags, stop_if_spilling
 
 
 def fit_train_config(config, device: str, say: Callable[[str], None] = print, planner=None, free_bytes=None):
@@ -24,23 +23,5 @@ def fit_train_config(config, device: str, say: Callable[[str], None] = print, pl
             f"planned peak {plan.peak_bytes / GiB:.2f} GiB")
     else:
         plan = planner(config)
-    if free_bytes is not None:
-        fitting = None
-        if plan.peak_bytes > free_bytes:
-            try:
-                fitting = flags(choose(config, free_bytes, planner, TRAIN_STEPS)[2])
-            except ConfigError:
-                fitting = None
-        message = spill_message(plan.peak_bytes, free_bytes, fitting)
-        if message:
-            raise ConfigError(message)
+    stop_if_spilling(config, plan, free_bytes, planner, TRAIN_STEPS)
     return config
-
-
-def cuda_free_bytes(device: str) -> int | None:
-    """Free memory of a CUDA device; None for any other device."""
-    import torch
-
-    if not str(device).startswith("cuda") or not torch.cuda.is_available():
-        return None
-    return torch.cuda.mem_get_info(torch.device(device))[0]

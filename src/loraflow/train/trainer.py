@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Callable
 
 from loraflow.errors import ConfigError, LoraflowError
-from loraflow.train.fit import cuda_free_bytes, fit_train_config
+from loraflow.plan.modes import cuda_free_bytes
+from loraflow.train.fit import fit_train_config
 from loraflow.train import checkpoint, objective
 from loraflow.train.config import TrainConfig
 from loraflow.train.ema import LoraEMA
