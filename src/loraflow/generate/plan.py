@@ -116,9 +116,6 @@ def _resident_bytes(offload: str, unet, vae, encoders: dict):
     def size(module):
         return sum(p.numel() * p.element_size() for p in module.parameters())
 
-    def largest_layer(module):
-        return max(sum(p.numel() * p.element_size() for p in m.parameters(recurse=False)) for m in module.modules())
-
     modules = {"unet": unet, "vae": vae, **encoders}
     sizes = {k: size(m) for k, m in modules.items()}
     everything = sum(sizes.values())
@@ -128,4 +125,4 @@ def _resident_bytes(offload: str, unet, vae, encoders: dict):
         return lambda component: sizes["unet"] + sizes["vae"] + (sizes[component] if component in encoders else 0)
     if offload == "model":
         return lambda component: sizes[component]
-    return lambda component: largest_layer(modules[component])  # sequential
+    return lambda component: ops.largest_layer_bytes(modules[component])  # sequential
