@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from loraflow import __version__
 from loraflow.atomic import atomic_save_image
+from loraflow.config import split_weighted
 from loraflow.errors import ConfigError
 from loraflow.generate.control.infotext import reference_params
 from loraflow.generate.control.references import (
@@ -93,13 +94,7 @@ def file_stamp(path: Path) -> tuple:
 
 def parse_lora_arg(text: str, lora_dirs: list[str]) -> LoraSpec:
     """`FILE[:WEIGHT]` (weight defaults to 1.0); FILE may be a bare name found in `lora_dirs`."""
-    name, weight = text, 1.0
-    if ":" in text:
-        head, tail = text.rsplit(":", 1)
-        try:
-            name, weight = head, float(tail)
-        except ValueError:
-            name = text  # a colon that is part of the path (C:\...)
+    name, weight = split_weighted(text, 1.0)
     return LoraSpec(find_lora_file(name, lora_dirs), weight)
 
 

@@ -63,10 +63,11 @@ def render_all(session: GenerationSession, story: Story, items: list[GenerateCon
 
 def run_storyboard(cfg: StoryboardConfig, session: GenerationSession | None = None,
                    progress: ProgressFn | None = None, scorer=None, identity=None,
-                   story: Story | None = None) -> dict:
+                   story: Story | None = None, notes: dict | None = None) -> dict:
     """Render every scene, the grid and story.json into `cfg.out`; returns the story.json dict.
     `scorer` / `identity` replace the ones the options would load (`identity`: an IdentityScorer);
-    `story` is the story itself when it comes from Python rather than from the file `cfg.story`."""
+    `story` is the story itself when it comes from Python rather than from the file `cfg.story`;
+    `notes` are top-level entries added to story.json (where a character's LoRA came from)."""
     story = story if story is not None else load_story(cfg.story)
     casts = story.panel_casts()
     items = scene_configs(story, cfg)
@@ -97,6 +98,7 @@ def run_storyboard(cfg: StoryboardConfig, session: GenerationSession | None = No
         index["contact_sheet"] = write_contact_sheet(out, index, [r.image for r in results])
     if repaired is not None:
         index["repair"] = repaired
+    index.update(notes or {})
     atomic_write_text(out / "story.json", json.dumps(index, ensure_ascii=False, indent=2))
     return index
 

@@ -22,7 +22,9 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from loraflow.atomic import same_file
+from loraflow.config import split_weighted
 from loraflow.data.recipe import output_paths
+from loraflow.errors import ConfigError
 from loraflow.serve.paths import ServerPaths, confine_path, safe_file_name
 from loraflow.serve.validation import Invalid
 
@@ -76,19 +78,18 @@ def confine_payload(kind: str, payload: dict, paths: ServerPaths) -> dict:
 
 
 def _lora(spec: str, field: str, paths: ServerPaths) -> str:
-    name, sep, weight = spec.rpartition(":")
-    if not sep or not _is_number(weight):
-        name, weight = spec, ""
+    name, weight = lora_weight(spec, field)
     path = confine_path(name, paths.roots("lora"), field)
-    return f"{path}:{weight}" if weight else str(path)
+    return str(path) if weight is None else f"{path}:{weight}"
 
 
-def _is_number(text: str) -> bool:
+def lora_weight(spec: str, field: str) -> tuple[str, float | None]:
+    """`name[:weight]` of a request -> (name, weight or None); a weight that is no number is a 422
+    naming `field`."""
     try:
-        float(text)
-        return True
-    except ValueError:
-        return False
+        return split_weighted(spec, None)
+    except ConfigError as e:
+        raise Invalid(f"key '{field}': {e}", field) from None
 
 
 def _apply(data: Any, parts: list[str], loc: str, fn: Callable[[str, str], Any]) -> Any:

@@ -157,25 +157,27 @@ def vae_encode(vae, pixels, scale: int = 8):
 
 
 def _scale(vae, latents):
-    cfg = vae.config
-    if getattr(cfg, "latents_mean", None) is not None and getattr(cfg, "latents_std", None) is not None:
-        import torch
-
-        mean = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1).to(latents)
-        std = torch.tensor(cfg.latents_std).view(1, -1, 1, 1).to(latents)
-        return (latents - mean) * cfg.scaling_factor / std
-    return (latents - (getattr(cfg, "shift_factor", None) or 0.0)) * cfg.scaling_factor
+    shift, std, factor = _latent_norm(vae, latents)
+    return (latents - shift) * factor / std
 
 
 def _unscale(vae, latents):
+    shift, std, factor = _latent_norm(vae, latents)
+    return latents * std / factor + shift
+
+
+def _latent_norm(vae, latents) -> tuple:
+    """(shift, std, scaling_factor) with model latents = (VAE latents - shift) * scaling_factor / std:
+    per-channel `latents_mean` / `latents_std` where the VAE config has them, else its `shift_factor`
+    and a std of 1."""
     cfg = vae.config
     if getattr(cfg, "latents_mean", None) is not None and getattr(cfg, "latents_std", None) is not None:
         import torch
 
         mean = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1).to(latents)
         std = torch.tensor(cfg.latents_std).view(1, -1, 1, 1).to(latents)
-        return latents * std / cfg.scaling_factor + mean
-    return latents / cfg.scaling_factor + (getattr(cfg, "shift_factor", None) or 0.0)
+        return mean, std, cfg.scaling_factor
+    return (getattr(cfg, "shift_factor", None) or 0.0), 1.0, cfg.scaling_factor
 
 
 class _upcast:
