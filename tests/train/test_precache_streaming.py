@@ -96,3 +96,15 @@ def test_planned_cache_pass_drops_by_the_streamed_weights_and_validation_holds_u
     # training step and validation: the UNet and the VAE, no text encoder
     for name in ("training step", "validation"):
         assert phases[True][name].by_category["weights"] == unet + vae
+
+
+@pytest.mark.parametrize("other", [{"train_text_encoder": True}, {"text_encoders_on_cpu": True},
+                                   {"cache_text_embeds": False}])
+def test_streaming_where_there_is_no_cache_pass_to_stream_is_one_line(other):
+    from loraflow.errors import ConfigError
+    from loraflow.train.config import TrainConfig
+
+    with pytest.raises(ConfigError) as e:
+        TrainConfig.from_dict(dict(model="tiny:sdxl", dataset="d", stream_text_encoders=True, **other))
+    line = str(e.value)
+    assert "stream_text_encoders" in line and "leave it unset" in line and "\n" not in line

@@ -178,9 +178,11 @@ class TrainConfig(Options):
             raise ValueError("base_fp8: the fp8-stored weights are computed in fp16 or bf16; set mixed_precision")
         if self.text_encoders_on_cpu and self.train_text_encoder:
             raise ValueError("text_encoders_on_cpu: a text encoder that trains must be on the training device")
-        if self.stream_text_encoders and (self.train_text_encoder or self.text_encoders_on_cpu):
-            why = "a text encoder that trains is on the device whole" if self.train_text_encoder else \
-                "text_encoders_on_cpu keeps them off the device"
+        if self.stream_text_encoders and (self.train_text_encoder or self.text_encoders_on_cpu
+                                          or not self.cache_text_embeds):
+            why = ("a text encoder that trains is on the device whole" if self.train_text_encoder else
+                   "text_encoders_on_cpu keeps them off the device" if self.text_encoders_on_cpu else
+                   "it streams the cache pass, and with cache_text_embeds off the encoders run every step")
             raise ValueError(f"stream_text_encoders: {why}; leave it unset")
         if self.early_stop and not self.eval_every:
             raise ValueError("early_stop needs eval_every (the held-out loss it watches)")
