@@ -73,7 +73,11 @@ def run_storyboard(cfg: StoryboardConfig, session: GenerationSession | None = No
     items = scene_configs(story, cfg)
     _check_before_rendering(cfg, story, items)
     panels = scoring.panel_scorer(cfg, casts, scorer, identity)
-    if session is None:
+    if session is None:  # on CUDA, a run whose plan exceeds the free memory stops here with one line
+        from loraflow.generate.plan import largest_scene, stop_if_over_free_memory  # the planner imports torch
+        from loraflow.models.loading import resolve_device
+
+        stop_if_over_free_memory(largest_scene(items, cfg), resolve_device(cfg.device))
         session = GenerationSession.from_options(cfg.model_copy(update={"model": cfg.model or story.model}))
     out = Path(cfg.out)
     candidates: list[list[dict]] = [[] for _ in items]

@@ -51,7 +51,13 @@ def candidate_changes(config, steps) -> list[dict]:
     return sets
 
 
+# generation's offload modes, least device memory last: a set only ever moves further along
+OFFLOAD_ORDER = ("none", "encoders", "model", "sequential")
+
+
 def _possible(config, key: str, value) -> bool:
+    if key == "offload":
+        return OFFLOAD_ORDER.index(value) > OFFLOAD_ORDER.index(config.offload)
     if key == "text_encoders_on_cpu":
         return not config.train_text_encoder
     if key == "base_fp8":
@@ -85,6 +91,27 @@ def spill_message(planned_peak: int, free_bytes: int, fitting: str | None) -> st
     advice = f"these flags would fit: {fitting}" if fitting else "no low-VRAM mode set fits; lower resolution or batch size"
     return (f"planned peak {planned_peak / GiB:.2f} GiB exceeds the {free_bytes / GiB:.2f} GiB free on the device "
             f"(it would spill into shared memory and run 10-100x slower); {advice}")
+
+
+def stop_if_spilling(config, plan, free_bytes: int | None, planner, steps) -> None:
+    """Raise the one-line ConfigError of `spill_message` when `plan` (of `config`) exceeds `free_bytes`,
+    naming the cheapest set of `steps` that would fit. `free_bytes` None (not CUDA): nothing to check."""
+    if free_bytes is None or plan.peak_bytes <= free_bytes:
+        return
+    try:
+        fitting = flags(choose(config, free_bytes, planner, steps)[2])
+    except ConfigError:
+        fitting = None
+    raise ConfigError(spill_message(plan.peak_bytes, free_bytes, fitting))
+
+
+def cuda_free_bytes(device: str) -> int | None:
+    """Free memory of a CUDA device (torch.cuda.mem_get_info); None for any other device."""
+    import torch
+
+    if not str(device).startswith("cuda") or not torch.cuda.is_available():
+        return None
+    return torch.cuda.mem_get_info(torch.device(device))[0]
 
 
 def budget_from_vram(vram_gib: float) -> int:
