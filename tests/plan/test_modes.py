@@ -9,7 +9,7 @@ import pytest
 from loraflow.errors import ConfigError
 from loraflow.train.fit import fit_train_config
 from loraflow.plan.gpus import GiB, RESERVED_BYTES, find_gpu
-from loraflow.plan.modes import spill_message
+from loraflow.plan.modes import TRAIN_STEPS, choose, spill_message
 from loraflow.train.config import TrainConfig
 
 
@@ -62,6 +62,18 @@ def test_vram_picks_the_cheapest_modes_that_fit_and_keeps_those_set():
     chosen = fit_train_config(config(vram=6.0, gradient_checkpointing=True), "cpu", planner=fake_planner)
     assert chosen.gradient_checkpointing and chosen.text_encoders_on_cpu and not chosen.base_fp8
     assert (6.0 * GiB - RESERVED_BYTES) >= fake_planner(chosen).peak_bytes
+
+
+def test_a_mode_that_saves_nothing_is_left_off():
+    # as when the cache pass streams the encoders: moving them to the CPU lowers no peak
+    def planner(c):
+        return FakePlan(int((10.0 - 2.0 * c.base_fp8 - 1.5 * c.gradient_checkpointing) * GiB))
+
+    budget = int(7.0 * GiB)  # 10 - 2 (fp8) - 1.5 (ckpt) = 6.5 fits; 8 (fp8 alone) does not
+    chosen, plan, changes = choose(config(), budget, planner, TRAIN_STEPS)
+    assert changes == {"base_fp8": True, "gradient_checkpointing": True}
+    assert not chosen.text_encoders_on_cpu and chosen.optimizer == "adamw"
+    assert plan.peak_bytes == int(6.5 * GiB)
 
 
 def test_no_mode_set_fits_is_one_line():
