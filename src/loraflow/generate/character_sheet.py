@@ -81,7 +81,11 @@ def render_sheet(cfg: StoryboardConfig, cmd: SheetCommand, session: GenerationSe
                         {"story": cfg.story, **{f"references.{j}": p for j, p in enumerate(character.references)}},
                         "storyboard --character-sheet")
     panels = scoring.panel_scorer(cfg, [cast], scorer, identity)
-    if session is None:
+    if session is None:  # on CUDA, a sheet whose plan exceeds the free memory stops here with one line
+        from loraflow.generate.plan import largest_scene, stop_if_over_free_memory  # the planner imports torch
+        from loraflow.models.loading import resolve_device
+
+        stop_if_over_free_memory(largest_scene([item], cfg), resolve_device(cfg.device))
         session = GenerationSession.from_options(cfg.model_copy(update={"model": cfg.model or story.model}))
     # 1. K seeds from the story's seed, as --best-of counts them
     results = scoring.render_candidates(session, item, [item.seed + j for j in range(k)], cfg, progress)

@@ -26,7 +26,11 @@ def register(subparsers) -> None:
 def run_generate(args: argparse.Namespace) -> int:
     from loraflow.generate.session import GenerationSession, save_results
 
+    from loraflow.generate.plan import stop_if_over_free_memory
+    from loraflow.models.loading import resolve_device
+
     config = GenerateConfig.from_cli(args, args.config).require_prompt()
+    stop_if_over_free_memory(config, resolve_device(config.device))  # CUDA: before the model loads
     session = GenerationSession.from_options(config)
     with StepBar("generate") as update:
         results = session.generate(config, progress=update)

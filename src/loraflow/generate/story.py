@@ -28,6 +28,7 @@ from loraflow.config import Options, opt
 from loraflow.errors import ConfigError
 from loraflow.generate.cast import Character, PanelCast, cast_problem, resolve_cast
 from loraflow.generate.control.units import PREVIOUS, ControlUnit, parse_units
+from loraflow.generate.ip_references import MAX_REFERENCES
 from loraflow.generate.options import GenerateConfig, ModelOptions, SamplingOptions
 from loraflow.generate.regions import MAX_REGIONS, RegionPrompt, mask_problem
 
@@ -124,6 +125,8 @@ class Story(Options):
     characters: list[Character] = opt([], "the cast: {name, description, references, lora, lora_weight, trigger}")
     language: str | None = opt(None, "which description of each character scenes use (default: zh for a "
                                      "prompt with Chinese characters, else en)")
+    ip_adapter: str | None = opt(None, "IP-Adapter (folder or file) through which characters with a "
+                                       "reference_strength steer their panels")
     sheet: SheetOptions = Field(default_factory=SheetOptions)
     sheet_training: dict[str, Any] = opt({}, "options of `loraflow train` for --use-sheet's character LoRA "
                                              "(lora_rank, max_steps, learning_rate, resolution, ...)")
@@ -145,6 +148,7 @@ class StoryboardConfig(ModelOptions, SamplingOptions):
     """`loraflow storyboard STORY --out DIR`; flags override the story's defaults."""
 
     story: str = opt("", "story file (.yaml/.json)", cli=False)
+    ip_adapter: str | None = opt(None, "IP-Adapter for characters' reference_strength (overrides the story's)")
     out: str = opt("outputs/story", "output folder", aliases=("output",))
     batch_size: int = opt(1, "scenes per pipeline call", ge=1, le=16)
     captions: bool | None = opt(None, "captions under each panel (overrides the story)")
@@ -221,7 +225,14 @@ def scene_configs(story: Story, cfg: StoryboardConfig) -> list[GenerateConfig]:
     d = story.defaults
     loras = cfg.lora or story.loras
     items = []
+    ip_adapter = cfg.ip_adapter or story.ip_adapter
     for i, (scene, cast) in enumerate(zip(story.scenes, story.panel_casts())):
+        if len(cast.references) > MAX_REFERENCES:
+            raise ConfigError(f"scenes[{i}]: its cast brings {len(cast.references)} steering references; at most "
+                              f"{MAX_REFERENCES} per panel")
+        if cast.references and not ip_adapter:
+            raise ConfigError(f"scenes[{i}]: its cast steers with reference_strength, which needs an IP-Adapter: "
+                              "set the story's ip_adapter or pass --ip-adapter")
         seed = scene.seed if scene.seed is not None else (cfg.seed if cfg.seed is not None else d.seed)
         if scene.seed is None and d.seed_policy == "increment":
             seed += i
@@ -243,6 +254,8 @@ def scene_configs(story: Story, cfg: StoryboardConfig) -> list[GenerateConfig]:
                      for u in scene.control],
             init_image=scene.init_image,
             strength=scene.strength,
+            allow_pickle=cfg.allow_pickle,
+            **({"ip_adapter": ip_adapter, "reference": list(cast.references)} if cast.references else {}),
         ))
     if story.scenes[0].uses_previous():
         raise ConfigError(f"scene 1 uses {PREVIOUS}, but there is no previous scene")

@@ -75,7 +75,11 @@ def run_storyboard(cfg: StoryboardConfig, session: GenerationSession | None = No
     items = scene_configs(story, cfg)
     _check_before_rendering(cfg, story, items)
     panels = scoring.panel_scorer(cfg, casts, scorer, identity)
-    if session is None:
+    if session is None:  # on CUDA, a run whose plan exceeds the free memory stops here with one line
+        from loraflow.generate.plan import largest_scene, stop_if_over_free_memory  # the planner imports torch
+        from loraflow.models.loading import resolve_device
+
+        stop_if_over_free_memory(largest_scene(items, cfg), resolve_device(cfg.device))
         session = GenerationSession.from_options(cfg.model_copy(update={"model": cfg.model or story.model}))
     out = Path(cfg.out)
     candidates: list[list[dict]] = [[] for _ in items]
@@ -125,6 +129,9 @@ def story_index(story: Story, session: GenerationSession, items, casts, results,
                    if cast.regions else {}),  # the prompt as sent: with the story's style
                 **({"cast": cast.to_json(), "references": [p for c in cast.members for p in c.references]}
                    if cast.members else {}),
+                # what steered the panel through the IP-Adapter (the cast's references with a reference_strength)
+                **({"ip_adapter": item.ip_adapter, "ip_references": [r.model_dump() for r in item.reference]}
+                   if item.reference else {}),
                 **({"scores": sc} if sc is not None else {}),
                 **({"candidates": candidates[k]} if candidates[k] else {})}
 

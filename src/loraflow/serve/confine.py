@@ -6,6 +6,7 @@ the folder the value must resolve into (after symlinks are followed):
     model       models_dir  (built-in names, `demo` and the `tiny:` models, pass unchanged)
     lora        models_dir  (`name[:weight]`)
     controlnet  models_dir
+    ipadapter   models_dir (a folder or file; its image encoder lies beside it)
     font        models_dir
     image       the uploads or the outputs folder (`@previous` = the story's previous panel)
     region      an area name (left, right, ...) unchanged, else a mask image as `image`
@@ -34,7 +35,8 @@ PREVIOUS = "@previous"  # a storyboard scene's reference to the panel before it
 
 _MODEL = {"model": "model", "vae": "model", "lora.*": "lora", "lora_dir.*": "server", "out": "server"}
 _REFERENCES = {"controlnet.*": "controlnet", "control.*.image": "image", "control.*.model": "controlnet",
-               "annotator_dir": "server", "init_image": "image", "mask": "image"}
+               "annotator_dir": "server", "init_image": "image", "mask": "image",
+               "ip_adapter": "ipadapter", "reference.*.image": "image", "reference.*.mask": "image"}
 
 PATH_FIELDS: dict[str, dict[str, str]] = {
     "generate": {**_MODEL, **_REFERENCES, "regions.*.region": "region"},
@@ -46,6 +48,7 @@ PATH_FIELDS: dict[str, dict[str, str]] = {
         "story.scenes.*.regions.*": "region",
         "story.scenes.*.control.*.image": "image", "story.scenes.*.control.*.model": "controlnet",
         "story.characters.*.lora": "lora", "story.characters.*.references.*": "image",
+        "config.ip_adapter": "ipadapter", "story.ip_adapter": "ipadapter",
     },
     "train": {"model": "model", "vae": "model", "dataset": "dataset", "output": "server", "cache_dir": "server",
               "name": "name", "resume": "server", "validation_clip": "model", "validation_aesthetic": "model",
@@ -65,6 +68,7 @@ def confine_payload(kind: str, payload: dict, paths: ServerPaths) -> dict:
         "model": lambda v, f: v if paths.is_builtin_model(v) else str(confine_path(v, paths.roots("model"), f)),
         "lora": lambda v, f: _lora(v, f, paths),
         "controlnet": lambda v, f: str(confine_path(v, paths.roots("model"), f)),
+        "ipadapter": lambda v, f: str(confine_path(v, paths.roots("model"), f)),
         "font": lambda v, f: str(confine_path(v, paths.roots("model"), f)),
         "image": lambda v, f: v if v == PREVIOUS else str(confine_path(v, paths.roots("image"), f)),
         "region": lambda v, f: v if v in AREAS else str(confine_path(v, paths.roots("image"), f)),

@@ -133,6 +133,13 @@ def _check_references(cfg, paths: ServerPaths, source: str) -> dict:
             units.append(unit.model_copy(update=changes))
         update["control"] = units
         update["controlnet"] = [str(paths.controlnet(c)) for c in cfg.controlnet]
+    if getattr(cfg, "ip_adapter", None):
+        update["ip_adapter"] = str(paths.ip_adapter(cfg.ip_adapter))
+    if getattr(cfg, "reference", None):
+        update["reference"] = [r.model_copy(update={
+            "image": str(_reference_image(cfg, f"reference.{i}.image", r.image, paths)),
+            "mask": r.mask and str(_reference_image(cfg, f"reference.{i}.mask", r.mask, paths))})
+            for i, r in enumerate(cfg.reference)]
     return update
 
 
@@ -215,6 +222,8 @@ def validate_storyboard(body: Any, paths: ServerPaths) -> dict:
         update["model"] = _resolve_model(None, paths)
     if story.grid.font:
         story_update["grid"] = story.grid.model_copy(update={"font": str(safe_join(paths.models, story.grid.font, "font"))})
+    if story.ip_adapter:
+        story_update["ip_adapter"] = str(paths.ip_adapter(story.ip_adapter))
     if story.characters:
         story_update["characters"] = [_serve_character(c, i, paths) for i, c in enumerate(story.characters)]
     problem = cast_problem(story.characters, story.scenes)
