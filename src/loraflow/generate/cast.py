@@ -108,8 +108,10 @@ class PanelCast:
 
     @property
     def references(self) -> tuple[Reference, ...]:
-        """The IP-Adapter references of the members that steer (reference_strength above 0)."""
-        return tuple(Reference(image=path, scale=c.reference_strength)
+        """The IP-Adapter references of the members that steer (reference_strength above 0); a member
+        kept to a region steers only there (its region is the reference's mask)."""
+        where = {r.character: r.region for r in self.regions}
+        return tuple(Reference(image=path, scale=c.reference_strength, mask=where.get(c.name))
                      for c in self.members if c.reference_strength for path in c.references)
 
     def to_json(self) -> list[dict]:

@@ -104,6 +104,15 @@ def region_masks(regions: list[str], height: int, width: int):
     return out
 
 
+def region_image(region: str, width: int, height: int):
+    """A region as a PIL "L" mask at the picture's size, white = inside (what IP-Adapter masks take)."""
+    import numpy as np
+    from PIL import Image
+
+    cover = region_masks([region], height, width)[0]
+    return Image.fromarray((cover * 255).round().astype(np.uint8), "L")
+
+
 def _mask_image(path: str, height: int, width: int):
     import numpy as np
     from PIL import Image

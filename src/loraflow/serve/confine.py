@@ -36,7 +36,7 @@ PREVIOUS = "@previous"  # a storyboard scene's reference to the panel before it
 _MODEL = {"model": "model", "vae": "model", "lora.*": "lora", "lora_dir.*": "server", "out": "server"}
 _REFERENCES = {"controlnet.*": "controlnet", "control.*.image": "image", "control.*.model": "controlnet",
                "annotator_dir": "server", "init_image": "image", "mask": "image",
-               "ip_adapter": "ipadapter", "reference.*.image": "image", "reference.*.mask": "image"}
+               "ip_adapter": "ipadapter", "reference.*.image": "image", "reference.*.mask": "region"}
 
 PATH_FIELDS: dict[str, dict[str, str]] = {
     "generate": {**_MODEL, **_REFERENCES, "regions.*.region": "region"},
