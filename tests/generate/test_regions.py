@@ -121,6 +121,23 @@ def test_a_full_frame_region_with_the_base_prompt_is_the_plain_run(tiny_session,
 
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_with_an_ip_adapter_attached_a_full_frame_region_is_still_the_plain_run(tiny_session, family, tmp_path):
+    """The wrapped processors are diffusers' IP-Adapter ones (Kolors: its Plus adapter, whose image
+    tokens come beside the projected text): still the same operations, bit for bit."""
+    from loraflow.models.tiny_ip_adapter import save_tiny_ip_adapter
+
+    ref = tmp_path / "ref.png"
+    Image.fromarray((np.random.RandomState(3).rand(40, 40, 3) * 255).astype(np.uint8)).save(ref)
+    adapter = str(save_tiny_ip_adapter(family, tmp_path / "ipa", plus=family == "kolors"))
+    kw = dict(model=f"tiny:{family}", prompt=BASE, seed=5, steps=2, height=64, width=64, guidance_scale=5.0,
+              ip_adapter=adapter, reference=[{"image": str(ref), "mask": "left"}])
+    s = tiny_session(family)
+    plain = s.generate(GenerateConfig(**kw))[0]
+    regional = s.generate(GenerateConfig(**kw, regions=[f"full:{BASE}"]))[0]
+    assert np.array_equal(np.asarray(plain.image), np.asarray(regional.image))
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_the_first_cross_attention_layer_is_confined_exactly(tiny_session, family):
     """In the UNet's first evaluation, the first cross-attention layer sees the same input in every
     run, so its output must be the base prompt's outside the left region and the region prompt's
