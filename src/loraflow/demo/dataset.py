@@ -65,8 +65,8 @@ def write_overfit_dataset(out: str | Path, n_train: int = 4, n_held_out: int = 1
     """A style data set too small for its LoRA, for the demo overfit run (examples/train/demo-overfit.yaml):
     OUT/train holds `n_train` jittered pictures of OVERFIT_SCENE, OUT/held_out `n_held_out` striped
     pictures of scenes sharing nothing with it but the stripes; every caption is the trigger word.
-    A LoRA learns the stripes first, which the held-out pictures share (held-out loss falls), then the
-    red circle on the left, which none of them has (it rises again). Returns `out`."""
+    A LoRA learns the stripes first, which the held-out pictures share (held-out loss falls), then fits
+    the one scene it sees, which none of them shows (it rises again). Returns `out`."""
     out = Path(out)
     rng = random.Random(seed)
     others = [s for s in all_scenes("striped") if s.colour != OVERFIT_SCENE.colour and s.shape != OVERFIT_SCENE.shape
