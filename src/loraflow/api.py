@@ -169,8 +169,9 @@ class Session:
     def generate(self, prompt: str, *, progress: bool | ProgressFn = True, **options: Any) -> Images:
         """Draw `prompt` (A1111 syntax: `(word:1.2)`, `<lora:name:0.8>`); options as `loraflow generate`
         (`negative_prompt`, `num_images`, `seed`, `num_inference_steps`/`steps`, `guidance_scale`,
-        `height`, `width`, `scheduler`, `control`, `init_image`, `strength`, `mask`, ...). PNGs are
-        written only when `out=` is given; otherwise call `.save(folder)` on the result."""
+        `height`, `width`, `scheduler`, `control`, `init_image`, `strength`, `mask`, `regions` as
+        `[{"region": "left", "prompt": ...}]`, ...). PNGs are written only when `out=` is given;
+        otherwise call `.save(folder)` on the result."""
         data = self._options(dict(options), "generate", GenerateConfig.model_fields)
         config = GenerateConfig.from_dict({**data, "prompt": prompt}, "generate").require_prompt()
         with progress_for(progress, "generate") as update:

@@ -18,7 +18,7 @@ from loraflow.serve.confine import PATH_FIELDS
 
 # Free text and choices: every other string field of a job body must be in PATH_FIELDS.
 NOT_PATHS = {
-    "generate": {"prompt", "negative_prompt", "scheduler", "device"},
+    "generate": {"prompt", "negative_prompt", "scheduler", "device", "regions.*.prompt"},
     "storyboard": {"config.negative_prompt", "config.scheduler", "config.device", "story.title", "story.style",
                    "story.negative_prompt", "story.defaults.scheduler", "story.scenes.*.title",
                    "story.scenes.*.description", "story.scenes.*.prompt", "story.scenes.*.negative_prompt",
@@ -85,6 +85,7 @@ CASES = [
     ("generate", "lora", {"prompt": "a <lora:{v}:0.5>"}),
     ("generate", "controlnet", {"prompt": "a", "control": [{"type": "canny", "image": "in.png"}], "controlnet": ["{v}"]}),
     ("generate", "control.0.image", {"prompt": "a", "control": [{"type": "canny", "image": "{v}"}]}),
+    ("generate", "regions.0.region", {"prompt": "a", "regions": [{"region": "{v}", "prompt": "b"}]}),
     ("generate", "control.0.model", {"prompt": "a", "control": [{"type": "canny", "image": "in.png", "model": "{v}"}]}),
     ("generate", "init_image", {"prompt": "a", "init_image": "{v}"}),
     ("generate", "mask", {"prompt": "a", "init_image": "in.png", "mask": "{v}"}),
@@ -103,6 +104,9 @@ CASES = [
      {"story": {"scenes": [{"prompt": "a", "control": [{"type": "canny", "image": "{v}"}]}]}}),
     ("storyboard", "story.scenes.0.control.0.model",
      {"story": {"scenes": [{"prompt": "a", "control": [{"type": "canny", "image": "in.png", "model": "{v}"}]}]}}),
+    ("storyboard", "story.scenes.0.regions.k", {"story": {
+        "characters": [{"name": "k", "description": "a cat"}],
+        "scenes": [{"prompt": "a", "regions": {"k": "{v}"}}]}}),
     ("storyboard", "story.characters.0.lora", {"story": {**STORY, "characters": [{"name": "k", "description": "a cat", "lora": "{v}"}]}}),
     ("storyboard", "story.characters.0.references",
      {"story": {**STORY, "characters": [{"name": "k", "description": "a cat", "references": ["{v}"]}]}}),

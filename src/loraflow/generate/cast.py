@@ -12,9 +12,18 @@
     scenes:
       - {prompt: "{kitten} plays in a garden"}     # {name} is replaced by trigger + description
       - {prompt: "a rainy street", cast: [kitten]} # a listed character's words go before the prompt
+      - prompt: "playing in a garden"              # two characters kept apart: each one's words act
+        regions: {kitten: left, puppy: right}      # only in its region (also top, bottom, full, or a
+                                                   # mask image file: white = the region)
 
 Each panel gets the words, LoRA and references of the characters it names (`PanelCast`); the
 storyboard records them in story.json per scene, and scores each character's identity.
+
+A character placed in a region brings itself into the scene (as `cast:` does). Its region prompt is
+its words, then the scene prompt with the placeholders of every regioned character taken out (the
+part they share, as Regional Prompter's common prompt); the panel's own prompt, with everyone's
+words, draws only where no region covers (`generate/regional_attention.py`). LoRAs still act on the
+whole panel: regions confine prompts (and, with IP-Adapter, references), not weights.
 """
 from __future__ import annotations
 
@@ -26,6 +35,7 @@ from pydantic import field_validator
 from loraflow.config import Options, opt
 from loraflow.errors import ConfigError
 from loraflow.generate.ip_references import MAX_REFERENCE_SCALE, Reference
+from loraflow.generate.regions import region_problem
 
 PLACEHOLDER = re.compile(r"\{([^{}\s|:]+)\}")  # {kitten}; `|` and `:` are left to other prompt syntaxes
 CJK = re.compile(r"[\u3400-\u9fff]")
@@ -71,13 +81,26 @@ class Character(Options):
 
 
 @dataclass(frozen=True)
+class PanelRegion:
+    """A character kept to one region of its panel."""
+
+    character: str
+    region: str  # an area name (regions.AREAS) or a mask image file
+    prompt: str  # its words and the scene's shared words (before the story's style prefix)
+
+    def to_json(self) -> dict:
+        return {"character": self.character, "region": self.region, "prompt": self.prompt}
+
+
+@dataclass(frozen=True)
 class PanelCast:
     """What a scene's cast adds to its panel."""
 
-    members: tuple[Character, ...]  # in order of first mention (placeholders, then `cast:`)
+    members: tuple[Character, ...]  # in order of first mention (placeholders, then `cast:`, then `regions:`)
     prompt: str  # the scene prompt with the cast's words in it (before the story's style prefix)
     loras: tuple[str, ...]  # `file:weight` of the cast's LoRAs
     language: str
+    regions: tuple[PanelRegion, ...] = ()  # in the order of the scene's `regions:`
 
     @property
     def names(self) -> list[str]:
@@ -85,8 +108,10 @@ class PanelCast:
 
     @property
     def references(self) -> tuple[Reference, ...]:
-        """The IP-Adapter references of the members that steer (reference_strength above 0)."""
-        return tuple(Reference(image=path, scale=c.reference_strength)
+        """The IP-Adapter references of the members that steer (reference_strength above 0); a member
+        kept to a region steers only there (its region is the reference's mask)."""
+        where = {r.character: r.region for r in self.regions}
+        return tuple(Reference(image=path, scale=c.reference_strength, mask=where.get(c.name))
                      for c in self.members if c.reference_strength for path in c.references)
 
     def to_json(self) -> list[dict]:
@@ -119,6 +144,12 @@ def cast_problem(characters: list[Character], scenes) -> str | None:
         for name in PLACEHOLDER.findall(scene.prompt):
             if name not in seen:
                 return f"scenes[{k}].prompt: unknown character '{{{name}}}' (characters: {known})"
+        for name, region in scene.regions.items():
+            if name not in seen:
+                return f"scenes[{k}].regions.{name}: unknown character '{name}' (characters: {known})"
+            problem = region_problem(region)
+            if problem:
+                return f"scenes[{k}].regions.{name}: {problem}"
     return None
 
 
@@ -132,11 +163,23 @@ def resolve_cast(characters: list[Character], scene, index: int, language: str |
     lang = scene_language(scene.prompt, language)
     mentioned = list(dict.fromkeys(PLACEHOLDER.findall(scene.prompt)))
     prompt = PLACEHOLDER.sub(lambda m: by_name[m.group(1)].words(lang), scene.prompt)
-    listed = [n for n in dict.fromkeys(scene.cast) if n not in mentioned]
+    listed = [n for n in dict.fromkeys([*scene.cast, *scene.regions]) if n not in mentioned]
     if listed:
         prompt = ",".join([by_name[n].words(lang) for n in listed] + [prompt])
     members = tuple(by_name[n] for n in mentioned + listed)
-    return PanelCast(members, prompt, tuple(_lora_arg(c) for c in members if c.lora), lang)
+    regions = tuple(PanelRegion(n, r, _region_prompt(by_name, scene, n, lang)) for n, r in scene.regions.items())
+    return PanelCast(members, prompt, tuple(_lora_arg(c) for c in members if c.lora), lang, regions)
+
+
+def _region_prompt(by_name: dict[str, Character], scene, name: str, lang: str) -> str:
+    """`name`'s words, then the scene prompt without any regioned character (their words belong to
+    their own regions) but with the words of the unregioned ones."""
+    shared = PLACEHOLDER.sub(lambda m: "" if m.group(1) in scene.regions else by_name[m.group(1)].words(lang),
+                             scene.prompt)
+    others = [by_name[n].words(lang) for n in dict.fromkeys(scene.cast)
+              if n not in scene.regions and n not in PLACEHOLDER.findall(scene.prompt)]
+    parts = [by_name[name].words(lang), *others, " ".join(shared.split()).strip(" ,，")]
+    return ",".join(p for p in parts if p)
 
 
 def _lora_arg(c: Character) -> str | None:

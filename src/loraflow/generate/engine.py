@@ -42,11 +42,14 @@ class Denoising:
     output_type: str = "pil"  # "pil" images or "latent" (B, C, h, w), scaled as the VAE's latents
     on_step: StepFn | None = None
     blend: BlendFn | None = None  # e.g. put back the kept part of an inpainted latent after each step
+    regions: Any = None  # a regional_attention.RegionalConditioning when `inputs` hold regional prompts
 
 
 def denoise(session, run: Denoising):
     """Images (or latents) of `run` with the session's pipeline for the task, LoRAs and sampler."""
     import torch
+
+    from loraflow.generate.regional_attention import regional_attention  # imports torch
 
     pipe = session.derived.pipeline(run.task, run.controlnets)
     base_scheduler = pipe.scheduler
@@ -60,7 +63,7 @@ def denoise(session, run: Denoising):
         return callback_kwargs
 
     try:
-        with torch.no_grad():
+        with torch.no_grad(), regional_attention(pipe.unet, run.regions):
             return pipe(**run.inputs, num_inference_steps=run.steps, guidance_scale=run.guidance_scale,
                         generator=run.generator, callback_on_step_end=on_step_end,
                         output_type=run.output_type).images
@@ -132,6 +135,8 @@ class LatentSampling:
     controls: tuple[ControlInput, ...] = field(default_factory=tuple)
     references: Any = None  # generate.ip_references.PreparedReferences: IP-Adapter reference images; None: none
     on_step: StepFn | None = None
+    # regional prompts: `positive` / `negative` from regional_attention.regional_embeds, and its RegionalConditioning
+    regions: Any = None
 
 
 def sample_latents(session, req: LatentSampling):
@@ -162,7 +167,7 @@ def sample_latents(session, req: LatentSampling):
     latents = denoise(session, Denoising(
         inputs, req.steps, req.guidance_scale, generator, controlnets=tuple(c.controlnet for c in req.controls),
         start_step=req.start_step, end_step=req.end_step, full_denoise=req.full_denoise, output_type="latent",
-        on_step=req.on_step, blend=blend))
+        on_step=req.on_step, blend=blend, regions=req.regions))
     return latents.detach().float().cpu()
 
 

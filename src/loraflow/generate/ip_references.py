@@ -17,6 +17,7 @@ from typing import Any
 
 from loraflow.config import Options, opt, split_weighted
 from loraflow.errors import ConfigError
+from loraflow.generate.regions import AREAS, region_image
 
 MAX_REFERENCE_SCALE = 10.0  # far past any useful strength (1 is the adapter's trained scale)
 # references per image: each is one more encoder pass and one more (H, W) mask in every cross-attention
@@ -27,7 +28,8 @@ class Reference(Options):
     image: str = opt(..., "reference image file")
     scale: float = opt(1.0, "how strongly it steers (IP-Adapter scale; 0 = not at all)",
                        aliases=("weight", "strength"), ge=0.0, le=MAX_REFERENCE_SCALE)
-    mask: str | None = opt(None, "where it acts: a mask image, white = there (default: everywhere)")
+    mask: str | None = opt(None, "where it acts: a mask image, white = there, or a region name (left, right, top, "
+                                 "bottom; a story character's region); default: everywhere")
 
     @classmethod
     def parse(cls, value) -> "Reference":
@@ -83,6 +85,9 @@ def prepare_ip_references(config, width: int, height: int) -> PreparedReferences
     images, masks = [], []
     for k, ref in enumerate(config.reference):
         images.append(load_image(ref.image, f"reference {k}"))
+        if ref.mask in AREAS:
+            masks.append(region_image(ref.mask, width, height))
+            continue
         masks.append(fit_to_size(load_image(ref.mask, f"reference {k} mask", mode="L"), width, height,
                                  f"reference {k} mask ({ref.mask})") if ref.mask else None)
     return PreparedReferences(config.ip_adapter, tuple(config.reference), tuple(images), tuple(masks),

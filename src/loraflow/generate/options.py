@@ -9,6 +9,7 @@ from loraflow.config import Options, opt
 from loraflow.errors import ConfigError
 from loraflow.generate.control.units import ControlUnit, parse_units
 from loraflow.generate.ip_references import MAX_REFERENCES, Reference, parse_references
+from loraflow.generate.regions import MAX_REGIONS, RegionPrompt, parse_regions
 from loraflow.models.families import TINY_MODELS, FamilyName
 
 
@@ -119,6 +120,18 @@ class GenerateConfig(ReferenceOptions, ModelOptions, SamplingOptions):  # flags:
     num_images: int = opt(1, "images to make", aliases=("num_images_per_prompt", "n"), ge=1, le=64)
     batch_size: int = opt(1, "images per pipeline call", ge=1, le=64)
     out: str = opt("outputs", "output folder for PNGs", aliases=("output", "output_dir"))
+    regions: list[RegionPrompt] = opt(
+        [], "regional prompt REGION:PROMPT, repeatable; REGION: left, right, top, bottom, full or a mask image "
+            "(white = the region). Each prompt draws only in its region; --prompt where none covers",
+        aliases=("region",), max_length=MAX_REGIONS)
+
+    @field_validator("regions", mode="before")
+    @classmethod
+    def _parse_regions(cls, v):
+        try:
+            return parse_regions(v)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
 
     def require_prompt(self) -> "GenerateConfig":
         """The config itself, once it is known to have a prompt to draw."""

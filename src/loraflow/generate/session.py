@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import json
 import math
 import random
 from dataclasses import dataclass, field
@@ -88,7 +89,8 @@ class RenderItem:
     reference: tuple  # `reference_key`: what must match for two items to share a batch
 
     def batch_key(self) -> tuple:
-        return (self.loras, self.height, self.width, self.steps, self.guidance, self.reference, self.config.scheduler)
+        return (self.loras, self.height, self.width, self.steps, self.guidance, self.reference, self.config.scheduler,
+                tuple(r.region for r in self.config.regions))  # a batch shares its regions' masks
 
 
 def parse_lora_arg(text: str, lora_dirs: list[str]) -> LoraSpec:
@@ -245,9 +247,7 @@ class GenerationSession:
         self.set_scheduler(first.config.scheduler)
         # 2. text conditioning, once per distinct prompt; one length for the whole batch
         n = len(group)
-        embeds = self.encode([j.prompt for j in group] + [j.config.negative_prompt for j in group])
-        dtype = self.pipe.unet.dtype
-        kwargs = self.family.call_kwargs(_stack(embeds[:n], dtype), _stack(embeds[n:], dtype))
+        kwargs, regions = self._conditioning(group)
         # 3. references (control maps, init image, mask) and the task's pipeline over the same modules
         refs = prepare_references(first.config, first.width, first.height)
         controlnets = self._controlnets_for(refs)
@@ -256,7 +256,7 @@ class GenerationSession:
         ip_refs = prepare_ip_references(first.config, first.width, first.height)
         kwargs.update(self.ip_adapter_inputs(ip_refs, pipe, n, first.guidance, first.height, first.width))
         # 4. denoise
-        images = self._denoise(pipe, kwargs, group, refs, controlnets, progress, done, total)
+        images = self._denoise(pipe, kwargs, group, refs, controlnets, progress, done, total, regions)
         if refs.mask is not None:
             images = [paste_unmasked(im, refs.init_image, refs.mask, first.config.mask_blur) for im in images]
         # 5. infotext per image
@@ -267,8 +267,32 @@ class GenerationSession:
                                        control_images=[c.image for c in refs.controls]))
         return results
 
+    def _conditioning(self, group: list[RenderItem]) -> tuple[dict, Any]:
+        """Pipeline arguments of the prompts, and the RegionalConditioning when the items have regional
+        prompts (the items of a batch share their regions' areas: `RenderItem.batch_key`)."""
+        n, dtype = len(group), self.pipe.unet.dtype
+        regions = group[0].config.regions
+        region_prompts = [r.prompt for j in group for r in j.config.regions]
+        embeds = self.encode([j.prompt for j in group] + [j.config.negative_prompt for j in group] + region_prompts)
+        positive, negative = embeds[:n], embeds[n:2 * n]
+        if not regions:
+            return self.family.call_kwargs(_stack(positive, dtype), _stack(negative, dtype)), None
+        import torch
+
+        from loraflow.generate.regional_attention import RegionalConditioning, regional_embeds
+        from loraflow.generate.regions import region_masks
+
+        per_item = [embeds[2 * n + i * len(regions): 2 * n + (i + 1) * len(regions)] for i in range(n)]
+        pairs = [regional_embeds(positive[i], per_item[i], negative[i]) for i in range(n)]
+        scale = self.pipe.vae_scale_factor  # pixels per latent cell
+        first = group[0]
+        masks = region_masks([r.region for r in regions], first.height // scale, first.width // scale)
+        conditioning = RegionalConditioning(torch.from_numpy(masks), positive[0].embeds.shape[1])
+        kwargs = self.family.call_kwargs(_stack([p for p, _ in pairs], dtype), _stack([q for _, q in pairs], dtype))
+        return kwargs, conditioning
+
     def _denoise(self, pipe, kwargs: dict, group: list[RenderItem], refs: References, controlnets: tuple[str, ...],
-                 progress, done: int, total: int) -> list:
+                 progress, done: int, total: int, regions=None) -> list:
         import torch
 
         first, n = group[0], len(group)
@@ -284,7 +308,7 @@ class GenerationSession:
         # one CPU generator per image, so a batch equals its items run one by one
         generators = [torch.Generator("cpu").manual_seed(j.seed) for j in group]
         return denoise(self, Denoising(kwargs, first.steps, first.guidance, generators, task=refs.task,
-                                       controlnets=controlnets, on_step=on_step))
+                                       controlnets=controlnets, on_step=on_step, regions=regions))
 
     def _controlnets_for(self, refs: References) -> tuple[str, ...]:
         """The ControlNet file of each control unit (loaded once per model by `self.derived`)."""
@@ -346,6 +370,8 @@ class GenerationSession:
             params.update(ip_reference_params(ip_refs, self.ip_adapter_label(ip_refs.adapter)))
         if self._loras:
             params["Lora hashes"] = {l.name: self.lora_hash(l) for l in self._loras}
+        if job.config.regions:  # A1111 has no key for these; JSON so a reader gets them back exactly
+            params["Regions"] = json.dumps([r.model_dump() for r in job.config.regions], ensure_ascii=False)
         params["Version"] = f"loraflow {__version__}"
         return params
 

@@ -8,11 +8,14 @@ scenes -> one `GenerateConfig` per scene. Only parsing and planning; `storyboard
     loras: [models/anime.safetensors:0.8]
     grid: {columns: 2, width: 1024, height: 2048, captions: true}
     controlnets: {canny: models/controlnet-canny}   # weights per control type (optional)
+    characters: [{name: kitten, description: ...}]   # a cast: see cast.py
     scenes:
       - {title: 现代小猫玩耍, prompt: "现代风格,一只橘色的小猫..."}
       - title: 小猫穿越
         prompt: "..."
         control: [{type: canny, image: "@previous", scale: 0.6}]  # keep the last panel's layout
+      - prompt: "两只动物在花园里玩耍"
+        regions: {kitten: left, puppy: right}     # each character's words act only in its region
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from loraflow.generate.cast import Character, PanelCast, cast_problem, resolve_c
 from loraflow.generate.control.units import PREVIOUS, ControlUnit, parse_units
 from loraflow.generate.ip_references import MAX_REFERENCES
 from loraflow.generate.options import GenerateConfig, ModelOptions, SamplingOptions
+from loraflow.generate.regions import MAX_REGIONS, RegionPrompt, mask_problem
 
 
 MAX_GRID_SIDE = 16384  # pixels; a 16384² RGB grid is 768 MB, a 100000² one would need 28 GB
@@ -45,6 +49,9 @@ class Scene(Options):
                           ge=0.0, le=1.0)
     cast: list[str] = opt([], "characters in this scene (names from the story's `characters`); "
                               "{name} in the prompt also brings one in")
+    regions: dict[str, str] = opt({}, "where each character is: {name: left|right|top|bottom|full or a mask "
+                                      "image}; its words act only there (and it joins the scene's cast)",
+                                  max_length=MAX_REGIONS)
 
     @field_validator("control", mode="before")
     @classmethod
@@ -197,10 +204,20 @@ class SheetCommand(Options):
 
 def load_story(path: str | Path) -> Story:
     story = Story.from_file(path)
-    problem = cast_problem(story.characters, story.scenes)
+    problem = cast_problem(story.characters, story.scenes) or _mask_problem(story)
     if problem:
         raise ConfigError(f"{path}: {problem}")
     return story
+
+
+def _mask_problem(story: Story) -> str | None:
+    """The first region mask image of the story that cannot be read (before any panel is drawn)."""
+    for k, scene in enumerate(story.scenes):
+        for name, region in scene.regions.items():
+            problem = mask_problem(region)
+            if problem:
+                return f"scenes[{k}].regions.{name}: {problem}"
+    return None
 
 
 def scene_configs(story: Story, cfg: StoryboardConfig) -> list[GenerateConfig]:
@@ -232,6 +249,7 @@ def scene_configs(story: Story, cfg: StoryboardConfig) -> list[GenerateConfig]:
             scheduler=cfg.scheduler or d.scheduler,
             lora=[*loras, *cast.loras],
             lora_dir=cfg.lora_dir,
+            regions=[RegionPrompt(region=r.region, prompt=story.scene_prompt(scene, r.prompt)) for r in cast.regions],
             control=[u if u.model else u.model_copy(update={"model": story.controlnets.get(u.type)})
                      for u in scene.control],
             init_image=scene.init_image,

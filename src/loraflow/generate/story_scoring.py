@@ -5,7 +5,8 @@ the tutorial's contest accepted a story only at a mean aesthetic score of 6 or m
 
 The combined score puts the three on one 0..1 scale, as a weighted mean of what was computed:
 identity (the least consistent character of the panel; CLIP-I cosine or the demo checker's match),
-CLIP score / 100 and aesthetic / 10.
+CLIP score / 100 and aesthetic / 10. A character kept to a region of its panel (`regions:`) is
+scored, and anchors later panels, on that region's bounding box only.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loraflow.errors import ConfigError
+from loraflow.generate.regions import region_masks
 from loraflow.generate.session import save_results
 from loraflow.generate.story import with_previous
 from loraflow.images import load_rgb
@@ -94,7 +96,8 @@ class PanelScorer:
             for d in out:
                 d["identity"] = {}
             for c in self.casts[k].members:
-                for d, value in zip(out, self.identity.identity(images, c, self.anchors.get(c.name))):
+                views = [self.view(k, c.name, im) for im in images]
+                for d, value in zip(out, self.identity.identity(views, c, self.anchors.get(c.name))):
                     d["identity"][c.name] = value
         for d in out:
             d["combined"] = combined(d, self.weights)
@@ -105,8 +108,24 @@ class PanelScorer:
             return
         for c in self.casts[k].members:
             if c.name not in self.anchors:
-                self.anchors[c.name] = [image]
+                self.anchors[c.name] = [self.view(k, c.name, image)]
                 self.anchored_by[c.name] = f"scene-{k + 1:02d}"
+
+    def view(self, k: int, name: str, image):
+        """What of scene k's picture shows character `name`: its region's bounding box, else all of it."""
+        region = next((r.region for r in self.casts[k].regions if r.character == name), None)
+        return image if region is None else image.crop(region_box(region, *image.size))
+
+
+def region_box(region: str, width: int, height: int) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of the pixels at least half inside `region` (the whole picture if none)."""
+    import numpy as np
+
+    inside = region_masks([region], height, width)[0] >= 0.5
+    rows, cols = np.flatnonzero(inside.any(1)), np.flatnonzero(inside.any(0))
+    if not len(rows):
+        return 0, 0, width, height
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
 def identity_value(scores: dict) -> float | None:

@@ -12,6 +12,7 @@ from loraflow.generate.contact_sheet import write_contact_sheet
 from loraflow.generate.control.units import PREVIOUS
 from loraflow.generate.grid import find_font, make_grid
 from loraflow.generate.options import GenerateConfig
+from loraflow.generate.regions import AREAS
 from loraflow.generate.session import GenerationSession, ProgressFn, save_results
 from loraflow.generate.story import Scene, Story, StoryboardConfig, load_story, scene_configs, with_previous
 
@@ -47,6 +48,7 @@ def _check_before_rendering(cfg: StoryboardConfig, story: Story, items: list[Gen
         inputs[f"scenes.{k}.init_image"] = None if item.init_image == PREVIOUS else item.init_image
         inputs[f"scenes.{k}.mask"] = item.mask
         inputs.update({f"scenes.{k}.control.{j}.image": u.image for j, u in enumerate(item.control) if u.image != PREVIOUS})
+        inputs.update({f"scenes.{k}.regions.{j}": r.region for j, r in enumerate(item.regions) if r.region not in AREAS})
     check_outputs_apart(outputs, inputs, "storyboard")
 
 
@@ -116,12 +118,15 @@ def write_grid(story: Story, cfg: StoryboardConfig, results: list, out: Path):
 
 
 def story_index(story: Story, session: GenerationSession, items, casts, results, scores, candidates, grid) -> dict:
-    """story.json: per scene the resolved prompt, LoRAs and cast (words, LoRA, references), seed, file, scores."""
+    """story.json: per scene the resolved prompt, LoRAs, cast (words, LoRA, references) and regions (character,
+    region, prompt), seed, file, scores."""
     def scene(k: int, s: Scene) -> dict:
         item, cast, r, sc = items[k], casts[k], results[k], scores[k]
         return {"index": k + 1, "title": s.title, "description": s.description, "prompt": item.prompt,
                 "negative_prompt": item.negative_prompt, "loras": list(item.lora), "seed": r.seed, "file": r.path.name,
                 "infotext": r.infotext,
+                **({"regions": [{**r.to_json(), "prompt": sent.prompt} for r, sent in zip(cast.regions, item.regions)]}
+                   if cast.regions else {}),  # the prompt as sent: with the story's style
                 **({"cast": cast.to_json(), "references": [p for c in cast.members for p in c.references]}
                    if cast.members else {}),
                 # what steered the panel through the IP-Adapter (the cast's references with a reference_strength)

@@ -9,6 +9,7 @@ the folder the value must resolve into (after symlinks are followed):
     ipadapter   models_dir (a folder or file; its image encoder lies beside it)
     font        models_dir
     image       the uploads or the outputs folder (`@previous` = the story's previous panel)
+    region      an area name (left, right, ...) unchanged, else a mask image as `image`
     dataset     data_dir
     export      data_dir, and never one of the job's own inputs (`export_path` vs `dataset_path`)
     name        a bare file name (a train job's `name`: no folders, no `..`)
@@ -26,6 +27,7 @@ from loraflow.atomic import same_file
 from loraflow.config import split_weighted
 from loraflow.data.recipe import output_paths
 from loraflow.errors import ConfigError
+from loraflow.generate.regions import AREAS
 from loraflow.serve.paths import ServerPaths, confine_path, safe_file_name
 from loraflow.serve.validation import Invalid
 
@@ -34,15 +36,16 @@ PREVIOUS = "@previous"  # a storyboard scene's reference to the panel before it
 _MODEL = {"model": "model", "vae": "model", "lora.*": "lora", "lora_dir.*": "server", "out": "server"}
 _REFERENCES = {"controlnet.*": "controlnet", "control.*.image": "image", "control.*.model": "controlnet",
                "annotator_dir": "server", "init_image": "image", "mask": "image",
-               "ip_adapter": "ipadapter", "reference.*.image": "image", "reference.*.mask": "image"}
+               "ip_adapter": "ipadapter", "reference.*.image": "image", "reference.*.mask": "region"}
 
 PATH_FIELDS: dict[str, dict[str, str]] = {
-    "generate": {**_MODEL, **_REFERENCES},
+    "generate": {**_MODEL, **_REFERENCES, "regions.*.region": "region"},
     "storyboard": {
         **{f"config.{k}": v for k, v in _MODEL.items()},
         "config.story": "server", "config.clip": "model", "config.aesthetic": "model",
         "story.model": "model", "story.loras.*": "lora", "story.controlnets.*": "controlnet",
         "story.grid.font": "font", "story.scenes.*.init_image": "image",
+        "story.scenes.*.regions.*": "region",
         "story.scenes.*.control.*.image": "image", "story.scenes.*.control.*.model": "controlnet",
         "story.characters.*.lora": "lora", "story.characters.*.references.*": "image",
         "config.ip_adapter": "ipadapter", "story.ip_adapter": "ipadapter",
@@ -68,6 +71,7 @@ def confine_payload(kind: str, payload: dict, paths: ServerPaths) -> dict:
         "ipadapter": lambda v, f: str(confine_path(v, paths.roots("model"), f)),
         "font": lambda v, f: str(confine_path(v, paths.roots("model"), f)),
         "image": lambda v, f: v if v == PREVIOUS else str(confine_path(v, paths.roots("image"), f)),
+        "region": lambda v, f: v if v in AREAS else str(confine_path(v, paths.roots("image"), f)),
         "dataset": lambda v, f: str(confine_path(v, paths.roots("dataset"), f)),
         "export": lambda v, f: str(confine_path(v, paths.roots("dataset"), f)),
         "name": lambda v, f: safe_file_name(v, f),

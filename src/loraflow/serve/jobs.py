@@ -18,6 +18,7 @@ from loraflow.data.recipe import Recipe, build_ops
 from loraflow.errors import ConfigError
 from loraflow.generate.cast import cast_problem
 from loraflow.generate.options import GenerateConfig
+from loraflow.generate.regions import AREAS
 from loraflow.generate.session import save_results
 from loraflow.generate.story import Story, StoryboardConfig
 from loraflow.generate.storyboard import run_storyboard as render_storyboard
@@ -138,8 +139,13 @@ def _check_references(cfg, paths: ServerPaths, source: str) -> dict:
     if getattr(cfg, "reference", None):
         update["reference"] = [r.model_copy(update={
             "image": str(_reference_image(cfg, f"reference.{i}.image", r.image, paths)),
-            "mask": r.mask and str(_reference_image(cfg, f"reference.{i}.mask", r.mask, paths))})
+            "mask": r.mask if not r.mask or r.mask in AREAS else str(_reference_image(cfg, f"reference.{i}.mask",
+                                                                                      r.mask, paths))})
             for i, r in enumerate(cfg.reference)]
+    if getattr(cfg, "regions", None):  # a region is an area name or a mask image
+        update["regions"] = [r if r.region in AREAS else r.model_copy(update={
+            "region": str(_reference_image(cfg, f"regions.{i}.region", r.region, paths))})
+            for i, r in enumerate(cfg.regions)]
     return update
 
 
