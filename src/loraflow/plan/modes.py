@@ -57,24 +57,35 @@ def _possible(config, key: str, value) -> bool:
 
 
 def choose(config, budget_bytes: int, planner, steps):
-    """(config with the fastest fitting modes, its plan, the changes). Modes are added in `steps`' order,
-    skipping those already on or not possible for this config, and leaving off any that does not lower
-    the planned peak (e.g. text encoders on the CPU when the cache pass streams them anyway): it would
-    cost time for nothing. One-line ConfigError when no set fits, naming the smallest peak found."""
-    plan, kept = planner(config), {}
+    """(config with the fastest fitting modes, its plan, the changes). Modes are added cumulatively in
+    `steps`' order, skipping those already on or not possible for this config, until the plan fits; then
+    each added mode whose removal does not raise the planned peak is left off (e.g. text encoders on the
+    CPU when the cache pass streams them anyway): it would cost time for nothing. A mode is not judged
+    when it is added: one that lowers nothing then may be what fits later, once the others have moved the
+    peak to another phase (whole text encoders in the cache pass, after checkpointing has lowered the
+    training step). One-line ConfigError when no set fits, naming the smallest peak found."""
+    plan, changes = planner(config), {}
+    best = (plan, changes)
     for step in steps:
         if plan.peak_bytes <= budget_bytes:
-            return config.model_copy(update=kept), plan, kept
+            break
         key, value = next(iter(step.items()))
         if getattr(config, key) == value or not _possible(config, key, value):
             continue
-        trial = planner(config.model_copy(update={**kept, key: value}))
-        if trial.peak_bytes < plan.peak_bytes:
-            plan, kept = trial, {**kept, key: value}
+        changes = {**changes, key: value}
+        plan = planner(config.model_copy(update=changes))
+        if plan.peak_bytes < best[0].peak_bytes:
+            best = (plan, changes)
+    plan, changes = best
+    for key in reversed(list(changes)):  # the dearest first: leaving it off saves the most time
+        fewer = {k: v for k, v in changes.items() if k != key}
+        trial = planner(config.model_copy(update=fewer))
+        if trial.peak_bytes <= plan.peak_bytes:
+            plan, changes = trial, fewer
     if plan.peak_bytes <= budget_bytes:
-        return config.model_copy(update=kept), plan, kept
+        return config.model_copy(update=changes), plan, changes
     raise ConfigError(f"plan: no low-VRAM mode set fits {budget_bytes / GiB:.2f} GiB; the smallest peak is "
-                      f"{plan.peak_bytes / GiB:.2f} GiB ({flags(kept) or 'no extra flags'}); lower the "
+                      f"{plan.peak_bytes / GiB:.2f} GiB ({flags(changes) or 'no extra flags'}); lower the "
                       f"resolution or batch size")
 
 
