@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import pytest
+import yaml
 
 from loraflow.errors import ConfigError
 from loraflow.train.fit import fit_train_config
@@ -90,6 +91,17 @@ def test_a_mode_that_saves_nothing_yet_is_still_tried_once_others_move_the_peak(
     assert changes == {"text_encoders_on_cpu": True, "optimizer": "adamw8bit", "base_fp8": True,
                        "gradient_checkpointing": True}
     assert plan.peak_bytes == int(3.5 * GiB)
+
+
+def test_chosen_modes_with_streaming_set_give_a_config_that_loads_again():
+    # stream_text_encoders: true excludes text_encoders_on_cpu (TrainConfig says so): --vram must not add
+    # it, or the run's saved config.yaml would not load
+    def planner(c):
+        return FakePlan(int((10.0 - 1.0 * c.text_encoders_on_cpu - 2.0 * c.base_fp8) * GiB))
+
+    chosen = fit_train_config(config(vram=9.0, stream_text_encoders=True), "cuda", planner=planner, free_bytes=None)
+    assert chosen.stream_text_encoders and not chosen.text_encoders_on_cpu and chosen.base_fp8
+    assert TrainConfig.from_dict(yaml.safe_load(chosen.to_yaml())) == chosen
 
 
 def test_no_mode_set_fits_is_one_line():

@@ -47,8 +47,8 @@ OFFLOAD_ORDER = ("none", "encoders", "model", "sequential")
 def _possible(config, key: str, value) -> bool:
     if key == "offload":
         return OFFLOAD_ORDER.index(value) > OFFLOAD_ORDER.index(config.offload)
-    if key == "text_encoders_on_cpu":
-        return not config.train_text_encoder
+    if key == "text_encoders_on_cpu":  # TrainConfig rejects it beside either (a saved config must load)
+        return not config.train_text_encoder and not config.stream_text_encoders
     if key == "base_fp8":
         return config.mixed_precision != "no"
     if key == "optimizer":  # bitsandbytes' 8-bit AdamW runs on CUDA only
