@@ -58,13 +58,17 @@ def _possible(config, key: str, value) -> bool:
 
 def choose(config, budget_bytes: int, planner, steps):
     """(config with the fastest fitting modes, its plan, the changes). Modes are added cumulatively in
-    `steps`' order, skipping those already on or not possible for this config, until the plan fits; then
-    each added mode whose removal does not raise the planned peak is left off (e.g. text encoders on the
-    CPU when the cache pass streams them anyway): it would cost time for nothing. A mode is not judged
-    when it is added: one that lowers nothing then may be what fits later, once the others have moved the
-    peak to another phase (whole text encoders in the cache pass, after checkpointing has lowered the
-    training step). One-line ConfigError when no set fits, naming the smallest peak found."""
-    plan, changes = planner(config), {}
+    `steps`' order, skipping those already on or not possible for this config, until the plan fits. A mode
+    that did not lower the planned peak when it was added is kept on trial, not skipped: it may be what
+    fits once later modes have moved the peak to another phase (whole text encoders in the cache pass,
+    after checkpointing has lowered the training step). At the end each mode on trial whose removal does
+    not raise the peak is left off (e.g. text encoders on the CPU when the cache pass streams them
+    anyway): it would cost time for nothing. One-line ConfigError when no set fits, naming the smallest
+    peak found."""
+    def plan_of(changes: dict):
+        return planner(config.model_copy(update=changes))
+
+    plan, changes, on_trial = plan_of({}), {}, []
     best = (plan, changes)
     for step in steps:
         if plan.peak_bytes <= budget_bytes:
@@ -72,14 +76,16 @@ def choose(config, budget_bytes: int, planner, steps):
         key, value = next(iter(step.items()))
         if getattr(config, key) == value or not _possible(config, key, value):
             continue
-        changes = {**changes, key: value}
-        plan = planner(config.model_copy(update=changes))
+        changes, before = {**changes, key: value}, plan.peak_bytes
+        plan = plan_of(changes)
+        if plan.peak_bytes >= before:
+            on_trial.append(key)
         if plan.peak_bytes < best[0].peak_bytes:
             best = (plan, changes)
     plan, changes = best
-    for key in reversed(list(changes)):  # the dearest first: leaving it off saves the most time
+    for key in reversed([k for k in dict.fromkeys(on_trial) if k in changes]):  # dearest first: saves the most time
         fewer = {k: v for k, v in changes.items() if k != key}
-        trial = planner(config.model_copy(update=fewer))
+        trial = plan_of(fewer)
         if trial.peak_bytes <= plan.peak_bytes:
             plan, changes = trial, fewer
     if plan.peak_bytes <= budget_bytes:
