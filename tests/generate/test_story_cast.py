@@ -95,6 +95,10 @@ def test_story_json_records_the_cast_and_the_lora_reaches_only_its_panels(tmp_pa
     ({"characters": [{"name": "kitten", "description": "a"}, {"name": "kitten", "description": "b"}]},
      r"characters\[1\].name: 'kitten' is defined twice"),
     ({"characters": [{"name": "kit ten", "description": "a"}]}, r"characters.0.name"),
+    # a name is a folder name too (--character-sheet writes sheets/NAME/)
+    *[({"characters": [{"name": "kitten", "description": "a"}, {"name": bad, "description": "a"}]},
+       r"key 'characters\.1\.name' = .*: a character name becomes a folder name")
+      for bad in ("a/b", "a\\b", "..", "a..b", ".hidden", "kit\x00ten", "kit\x1bten")],
     ({"characters": [{"name": "kitten", "description": "a", "reference_strength": 0.5}]},
      r"characters\[0\].reference_strength: 'kitten' has no references to steer its panels with"),
     ({"characters": [{"name": "kitten", "descripton": "a"}]}, r"unknown key 'descripton'"),
