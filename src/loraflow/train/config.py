@@ -120,6 +120,8 @@ class TrainConfig(Options):
     # ---- device memory (`loraflow plan train` shows what each setting costs) ----------------
     base_fp8: bool = opt(False, "store the frozen UNet Linear/Conv weights in fp8 (e4m3) and compute each layer in "
                                 "the mixed-precision dtype; needs fp16 or bf16")
+    recompute: Literal["none", "ff"] = opt("none", "activations redone in backward beyond gradient checkpointing: none | "
+                                                   "ff (each feed-forward projection, a matmul: less memory, ~15% more FLOPs)")
     text_encoders_on_cpu: bool = opt(False, "keep the text encoders on the CPU: captions (and validation prompts) "
                                             "are encoded there once, into the cache")
     vram: float | None = opt(None, "device memory in GiB to plan for: picks the fastest set of gradient_checkpointing, "

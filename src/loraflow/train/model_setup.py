@@ -17,7 +17,6 @@ from loraflow.train.config import TARGET_PRESETS, TEXT_ENCODER_PRESETS, TrainCon
 from loraflow.models.families import FAMILIES, get_family
 from loraflow.models.loading import DEMO, demo_model_dir, detect_folder_family, load_pipeline
 from loraflow.models.lora.adapter_types import peft_config
-from loraflow.train.activation_memory import recompute_feed_forward_gates
 
 WEIGHT_DTYPES = {"no": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
@@ -99,7 +98,12 @@ def prepare_unet(model: TrainModel, config: TrainConfig) -> None:
     add_lora(model, config)
     if config.gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()
-    recompute_feed_forward_gates(model.unet)  # a third less feed-forward activation memory, same gradients
+    from loraflow.train.activation_memory import keep_less_for_backward, recompute_feed_forward_gates
+
+    # a third less feed-forward activation memory; recompute="ff" redoes the projection (a matmul) as well,
+    # which checkpointed blocks recompute anyway
+    recompute_feed_forward_gates(model.unet, projection=config.recompute == "ff" and not config.gradient_checkpointing)
+    keep_less_for_backward(model.unet)  # norms, frozen convs, LoRA inputs: same ops, less kept
 
 
 @dataclass
