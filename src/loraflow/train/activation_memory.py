@@ -90,10 +90,19 @@ class _Norm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, groups, shape, eps, silu):
         x = x.contiguous()
-        y, mean, rstd = _norm32(x.float(), weight, bias, groups, shape, eps)
-        ctx.save_for_backward(x, weight, bias, mean, rstd)
         ctx.spec = (groups, shape, eps, silu)
-        return (F.silu(y) if silu else y).to(x.dtype)
+        if not groups:
+            y, mean, rstd = _norm32(x.float(), weight, bias, groups, shape, eps)
+            ctx.save_for_backward(x, weight, bias, mean, rstd)
+            return (F.silu(y) if silu else y).to(x.dtype)
+        out, means, rstds = torch.empty_like(x), [], []
+        for cs, gs, per in _group_blocks(x, groups):  # a part of the fp32 temporaries at a time, as backward
+            y, mean, rstd = _norm32(x[:, cs].float().contiguous(), _part(weight, cs), _part(bias, cs), per, shape, eps)
+            out[:, cs] = F.silu(y) if silu else y
+            means.append(mean)
+            rstds.append(rstd)
+        ctx.save_for_backward(x, weight, bias, torch.cat(means, 1), torch.cat(rstds, 1))
+        return out
 
     @staticmethod
     def backward(ctx, grad):
@@ -104,16 +113,10 @@ class _Norm(torch.autograd.Function):
         if not groups:
             grads = _norm_backward(grad, x, weight, bias, mean, rstd, 0, shape, eps, silu, mask)
             return (*(_like(g, t) for g, t in zip(grads, (x, weight, bias))), None, None, None, None)
-        # Groups are independent: a quarter of them at a time keeps a quarter of the fp32 temporaries,
-        # which at 128 x 128 (a 960-channel up-block ResNet) are the step's peak.
-        blocks = _GROUP_BLOCKS if groups % _GROUP_BLOCKS == 0 else 1
-        per, channels = groups // blocks, x.shape[1] // blocks
         gx = torch.empty_like(x) if mask[0] else None
         gws, gbs = [], []
-        for i in range(blocks):
-            cs, gs = slice(i * channels, (i + 1) * channels), slice(i * per, (i + 1) * per)
-            part = lambda t: None if t is None else t[cs]  # noqa: E731
-            gxi, gwi, gbi = _norm_backward(grad[:, cs], x[:, cs], part(weight), part(bias), mean[:, gs],
+        for cs, gs, per in _group_blocks(x, groups):
+            gxi, gwi, gbi = _norm_backward(grad[:, cs], x[:, cs], _part(weight, cs), _part(bias, cs), mean[:, gs],
                                            rstd[:, gs], per, shape, eps, silu, mask)
             if gx is not None:
                 gx[:, cs] = gxi
@@ -124,7 +127,17 @@ class _Norm(torch.autograd.Function):
         return gx, gw, gb, None, None, None, None
 
 
-_GROUP_BLOCKS = 4
+def _group_blocks(x, groups: int, blocks: int = 4):
+    """(channel slice, group slice, groups in it) of `blocks` runs of whole groups. Groups are
+    independent, so a quarter of them at a time keeps a quarter of the fp32 temporaries, which at
+    128 x 128 (a 960-channel up-block ResNet) are the step's peak."""
+    blocks = blocks if groups % blocks == 0 else 1
+    per, channels = groups // blocks, x.shape[1] // blocks
+    return [(slice(i * channels, (i + 1) * channels), slice(i * per, (i + 1) * per), per) for i in range(blocks)]
+
+
+def _part(param, channels):
+    return None if param is None else param[channels]
 
 
 def _norm_backward(grad, x, weight, bias, mean, rstd, groups, shape, eps, silu, mask):
