@@ -51,13 +51,18 @@ def _loss_and_grads(unet, autocast=False):
     return loss.detach(), {n: p.grad.clone() for n, p in unet.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("projection", [False, True], ids=["gelu", "projection"])
-def test_fp32_gradients_are_bit_identical(projection):
+@pytest.mark.parametrize("projection,checkpointing", [(False, False), (True, False), (False, True)],
+                         ids=["gelu", "projection", "checkpointing"])
+def test_fp32_gradients_are_bit_identical(projection, checkpointing):
     """fp32 training runs the same ops on the same values: the norms keep fp32 inputs as autograd
     would, the fused SiLU's input is recomputed by the same kernel, a frozen conv's input gradient
     comes from the same convolution_backward."""
-    stock_loss, stock_grads = _loss_and_grads(_unet_with_lora())
+    stock = _unet_with_lora()
     unet = _unet_with_lora()
+    if checkpointing:
+        stock.enable_gradient_checkpointing()
+        unet.enable_gradient_checkpointing()
+    stock_loss, stock_grads = _loss_and_grads(stock)
     blocks = sum(type(m).__name__ == "BasicTransformerBlock" for m in unet.modules())
     resnets = sum(type(m).__name__ == "ResnetBlock2D" for m in unet.modules())
     assert recompute_feed_forward_gates(unet, projection) == blocks > 0  # one GEGLU per transformer block
@@ -188,3 +193,35 @@ def test_planner_autocast_is_meta_only_and_restored():
         torch.is_autocast_enabled("meta")
     with cuda_rules(None):  # no mixed precision: nothing autocasts
         assert not torch.is_autocast_enabled("cpu")
+
+
+def test_attention_adapters_remake_the_norm_output():
+    """fp32 BasicTransformerBlock with LoRA on attention: attn1's adapters (to_q/k/v) and attn2's
+    to_q keep norm1's and norm2's outputs; remade in backward from the norms' inputs, two outputs
+    of the hidden states' size are no longer kept, and the gradients stay the same."""
+    from diffusers.models.attention import BasicTransformerBlock
+    from peft import LoraConfig, inject_adapter_in_model
+
+    def block():
+        torch.manual_seed(0)
+        module = _frozen(BasicTransformerBlock(32, 2, 16, cross_attention_dim=24))
+        inject_adapter_in_model(LoraConfig(r=4, init_lora_weights="gaussian",
+                                           target_modules=["to_q", "to_k", "to_v", "to_out.0"]), module)
+        for name, param in module.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(param, std=0.1)
+        return module
+
+    hidden = torch.randn(2, 10, 32, requires_grad=True)
+    context = torch.randn(2, 7, 24)
+    kept, remade = block(), block()
+    keep_less_for_backward(kept, norm_outputs=False)
+    counts = keep_less_for_backward(remade)
+    assert counts["attention"] == 2
+    run = lambda m: m(hidden, encoder_hidden_states=context)  # noqa: E731
+    assert saved_tensor_bytes(lambda: run(remade), remade) == saved_tensor_bytes(lambda: run(kept), kept) - 2 * hidden.nbytes
+    for module in (kept, remade):
+        run(module).pow(2).sum().backward()
+    for (name, a), (_, b) in zip(kept.named_parameters(), remade.named_parameters()):
+        if a.requires_grad:
+            assert torch.equal(a.grad, b.grad), name

@@ -17,6 +17,10 @@ measured per module on the full layout, 1024 px, with `saved_tensor_bytes`) and 
   normalisation (elementwise) in backward instead of keeping the SiLU input.
 * A convolution keeps its input even when its weight is frozen; the input gradient needs only the
   weight (`torch.nn.grad.conv2d_input`), so frozen convolutions keep nothing else.
+* The attention adapters keep the layer norm's output that they read (lora_A's input); the norm
+  keeps its own input anyway, so that output is remade in backward (one elementwise norm) instead.
+  Group norms run a quarter of their groups at a time: their fp32 temporaries at 128 x 128 were
+  the step's peak.
 
 `recompute="ff"` (opt-in, `TrainConfig.recompute`) also redoes the feed-forward projection, a
 matmul, in backward: its 8 channels are no longer kept, for about a sixth more UNet FLOPs.
@@ -178,7 +182,52 @@ def _group_norm_forward(self, x):
 def _layer_norm_forward(self, x):
     if not _use_norm_function(x, self.weight, self.bias):
         return torch.nn.LayerNorm.forward(self, x)
-    return _Norm.apply(x, self.weight, self.bias, 0, list(self.normalized_shape), self.eps, False)
+    x = x.contiguous()
+    out = _Norm.apply(x, self.weight, self.bias, 0, list(self.normalized_shape), self.eps, False)
+    setattr(out, _RECIPE, (x, self.weight, self.bias, list(self.normalized_shape), self.eps))
+    return out
+
+
+# ---- a norm output the attention's adapters keep: recomputed in backward from the norm's input ------
+_RECIPE = "_loraflow_norm_recipe"  # attribute of a layer norm's training output: how to remake it
+
+
+class _NormOutput:
+    """What is kept instead of a saved view of a layer norm's output: its recipe (the norm keeps the
+    input and weights anyway) and the view's geometry."""
+
+    def __init__(self, recipe, tensor):
+        self.recipe, self.view = recipe, (tensor.shape, tensor.stride(), tensor.storage_offset())
+
+    def tensor(self):
+        x, weight, bias, shape, eps = self.recipe
+        with torch.no_grad():  # the same kernel on the same input as `_Norm.forward`: the same values
+            y = _norm32(x.float(), weight, bias, 0, shape, eps)[0].to(x.dtype)
+        return y.as_strided(*self.view)
+
+
+def _attention_forward(self, hidden_states, *args, **kwargs):
+    """diffusers Attention.forward; when its input is a layer norm's output (BasicTransformerBlock's
+    attn1 / attn2), the adapters' saved copies of it are remade in backward instead of kept."""
+    recipe = getattr(hidden_states, _RECIPE, None)
+    # the hooks around the call, if any: the planner's accountant or saved_tensor_bytes are chained to;
+    # inside gradient checkpointing (which recomputes the block anyway) nothing is changed
+    outer = torch._C._autograd._top_saved_tensors_default_hooks(False)
+    if recipe is None or not torch.is_grad_enabled() or (outer and "checkpoint" in outer[0].__module__):
+        return type(self).forward(self, hidden_states, *args, **kwargs)
+    outer = outer or (lambda t: t, lambda t: t)
+    source = hidden_states.untyped_storage()._cdata
+
+    def pack(tensor):
+        if tensor.untyped_storage()._cdata == source:
+            return _NormOutput(recipe, tensor)
+        return outer[0](tensor)
+
+    def unpack(packed):
+        return packed.tensor() if isinstance(packed, _NormOutput) else outer[1](packed)
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        return type(self).forward(self, hidden_states, *args, **kwargs)
 
 
 def _resnet_forward(self, input_tensor, temb, *args, **kwargs):
@@ -229,13 +278,15 @@ def _lora_input_cast(self, x, dtype):
     return x.to(dtype)
 
 
-def keep_less_for_backward(model) -> dict[str, int]:
-    """The zero-recompute savings above on `model` (after LoRA is added); returns what was changed."""
+def keep_less_for_backward(model, norm_outputs: bool = True) -> dict[str, int]:
+    """The savings above on `model` (after LoRA is added); returns what was changed. `norm_outputs`:
+    the attention adapters' inputs are remade in backward from the layer norms' inputs."""
+    from diffusers.models.attention_processor import Attention
     from diffusers.models.resnet import ResnetBlock2D
     from diffusers.models.transformers.transformer_2d import Transformer2DModel
     from peft.tuners.lora.layer import Linear as LoraLinear
 
-    counts = dict.fromkeys(("resnets", "norms", "convs", "lora"), 0)
+    counts = dict.fromkeys(("resnets", "norms", "convs", "lora", "attention"), 0)
     for module in model.modules():
         if "forward" in vars(module):  # patched already (fp8 base layers keep their own)
             continue
@@ -252,6 +303,9 @@ def keep_less_for_backward(model) -> dict[str, int]:
         elif type(module) is torch.nn.Conv2d and module.padding_mode == "zeros":
             module.forward = types.MethodType(_frozen_conv_forward, module)
             counts["convs"] += 1
+        elif type(module) is Attention and norm_outputs:
+            module.forward = types.MethodType(_attention_forward, module)
+            counts["attention"] += 1
         elif type(module) is LoraLinear and not module.lora_variant:
             module._cast_input_dtype = types.MethodType(_lora_input_cast, module)
             counts["lora"] += 1
