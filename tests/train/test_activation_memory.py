@@ -31,9 +31,10 @@ def _unet_with_lora(seed: int = 0, dtype=torch.float32):
     return unet.train()
 
 
-def _patched(unet, projection=False):
-    recompute_feed_forward_gates(unet, projection=projection)
-    return keep_less_for_backward(unet)
+def _patched(unet, recompute="none"):
+    """As model_setup.prepare_unet does it for `recompute`."""
+    recompute_feed_forward_gates(unet, projection=recompute != "none")
+    return keep_less_for_backward(unet, cross_attention=recompute == "ff+cross")
 
 
 def _inputs():
@@ -51,12 +52,12 @@ def _loss_and_grads(unet, autocast=False):
     return loss.detach(), {n: p.grad.clone() for n, p in unet.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("projection,checkpointing", [(False, False), (True, False), (False, True)],
-                         ids=["gelu", "projection", "checkpointing"])
-def test_fp32_gradients_are_bit_identical(projection, checkpointing):
+@pytest.mark.parametrize("recompute,checkpointing", [("none", False), ("ff", False), ("ff+cross", False),
+                                                     ("none", True)])
+def test_fp32_gradients_are_bit_identical(recompute, checkpointing):
     """fp32 training runs the same ops on the same values: the norms keep fp32 inputs as autograd
-    would, the fused SiLU's input is recomputed by the same kernel, a frozen conv's input gradient
-    comes from the same convolution_backward."""
+    would, the fused SiLU's input and the recomputed matmuls come from the same kernels on the same
+    inputs, a frozen conv's input gradient from the same convolution_backward."""
     stock = _unet_with_lora()
     unet = _unet_with_lora()
     if checkpointing:
@@ -65,9 +66,10 @@ def test_fp32_gradients_are_bit_identical(projection, checkpointing):
     stock_loss, stock_grads = _loss_and_grads(stock)
     blocks = sum(type(m).__name__ == "BasicTransformerBlock" for m in unet.modules())
     resnets = sum(type(m).__name__ == "ResnetBlock2D" for m in unet.modules())
-    assert recompute_feed_forward_gates(unet, projection) == blocks > 0  # one GEGLU per transformer block
-    counts = keep_less_for_backward(unet)
+    assert recompute_feed_forward_gates(unet, recompute != "none") == blocks > 0  # one GEGLU per block
+    counts = keep_less_for_backward(unet, cross_attention=recompute == "ff+cross")
     assert counts["resnets"] == resnets > 0 and counts["lora"] == 8 * blocks  # 4 targets x 2 attentions
+    assert counts["attention"] == 2 * blocks
     loss, grads = _loss_and_grads(unet)
     assert torch.equal(loss, stock_loss)
     assert grads.keys() == stock_grads.keys() and len(grads) > 0
@@ -100,21 +102,21 @@ def test_inference_output_unchanged(dtype):
     unet = _unet_with_lora(dtype=dtype).eval()
     with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=dtype == torch.bfloat16):
         stock = unet(**_inputs()).sample
-        _patched(unet, projection=True)
+        _patched(unet, recompute="ff+cross")
         assert torch.equal(unet(**_inputs()).sample, stock)
 
 
 def test_whole_unet_keeps_less():
     """The tiny UNet (32 channels, 4x4 tokens) gains less than the full size one (see the module
     docstring): CPU autocast runs layer norm in bf16, so it keeps no fp32 copy to drop."""
-    unet = _unet_with_lora(dtype=torch.bfloat16)
-    with torch.autocast("cpu", torch.bfloat16):
-        before = saved_tensor_bytes(lambda: unet(**_inputs()), unet)
-        _patched(unet)
-        after = saved_tensor_bytes(lambda: unet(**_inputs()), unet)
-        _patched(unet, projection=True)
-        recomputed = saved_tensor_bytes(lambda: unet(**_inputs()), unet)
-    assert recomputed < after < 0.9 * before, (before, after, recomputed)
+    kept = {}
+    for recompute in (None, "none", "ff", "ff+cross"):
+        unet = _unet_with_lora(dtype=torch.bfloat16)
+        if recompute is not None:
+            _patched(unet, recompute)
+        with torch.autocast("cpu", torch.bfloat16):
+            kept[recompute] = saved_tensor_bytes(lambda: unet(**_inputs()), unet)
+    assert kept["ff+cross"] < kept["ff"] < kept["none"] < 0.9 * kept[None], kept
 
 
 # ---- each saving against a count of what backward needs ------------------------------------------

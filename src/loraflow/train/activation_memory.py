@@ -23,7 +23,8 @@ measured per module on the full layout, 1024 px, with `saved_tensor_bytes`) and 
   the step's peak.
 
 `recompute="ff"` (opt-in, `TrainConfig.recompute`) also redoes the feed-forward projection, a
-matmul, in backward: its 8 channels are no longer kept, for about a sixth more UNet FLOPs.
+matmul, in backward: its 8 channels are no longer kept, for about an eighth more UNet FLOPs;
+"ff+cross" redoes the cross-attentions too (the q and output projections, a few percent more).
 """
 from __future__ import annotations
 
@@ -48,11 +49,21 @@ def _geglu_forward(self, hidden_states, *args, **kwargs):
 
 
 def _geglu_recompute_forward(self, hidden_states, *args, **kwargs):
-    from torch.utils.checkpoint import checkpoint
-
     if not (torch.is_grad_enabled() and hidden_states.requires_grad):
         return _gate(self.proj(hidden_states), self.gelu)
-    return checkpoint(lambda x: _gate(self.proj(x), self.gelu), hidden_states, use_reentrant=False)
+    return _from_norm_input(lambda x: _gate(self.proj(x), self.gelu), hidden_states)
+
+
+def _from_norm_input(fn, hidden_states):
+    """`fn(hidden_states)`, checkpointed (redone in backward). When `hidden_states` is a layer norm's
+    output, from the norm's input: that is kept anyway (the residual stream), the output is not."""
+    from torch.utils.checkpoint import checkpoint
+
+    recipe = getattr(hidden_states, _RECIPE, None)
+    if recipe is None:
+        return checkpoint(fn, hidden_states, use_reentrant=False)
+    x, weight, bias, shape, eps = recipe
+    return checkpoint(lambda x: fn(_Norm.apply(x, weight, bias, 0, shape, eps, False)), x, use_reentrant=False)
 
 
 def recompute_feed_forward_gates(model, projection: bool = False) -> int:
@@ -215,6 +226,8 @@ def _attention_forward(self, hidden_states, *args, **kwargs):
     outer = torch._C._autograd._top_saved_tensors_default_hooks(False)
     if recipe is None or not torch.is_grad_enabled() or (outer and "checkpoint" in outer[0].__module__):
         return type(self).forward(self, hidden_states, *args, **kwargs)
+    if getattr(self, "_loraflow_recompute", False):  # recompute="ff+cross": attn2 redone in backward
+        return _from_norm_input(lambda h: type(self).forward(self, h, *args, **kwargs), hidden_states)
     outer = outer or (lambda t: t, lambda t: t)
     source = hidden_states.untyped_storage()._cdata
 
@@ -278,9 +291,11 @@ def _lora_input_cast(self, x, dtype):
     return x.to(dtype)
 
 
-def keep_less_for_backward(model, norm_outputs: bool = True) -> dict[str, int]:
+def keep_less_for_backward(model, norm_outputs: bool = True, cross_attention: bool = False) -> dict[str, int]:
     """The savings above on `model` (after LoRA is added); returns what was changed. `norm_outputs`:
-    the attention adapters' inputs are remade in backward from the layer norms' inputs."""
+    the attention adapters' inputs are remade in backward from the layer norms' inputs.
+    `cross_attention` (recompute="ff+cross"): cross-attentions are redone in backward (their q and
+    output projections: matmuls), keeping only the norm's input."""
     from diffusers.models.attention_processor import Attention
     from diffusers.models.resnet import ResnetBlock2D
     from diffusers.models.transformers.transformer_2d import Transformer2DModel
@@ -305,6 +320,7 @@ def keep_less_for_backward(model, norm_outputs: bool = True) -> dict[str, int]:
             counts["convs"] += 1
         elif type(module) is Attention and norm_outputs:
             module.forward = types.MethodType(_attention_forward, module)
+            module._loraflow_recompute = cross_attention and module.is_cross_attention
             counts["attention"] += 1
         elif type(module) is LoraLinear and not module.lora_variant:
             module._cast_input_dtype = types.MethodType(_lora_input_cast, module)

@@ -102,8 +102,10 @@ def prepare_unet(model: TrainModel, config: TrainConfig) -> None:
 
     # a third less feed-forward activation memory; recompute="ff" redoes the projection (a matmul) as well,
     # which checkpointed blocks recompute anyway
-    recompute_feed_forward_gates(model.unet, projection=config.recompute == "ff" and not config.gradient_checkpointing)
-    keep_less_for_backward(model.unet)  # norms, frozen convs, LoRA inputs: same ops, less kept
+    redo = config.recompute if not config.gradient_checkpointing else "none"
+    recompute_feed_forward_gates(model.unet, projection=redo in ("ff", "ff+cross"))
+    # norms, frozen convs, LoRA inputs: the same ops, less kept
+    keep_less_for_backward(model.unet, cross_attention=redo == "ff+cross")
 
 
 @dataclass
