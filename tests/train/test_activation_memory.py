@@ -13,6 +13,12 @@ from loraflow.train.activation_memory import (keep_less_for_backward, recompute_
 BF16 = 2  # bytes
 
 
+@pytest.fixture(autouse=True)
+def _every_size(monkeypatch):
+    """The tiny models' tensors take the savings' code too (normally: full-size tensors only)."""
+    monkeypatch.setattr("loraflow.train.activation_memory._MIN_ELEMENTS", 0)
+
+
 def _unet_with_lora(seed: int = 0, dtype=torch.float32):
     from peft import LoraConfig
 
@@ -54,10 +60,12 @@ def _loss_and_grads(unet, autocast=False):
 
 @pytest.mark.parametrize("recompute,checkpointing", [("none", False), ("ff", False), ("ff+cross", False),
                                                      ("none", True)])
-def test_fp32_gradients_are_bit_identical(recompute, checkpointing):
+def test_fp32_gradients_are_bit_identical(recompute, checkpointing, monkeypatch):
     """fp32 training runs the same ops on the same values: the norms keep fp32 inputs as autograd
     would, the fused SiLU's input and the recomputed matmuls come from the same kernels on the same
-    inputs, a frozen conv's input gradient from the same convolution_backward."""
+    inputs, a frozen conv's input gradient from the same convolution_backward. Group norms run in
+    blocks of groups here too (at full size only, normally)."""
+    monkeypatch.setattr("loraflow.train.activation_memory._BLOCK_ELEMENTS", 0)
     stock = _unet_with_lora()
     unet = _unet_with_lora()
     if checkpointing:
@@ -227,3 +235,15 @@ def test_attention_adapters_remake_the_norm_output():
     for (name, a), (_, b) in zip(kept.named_parameters(), remade.named_parameters()):
         if a.requires_grad:
             assert torch.equal(a.grad, b.grad), name
+
+
+def test_small_tensors_take_the_stock_path(monkeypatch):
+    """Below the size limit nothing changes: the same bytes are kept as by the stock modules."""
+    from diffusers.models.resnet import ResnetBlock2D
+
+    monkeypatch.setattr("loraflow.train.activation_memory._MIN_ELEMENTS", 32 * 6 * 6 * 2 + 1)
+    block = _frozen(ResnetBlock2D(in_channels=32, out_channels=32, temb_channels=16, groups=8))
+    x = torch.randn(2, 32, 6, 6, requires_grad=True)
+    stock = saved_tensor_bytes(lambda: block(x, torch.randn(2, 16)), block)
+    keep_less_for_backward(block)
+    assert saved_tensor_bytes(lambda: block(x, torch.randn(2, 16)), block) == stock

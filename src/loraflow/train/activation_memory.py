@@ -142,11 +142,15 @@ class _Norm(torch.autograd.Function):
         return gx, gw, gb, None, None, None, None
 
 
+_BLOCK_ELEMENTS = 1 << 22  # tensors from this size on are normalised in blocks of groups
+
+
 def _group_blocks(x, groups: int, blocks: int = 4):
     """(channel slice, group slice, groups in it) of `blocks` runs of whole groups. Groups are
     independent, so a quarter of them at a time keeps a quarter of the fp32 temporaries, which at
-    128 x 128 (a 960-channel up-block ResNet) are the step's peak."""
-    blocks = blocks if groups % blocks == 0 else 1
+    128 x 128 (a 960-channel up-block ResNet) are the step's peak. Small tensors (the tests' tiny
+    models) go in one block: four kernel calls instead of one would cost more than they save."""
+    blocks = blocks if groups % blocks == 0 and x.numel() >= _BLOCK_ELEMENTS else 1
     per, channels = groups // blocks, x.shape[1] // blocks
     return [(slice(i * channels, (i + 1) * channels), slice(i * per, (i + 1) * per), per) for i in range(blocks)]
 
@@ -173,10 +177,18 @@ def _like(grad, tensor):
     return None if grad is None else grad.to(tensor.dtype)
 
 
+# Tensors below this many elements take the stock path: what they would keep is small, and a Python
+# autograd Function costs tens of microseconds a call, which is what a tiny CPU model's step is made of.
+# Every activation of an SDXL / Kolors UNet at 1024 px is larger (the smallest: 32 x 32 x 1280).
+_MIN_ELEMENTS = 1 << 18
+
+
 def _use_norm_function(x, *params) -> bool:
-    """Training (something needs a gradient) in fp32 or under autocast; else the stock module."""
+    """Training (something needs a gradient) in fp32 or under autocast, on a large tensor; else the
+    stock module."""
     wants_grad = x.requires_grad or any(p is not None and p.requires_grad for p in params)
-    return torch.is_grad_enabled() and wants_grad and (x.dtype == torch.float32 or _autocasting(x))
+    return (torch.is_grad_enabled() and wants_grad and x.numel() >= _MIN_ELEMENTS
+            and (x.dtype == torch.float32 or _autocasting(x)))
 
 
 def _group_norm(module, x, silu=False):
@@ -279,7 +291,7 @@ class _FrozenConv2d(torch.autograd.Function):
 
 def _frozen_conv_forward(self, x):
     frozen = not (self.weight.requires_grad or (self.bias is not None and self.bias.requires_grad))
-    if not (frozen and torch.is_grad_enabled() and x.requires_grad):
+    if not (frozen and torch.is_grad_enabled() and x.requires_grad and x.numel() >= _MIN_ELEMENTS):
         return torch.nn.Conv2d.forward(self, x)
     return _FrozenConv2d.apply(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
