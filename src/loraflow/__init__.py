@@ -25,7 +25,8 @@ layer are independent of each other.
     2. plan      memory model of a model family's runs (train.plan / generate.plan apply it)
     3. generate  GenerationSession, options, infotext, schedulers, control, grid, story (the file format)
     4. score     aesthetic and CLIP scorers, and `loraflow score`
-    5. data      ingest, data-juicer filters, export    |  generate.storyboard, generate.story_scoring
+    5. data      ingest, data-juicer filters, export    |  generate.storyboard, generate.story_scoring,
+                                                            generate.character_sheet
     6. train     LoRA training
     7. serve     HTTP API and ComfyUI workflows          |  demo (the bundled demo model and its tools)
     8. cli, api  loraflow.cli and every package's `cli.py`, and loraflow.api (the Python API above):

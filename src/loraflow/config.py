@@ -186,6 +186,34 @@ def check_device_name(device: str) -> str:
     return device
 
 
+def split_weighted(text: str, default: float | None, *, what: str = "weight") -> tuple[str, float | None]:
+    """`NAME[:NUMBER]` -> (NAME, NUMBER): `style.safetensors:0.8`, `ref.png:0.6`; no number, or an empty
+    one (`style:`), gives `default`. NAME may itself hold colons: a Windows drive (`C:\\x.safetensors:0.8`)
+    or any colon followed by a folder separator belongs to the name. Anything else after the last colon
+    must be a finite number; otherwise a one-line ConfigError naming `text` and `what`."""
+    head, sep, tail = text.rpartition(":")
+    if not sep or "/" in tail or "\\" in tail:
+        return text, default  # no colon, or one inside the path (`C:\x.safetensors`, `//host:/x`)
+    if not head:
+        raise ConfigError(f"{text!r}: no name before ':{tail}' (expected NAME[:{what.upper()}])")
+    if not tail.strip():
+        return head, default
+    try:
+        number = float(tail)
+    except ValueError:
+        if _is_drive(head):
+            return text, default  # `C:x.safetensors`, a drive-relative Windows path
+        raise ConfigError(f"{text!r}: {what} {tail!r} is not a number (expected NAME[:{what.upper()}])") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{text!r}: {what} {tail!r} is not a finite number")
+    return head, number
+
+
+def _is_drive(head: str) -> bool:
+    """`C`, the part before the colon of `C:x.safetensors` (a Windows drive letter)."""
+    return len(head) == 1 and head.isalpha()
+
+
 def _wants_number(annotation: Any) -> bool:
     args = set(_flat_args(annotation))
     return bool(args & {int, float}) and bool not in args

@@ -307,3 +307,22 @@ def test_mapped_samples_come_back_from_worker_processes(tmp_path, tiny_tagger, m
     assert remote.kept == local.kept and remote.errored == local.errored and len(local.errored) == 1
     assert all(row["original_text"].startswith("picture") and row["__dj__meta__"]["image_tags"] for row in remote.kept)
     assert "'image' must be a list of image paths" in remote.errored[0]["__loraflow__"]["error"]
+
+
+def test_a_sample_whose_images_cannot_be_listed_is_errored_and_the_batch_keeps_its_order(tmp_path, tiny_tagger):
+    """filter_run._batched: the sample whose `image` is a number, not paths, is errored before the batched
+    model call; the others are tagged, each with its own image's tags, in input order."""
+    red = save(Image.new("RGB", (8, 8), (200, 30, 40)), tmp_path / "red.png")
+    blue = save(Image.new("RGB", (8, 8), (10, 60, 250)), tmp_path / "blue.png")
+    rows = [{"text": "a", "image": [str(red)]}, {"text": "b", "image": 7}, {"text": "c", "image": [str(blue)]}]
+    recipe = write_recipe(tmp_path, rows, [{"image_tagging_mapper": {
+        "tagger_model": str(tiny_tagger), "threshold": 0.5, "character_threshold": 0.6}}])
+
+    result = filter_dataset(recipe, progress=False)
+
+    kept = read(tmp_path / "out" / "kept.jsonl")
+    assert result.total == 3 and [row["text"] for row in kept] == ["a", "c"]  # tags_to_text off: text as is
+    assert [row["__dj__meta__"]["image_tags"] for row in kept] == [
+        [expected_tags(np.array([40, 30, 200.0]), 0.5, 0.6)], [expected_tags(np.array([250, 60, 10.0]), 0.5, 0.6)]]
+    (bad,) = read(tmp_path / "out" / "kept_errored.jsonl")
+    assert bad["text"] == "b" and "must be a list of image paths" in bad["__loraflow__"]["error"]

@@ -95,7 +95,7 @@ def test_story_json_records_the_cast_and_the_lora_reaches_only_its_panels(tmp_pa
      r"characters\[1\].name: 'kitten' is defined twice"),
     ({"characters": [{"name": "kit ten", "description": "a"}]}, r"characters.0.name"),
     ({"characters": [{"name": "kitten", "description": "a", "reference_strength": 0.5}]},
-     r"characters\[0\].reference_strength: .* not supported yet"),
+     r"characters\[0\].reference_strength: 'kitten' has no references to steer its panels with"),
     ({"characters": [{"name": "kitten", "descripton": "a"}]}, r"unknown key 'descripton'"),
 ])
 def test_bad_cast_is_a_one_line_error(tmp_path, change, message):

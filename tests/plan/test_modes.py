@@ -1,20 +1,27 @@
 """Choosing low-VRAM modes and stopping a run that would spill, with fake plans (no model runs)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import pytest
 
 from loraflow.errors import ConfigError
 from loraflow.train.fit import fit_train_config
 from loraflow.plan.gpus import GiB, RESERVED_BYTES, find_gpu
-from loraflow.plan.modes import spill_message
+from loraflow.plan.modes import TRAIN_STEPS, choose, spill_message
 from loraflow.train.config import TrainConfig
 
 
 @dataclass
 class FakePlan:
     peak_bytes: int
+    settings: dict = field(default_factory=lambda: {"stream_text_encoders": False})
+    phase: str = "training step"
+
+    @property
+    def peak_phase(self):
+        return SimpleNamespace(name=self.phase)
 
 
 def fake_planner(config):
@@ -41,7 +48,8 @@ def test_cuda_run_over_free_memory_stops_with_the_flags_that_fit():
     with pytest.raises(ConfigError) as e:
         fit_train_config(config(), "cuda", planner=fake_planner, free_bytes=4 * GiB)
     assert "--text-encoders-on-cpu --optimizer adamw8bit --base-fp8" in str(e.value)
-    assert fit_train_config(config(), "cuda", planner=fake_planner, free_bytes=11 * GiB) == config()
+    fitted = fit_train_config(config(), "cuda", planner=fake_planner, free_bytes=11 * GiB)
+    assert fitted == config(stream_text_encoders=False)  # the plan's choice fills the unset mode, nothing else
 
 
 def test_vram_picks_the_cheapest_modes_that_fit_and_keeps_those_set():
@@ -56,6 +64,18 @@ def test_vram_picks_the_cheapest_modes_that_fit_and_keeps_those_set():
     assert (6.0 * GiB - RESERVED_BYTES) >= fake_planner(chosen).peak_bytes
 
 
+def test_a_mode_that_saves_nothing_is_left_off():
+    # as when the cache pass streams the encoders: moving them to the CPU lowers no peak
+    def planner(c):
+        return FakePlan(int((10.0 - 2.0 * c.base_fp8 - 1.5 * c.gradient_checkpointing) * GiB))
+
+    budget = int(7.0 * GiB)  # 10 - 2 (fp8) - 1.5 (ckpt) = 6.5 fits; 8 (fp8 alone) does not
+    chosen, plan, changes = choose(config(), budget, planner, TRAIN_STEPS)
+    assert changes == {"base_fp8": True, "gradient_checkpointing": True}
+    assert not chosen.text_encoders_on_cpu and chosen.optimizer == "adamw"
+    assert plan.peak_bytes == int(6.5 * GiB)
+
+
 def test_no_mode_set_fits_is_one_line():
     with pytest.raises(ConfigError) as e:
         fit_train_config(config(vram=2.0), "cpu", planner=fake_planner)
@@ -68,3 +88,19 @@ def test_gpu_names_and_sizes():
     assert find_gpu("12").tflops is None and find_gpu("12GiB").memory_gib == 12
     with pytest.raises(ConfigError, match="unknown GPU 'RTX 9090'"):
         find_gpu("RTX 9090")
+
+
+def test_unset_streaming_is_the_plans_choice_said_and_saved_with_the_config():
+    said = []
+
+    def streaming_planner(config):
+        return FakePlan(int(6 * GiB), {"stream_text_encoders": True}, "training step")
+
+    fitted = fit_train_config(config(), "cuda", said.append, planner=streaming_planner, free_bytes=11 * GiB)
+    assert fitted.stream_text_encoders is True and "stream_text_encoders: true" in fitted.to_yaml()
+    assert len(said) == 1 and "streamed to the device one layer at a time" in said[0] and "6.00 GiB" in said[0]
+    # set by the user, it is kept; on the CPU it is off without planning
+    kept = fit_train_config(config(stream_text_encoders=False), "cuda", planner=streaming_planner, free_bytes=11 * GiB)
+    assert kept.stream_text_encoders is False
+    on_cpu = fit_train_config(config(), "cpu", planner=lambda c: pytest.fail("planned on the CPU"))
+    assert on_cpu.stream_text_encoders is False

@@ -35,7 +35,8 @@ def make_tiny_lora(pipe, path: Path, seed: int = 0, rank: int = 4) -> Path:
 
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory) -> Path:
-    """models/tiny-sdxl (diffusers folder) and models/loras/style.safetensors."""
+    """models/tiny-sdxl (diffusers folder), models/loras/style.safetensors, a tiny ControlNet, IP-Adapter
+    (models/ipadapter/tiny-ipa) and CLIP vision encoder (models/clip_vision/tiny-vision)."""
     from loraflow.models.tiny import build_tiny_pipeline, save_tiny_model
 
     root = tmp_path_factory.mktemp("models")
@@ -48,6 +49,10 @@ def models_dir(tmp_path_factory) -> Path:
         save_tiny_controlnet("sdxl", root / "controlnet" / "tiny-cn")
     except ImportError:  # ControlNet support not in this build
         pass
+    from loraflow.models.tiny_ip_adapter import save_tiny_ip_adapter, tiny_image_encoder
+
+    save_tiny_ip_adapter("sdxl", root / "ipadapter" / "tiny-ipa")  # h94 layout: sdxl_models/, models/image_encoder
+    tiny_image_encoder(seed=5).save_pretrained(root / "clip_vision" / "tiny-vision")  # another encoder, same widths
     return root
 
 

@@ -54,6 +54,7 @@ def test_model_is_loaded_once_and_kept(server):
     ({**TINY, "scheduler": "warp drive"}, "scheduler"),
     ({**TINY, "allow_pickle": True}, "allow_pickle"),
     ({**TINY, "out": "/tmp/elsewhere"}, "out"),
+    ({**TINY, "lora": ["style:strong"]}, "lora.0"),  # a weight that is no number (config.split_weighted)
 ])
 def test_invalid_generate_is_422_naming_the_field(server, body, field):
     r = server.post("/api/jobs/generate", json=body)

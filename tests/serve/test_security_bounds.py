@@ -16,6 +16,18 @@ import websockets.sync.client as websockets_sync
 from serve_helpers import TINY, wait_job
 
 
+def test_limits_default_to_the_flags_defaults_and_follow_the_flags():
+    """`Limits` holds no defaults of its own: a server started with no flags has `Limits()`."""
+    from loraflow.serve.limits import Limits
+    from loraflow.serve.options import ServeOptions
+
+    defaults = ServeOptions()
+    bounds = [f.name for f in dataclasses.fields(Limits) if f.name != "max_json_depth"]
+    assert bounds and all(getattr(Limits(), name) == getattr(defaults, name) for name in bounds)
+    assert Limits.from_options(ServeOptions(max_steps=7, max_scenes=3)) == \
+        dataclasses.replace(Limits(), max_steps=7, max_scenes=3)
+
+
 @pytest.mark.parametrize("kind,body,field", [
     ("generate", {**TINY, "width": 4096, "height": 4096}, "width"),
     ("generate", {**TINY, "batch_size": 32, "num_images": 32}, "batch_size"),

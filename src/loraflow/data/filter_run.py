@@ -11,6 +11,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 from loraflow.data.dj_backend import run_dj_process
 from loraflow.data.executors import MAPPERS
@@ -76,6 +77,28 @@ def _evaluate_one(task: Task, sample: dict, stats: dict) -> Verdict:
 def _evaluate_model(task: Task, batch: list[tuple[int, dict, dict]]) -> list[Verdict]:
     """A model-backed op scores the whole chunk at once (one batched model call)."""
     op = task.ops[0]
+
+    def verdict(error: str | None, stats: dict) -> Verdict:
+        rejection = op.decide(stats) if error is None else None
+        return Errored(error, stats) if error else Rejected(rejection, stats) if rejection else Kept(stats)
+
+    return _batched(task, batch, op.compute_batch, verdict)
+
+
+def _evaluate_mapper(task: Task, batch: list[tuple[int, dict, dict]]) -> list[Verdict]:
+    """A mapper rewrites the whole chunk with one batched model call: each sample is kept as its
+    rewritten self, or errored; the new sample travels back like the stats do."""
+    op = task.ops[0]
+    return _batched(task, batch, lambda ready: op.map_batch([(images, sample) for images, sample, _ in ready]),
+                    lambda new, stats: Kept(stats, sample=new) if isinstance(new, dict) else Errored(new, stats))
+
+
+def _batched(task: Task, batch: list[tuple[int, dict, dict]], call: Callable[[list], list],
+             verdict: Callable[[Any, dict], Verdict]) -> list[Verdict]:
+    """The one batched model call of a chunk: a sample whose images cannot be opened is errored
+    there; the rest go to `call` together as (images, sample, stats), and each result becomes
+    `verdict(result, stats)`, in the chunk's order."""
+    op = task.ops[0]
     verdicts: list[Verdict | None] = []  # None: waits for the batched call
     ready = []
     for _, sample, stats in batch:
@@ -86,35 +109,8 @@ def _evaluate_model(task: Task, batch: list[tuple[int, dict, dict]]) -> list[Ver
             continue
         verdicts.append(None)
         ready.append((images, sample, stats))
-    errors = iter(op.compute_batch(ready) if ready else [])
-    out: list[Verdict] = []
-    for (_, _, stats), verdict in zip(batch, verdicts):
-        if verdict is None:
-            error = next(errors)
-            rejection = op.decide(stats) if error is None else None
-            verdict = Errored(error, stats) if error else Rejected(rejection, stats) if rejection else Kept(stats)
-        out.append(verdict)
-    return out
-
-
-def _evaluate_mapper(task: Task, batch: list[tuple[int, dict, dict]]) -> list[Verdict]:
-    """A mapper rewrites the whole chunk with one batched model call: each sample is kept as its
-    rewritten self, or errored; the new sample travels back like the stats do."""
-    op = task.ops[0]
-    out: list[Verdict | None] = []  # None: waits for the batched call
-    ready = []
-    for _, sample, stats in batch:
-        try:
-            ready.append((SampleImages(sample_paths(sample, op.image_key), task.check_tail, task.verify), sample))
-            out.append(None)
-        except SampleError as e:
-            out.append(Errored(str(e), stats))
-    mapped = iter(op.map_batch(ready) if ready else [])
-    for i, (_, _, stats) in enumerate(batch):
-        if out[i] is None:
-            new = next(mapped)
-            out[i] = Kept(stats, sample=new) if isinstance(new, dict) else Errored(new, stats)
-    return out
+    results = iter(call(ready) if ready else [])
+    return [verdict(next(results), stats) if v is None else v for (_, _, stats), v in zip(batch, verdicts)]
 
 
 def _segments(ops: list[Op]) -> list[list[Op]]:

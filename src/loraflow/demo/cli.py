@@ -1,4 +1,5 @@
-"""`loraflow demo dataset|eval`: the procedural shapes data set and the prompt-adherence check."""
+"""`loraflow demo dataset|overfit-data|train|eval`: the procedural shapes data sets, the demo model's own
+training and the prompt-adherence check."""
 from __future__ import annotations
 
 import argparse
@@ -18,6 +19,11 @@ def register(subparsers) -> None:
     ds.add_argument("--style-in-caption", action="store_true",
                     help="put the style word in the captions (default: content only, so the LoRA styles every prompt)")
     ds.set_defaults(func=run_dataset)
+    of = sub.add_parser("overfit-data", help="a style set too small for its LoRA: the demo overfit run's data "
+                                             "(examples/train/demo-overfit.yaml)")
+    of.add_argument("--out", required=True, help="folder: OUT/train and OUT/held_out")
+    of.add_argument("--seed", type=int, default=0)
+    of.set_defaults(func=run_overfit_data)
     tr = sub.add_parser("train", help="train the demo model (SDXL family, small) from scratch on the shapes data")
     tr.add_argument("--out", required=True, help="diffusers folder to write")
     tr.add_argument("--images", type=int, default=4000)
@@ -47,6 +53,14 @@ def run_dataset(args: argparse.Namespace) -> int:
     out = write_dataset(args.out, n=args.n, size=args.size, seed=args.seed, lang=args.lang, style=args.style,
                         style_in_caption=args.style_in_caption)
     print(f"{args.n} images -> {out / 'train' / 'metadata.csv'}; held-out scenes in {out / 'recipe.json'}")
+    return 0
+
+
+def run_overfit_data(args: argparse.Namespace) -> int:
+    from loraflow.demo.dataset import write_overfit_dataset
+
+    out = write_overfit_dataset(args.out, seed=args.seed)
+    print(f"training pictures -> {out / 'train'}; held-out pictures -> {out / 'held_out'}")
     return 0
 
 

@@ -1,9 +1,11 @@
 """A story's cast: characters defined once, placed into the scenes that name them.
 
+    ip_adapter: models/IP-Adapter                  # for characters with a reference_strength
     characters:
       - name: kitten
         description: {en: "an orange kitten with a white chest", zh: "一只胸口白色的橘色小猫"}
         references: [refs/kitten-1.png]            # what its identity score compares against
+        reference_strength: 0.6                    # and how strongly they steer its panels (IP-Adapter)
         lora: models/kitten.safetensors            # optional character LoRA
         lora_weight: 0.8
         trigger: ohwx kitten                       # the LoRA's trigger word(s), put before the description
@@ -23,6 +25,7 @@ from pydantic import field_validator
 
 from loraflow.config import Options, opt
 from loraflow.errors import ConfigError
+from loraflow.generate.ip_references import MAX_REFERENCE_SCALE, Reference
 
 PLACEHOLDER = re.compile(r"\{([^{}\s|:]+)\}")  # {kitten}; `|` and `:` are left to other prompt syntaxes
 CJK = re.compile(r"[\u3400-\u9fff]")
@@ -39,7 +42,8 @@ class Character(Options):
     lora_weight: float = opt(1.0, "weight of the character's LoRA")
     trigger: str = opt("", "the LoRA's trigger word(s), put before the description")
     reference_strength: float | None = opt(
-        None, "how strongly the references steer the picture (IP-Adapter scale); not supported yet", ge=0.0)
+        None, "how strongly its references steer its panels (IP-Adapter scale, through the story's ip_adapter); "
+              "unset or 0: they only anchor its identity score", ge=0.0, le=MAX_REFERENCE_SCALE)
 
     @field_validator("name")
     @classmethod
@@ -79,6 +83,12 @@ class PanelCast:
     def names(self) -> list[str]:
         return [c.name for c in self.members]
 
+    @property
+    def references(self) -> tuple[Reference, ...]:
+        """The IP-Adapter references of the members that steer (reference_strength above 0)."""
+        return tuple(Reference(image=path, scale=c.reference_strength)
+                     for c in self.members if c.reference_strength for path in c.references)
+
     def to_json(self) -> list[dict]:
         """The resolved cast as story.json records it."""
         return [{"name": c.name, "words": c.words(self.language), "lora": _lora_arg(c),
@@ -99,9 +109,8 @@ def cast_problem(characters: list[Character], scenes) -> str | None:
         if c.name in seen:
             return f"characters[{i}].name: '{c.name}' is defined twice"
         seen.add(c.name)
-        if c.reference_strength:  # steering needs IP-Adapter, which storyboards cannot load yet
-            return (f"characters[{i}].reference_strength: steering a panel with reference images (IP-Adapter) is "
-                    "not supported yet; leave it out (references are still used for the identity score)")
+        if c.reference_strength and not c.references:
+            return f"characters[{i}].reference_strength: '{c.name}' has no references to steer its panels with"
     known = ", ".join(names) or "none defined"
     for k, scene in enumerate(scenes):
         for name in scene.cast:

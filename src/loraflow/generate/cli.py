@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from loraflow.generate.options import GenerateConfig
-from loraflow.generate.story import StoryboardConfig
+from loraflow.generate.story import SheetCommand, StoryboardConfig
 from loraflow.progress import StepBar
 
 
@@ -19,13 +19,18 @@ def register(subparsers) -> None:
                               description="Render a story. Flags override the story's defaults.")
     s.add_argument("story", help="story file (.yaml or .json), e.g. examples/stories/cat-time-travel.zh.yaml")
     StoryboardConfig.add_arguments(s)
+    SheetCommand.add_arguments(s)
     s.set_defaults(func=run_storyboard_cmd)
 
 
 def run_generate(args: argparse.Namespace) -> int:
     from loraflow.generate.session import GenerationSession, save_results
 
+    from loraflow.generate.plan import stop_if_over_free_memory
+    from loraflow.models.loading import resolve_device
+
     config = GenerateConfig.from_cli(args, args.config).require_prompt()
+    stop_if_over_free_memory(config, resolve_device(config.device))  # CUDA: before the model loads
     session = GenerationSession.from_options(config)
     with StepBar("generate") as update:
         results = session.generate(config, progress=update)
@@ -38,13 +43,24 @@ def run_storyboard_cmd(args: argparse.Namespace) -> int:
     from loraflow.generate.storyboard import load_story, run_storyboard
 
     config = StoryboardConfig.from_cli(args, None, story=args.story)
+    sheet = SheetCommand.from_cli(args)
     from loraflow.demo.identity import identity_for
     from loraflow.models.loading import DEMO
 
     model = config.model or load_story(config.story).model or DEMO  # no model: the demo model
     identity = identity_for(config.identity, config.clip, model == DEMO)
+    if sheet.character_sheet:
+        return run_character_sheet_cmd(config, sheet, identity)
     with StepBar("storyboard") as update:
-        index = run_storyboard(config, progress=update, identity=identity)
+        if sheet.use_sheet:
+            index = use_sheet(config, sheet, progress=update, identity=identity)
+        else:
+            index = run_storyboard(config, progress=update, identity=identity)
+    if "character_sheet" in index:
+        made = index["character_sheet"]
+        picks, train = ", ".join(map(str, made["picks"])), made["train"]
+        print(f"{made['character']}: LoRA {made['lora']} trained on candidates {picks} "
+              f"({train['steps']} steps, {train['seconds']:.0f} s)")
     print(f"{len(index['scenes'])} scenes -> {config.out}/{index['grid']} ({index['grid_size'][0]}x{index['grid_size'][1]})")
     if "contact_sheet" in index:
         sheet = index["contact_sheet"]
@@ -56,3 +72,48 @@ def run_storyboard_cmd(args: argparse.Namespace) -> int:
         print(describe_repair(index["repair"]))
     return 0
 
+
+
+def run_character_sheet_cmd(config: StoryboardConfig, sheet: SheetCommand, identity) -> int:
+    from loraflow.generate.character_sheet import render_sheet, sheet_folder
+
+    with StepBar("character sheet") as update:
+        made = render_sheet(config, sheet, progress=update, identity=identity)
+    folder = sheet_folder(config.out, made["character"])
+    print(f"{len(made['candidates'])} candidates of {made['character']} -> {folder}/{made['grid']}")
+    for c in made["candidates"]:
+        scores = c.get("scores") or {}
+        combined = "" if scores.get("combined") is None else f"  combined {scores['combined']:.3f}"
+        print(f"  {c['index']}: {c['file']} (seed {c['seed']}){combined}")
+    print(f"next: loraflow storyboard {config.story} --out {config.out} --use-sheet {made['character']}:PICKS")
+    return 0
+
+
+def use_sheet(config: StoryboardConfig, sheet: SheetCommand, session=None, progress=None, identity=None) -> dict:
+    """--use-sheet NAME[:PICKS]: train the character's LoRA on the picked candidates of its sheet, then render
+    the story with it; story.json's `character_sheet` says which LoRA (file, SHA-256) from which picks."""
+    from loraflow.generate import character_sheet as sheets
+    from loraflow.generate.storyboard import load_story, run_storyboard
+    from loraflow.models.hashing import sha256_file
+    from loraflow.train.character_lora import train_character_lora
+
+    story = load_story(config.story)
+    name, picks = sheets.parse_use_sheet(sheet.use_sheet)
+    character = sheets.find_character(story, name, "--use-sheet")
+    made = sheets.read_sheet(config.out, name)
+    chosen = sheets.chosen_candidates(made, picks, story.sheet.top)
+    folder = sheets.sheet_folder(config.out, name)
+    numbers = [c["index"] for c in chosen]
+    lora = train_character_lora(
+        [folder / c["file"] for c in chosen], sheets.training_caption(story, character, made.get("language", "en")),
+        folder / ("train-" + "-".join(map(str, numbers))), name=name, model=config.model or story.model,
+        device=config.device, seed=story.defaults.seed, story_options=story.sheet_training,
+        overrides=sheet.training_overrides())
+    record = {"character": name, "lora": str(lora.lora_path), "sha256": sha256_file(lora.lora_path),
+              "picks": numbers, "files": [c["file"] for c in chosen], "seeds": [c["seed"] for c in chosen],
+              "picked_by": "picks" if picks is not None else ("score" if sheets.is_scored(made) else "all"),
+              "dataset": str(lora.dataset / "metadata.csv"),
+              "train": {"steps": lora.steps, "seconds": round(lora.seconds, 2), "final_loss": lora.final_loss}}
+    return run_storyboard(config, session=session, progress=progress, identity=identity,
+                          story=sheets.with_character_lora(story, name, lora.lora_path),
+                          notes={"character_sheet": record})

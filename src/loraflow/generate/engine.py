@@ -130,6 +130,7 @@ class LatentSampling:
     add_noise: bool = True  # False: the latents already carry the noise of `start_step`
     mask: Any = None  # (B or 1, 1, h, w) in [0, 1]: 1 = redraw, 0 = keep `latents` (inpainting); None: all
     controls: tuple[ControlInput, ...] = field(default_factory=tuple)
+    references: Any = None  # generate.ip_references.PreparedReferences: IP-Adapter reference images; None: none
     on_step: StepFn | None = None
 
 
@@ -148,6 +149,10 @@ def sample_latents(session, req: LatentSampling):
     inputs = session.family.call_kwargs(_repeat(pos, batch, dtype), _repeat(neg, batch, dtype))
     inputs.update(height=h * scale, width=w * scale)
     inputs.update(_control_kwargs(req.controls))
+    # the IP-Adapter is attached for this request's references, detached when it has none
+    pipe_for_task = session.derived.pipeline("text2img", tuple(c.controlnet for c in req.controls))
+    inputs.update(session.ip_adapter_inputs(req.references, pipe_for_task, batch, req.guidance_scale,
+                                            h * scale, w * scale))
     # 2. the noisy start, from the seed's CPU noise (as ComfyUI makes it: one tensor for the batch)
     generator = torch.Generator("cpu").manual_seed(req.seed % 2**63)
     noise = torch.randn(samples.shape, generator=generator)

@@ -5,6 +5,8 @@ one's peak is; these functions are what a run does.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 # Tile edge in pixels. diffusers tiles from the VAE's sample_size (1024 for SDXL/Kolors), which
 # never tiles a 1024 x 1024 image; 512-pixel tiles (64 latents, 1/8 overlap) cut the decode's
 # activations by about 4 at that size.
@@ -18,6 +20,19 @@ def enable_vae_tiling(vae) -> None:
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     vae.tile_sample_min_size = VAE_TILE
     vae.tile_latent_min_size = VAE_TILE // factor
+
+
+@contextmanager
+def vae_tiled(vae):
+    """`enable_vae_tiling` for the duration of the block, the VAE's own settings after (a training run's
+    validation previews decode tiled; its latent cache, when the VAE encodes in the loop, must not)."""
+    saved = {k: getattr(vae, k) for k in ("use_tiling", "use_slicing", "tile_sample_min_size", "tile_latent_min_size")}
+    enable_vae_tiling(vae)
+    try:
+        yield vae
+    finally:
+        for key, value in saved.items():
+            setattr(vae, key, value)
 
 
 def load_device(offload: str, device: str) -> str:

@@ -8,6 +8,7 @@ from pydantic import field_validator, model_validator
 from loraflow.config import Options, opt
 from loraflow.errors import ConfigError
 from loraflow.generate.control.units import ControlUnit, parse_units
+from loraflow.generate.ip_references import MAX_REFERENCES, Reference, parse_references
 from loraflow.models.families import TINY_MODELS, FamilyName
 
 
@@ -79,6 +80,19 @@ class ReferenceOptions(Options):
     mask: str | None = opt(None, "inpainting mask (white = repaint, black = keep); needs --init-image",
                            aliases=("mask_image",))
     mask_blur: int = opt(4, "inpainting: blur of the mask edge when the kept pixels are pasted back", ge=0, le=64)
+    ip_adapter: str | None = opt(None, "IP-Adapter for --reference: a folder laid out as its hub repository (the "
+                                       "model family's) or the adapter file; its image encoder is found beside it")
+    reference: list[Reference] = opt([], "reference image IMAGE[:SCALE] steering the picture through the "
+                                         "IP-Adapter, repeatable; in files also {image, scale, mask}",
+                                   aliases=("references",), max_length=MAX_REFERENCES)
+
+    @field_validator("reference", mode="before")
+    @classmethod
+    def _parse_references(cls, v):
+        try:
+            return parse_references(v)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
 
     @field_validator("control", mode="before")
     @classmethod

@@ -8,6 +8,10 @@ Which weights are on the device in each phase depends on `offload` (generate/mem
 same modes): none — everything; encoders — the text encoders stay on the CPU; model — only the
 running component (accelerate's model offload); sequential — only the running layer (accelerate's
 sequential offload: its largest layer is counted).
+
+`stop_if_over_free_memory(config, device)` is what `generate` and `storyboard` run before loading on
+CUDA: a plan over the free device memory would spill into shared memory and crawl, so it stops with
+one line instead (the training's check is train/fit.py).
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from loraflow.plan import phases as ops
 from loraflow.plan.accountant import MemoryAccountant
 from loraflow.plan.architecture import resolve_architecture
 from loraflow.plan.cuda_rules import cuda_rules
+from loraflow.plan.modes import GENERATE_STEPS, cuda_free_bytes, stop_if_spilling
 
 
 def memory_settings(config, family) -> dict:
@@ -85,13 +90,31 @@ def plan_generate(config) -> Plan:
                 flops_per_image=per_image)
 
 
+def largest_scene(items: list, cfg):
+    """The storyboard scene whose plan is the run's: the largest image, with the run's model options
+    (model, dtype, offload, VAE tiling, ...) and scene batch size; every scene runs on one loaded model."""
+    from loraflow.generate.options import ModelOptions
+
+    largest = max(items, key=lambda c: (c.height or 0) * (c.width or 0) * c.batch_size)
+    run = {k: getattr(cfg, k) for k in ModelOptions.model_fields}
+    return largest.model_copy(update={**run, "model": cfg.model or largest.model, "batch_size": cfg.batch_size})
+
+
+def stop_if_over_free_memory(config, device: str, free_bytes: int | None = None, planner=None) -> None:
+    """Before the first image: a ConfigError naming the planned peak, the free memory and the flags that
+    would fit when `config`'s plan exceeds the free memory of `device` (CUDA only; `free_bytes` and
+    `planner` replace torch.cuda.mem_get_info and plan_generate in tests)."""
+    free_bytes = cuda_free_bytes(device) if free_bytes is None else free_bytes
+    if free_bytes is None:
+        return
+    planner = planner or plan_generate
+    stop_if_spilling(config, planner(config), free_bytes, planner, GENERATE_STEPS)
+
+
 def _resident_bytes(offload: str, unet, vae, encoders: dict):
     """component -> bytes of weights on the device while it runs."""
     def size(module):
         return sum(p.numel() * p.element_size() for p in module.parameters())
-
-    def largest_layer(module):
-        return max(sum(p.numel() * p.element_size() for p in m.parameters(recurse=False)) for m in module.modules())
 
     modules = {"unet": unet, "vae": vae, **encoders}
     sizes = {k: size(m) for k, m in modules.items()}
@@ -102,4 +125,4 @@ def _resident_bytes(offload: str, unet, vae, encoders: dict):
         return lambda component: sizes["unet"] + sizes["vae"] + (sizes[component] if component in encoders else 0)
     if offload == "model":
         return lambda component: sizes[component]
-    return lambda component: largest_layer(modules[component])  # sequential
+    return lambda component: ops.largest_layer_bytes(modules[component])  # sequential

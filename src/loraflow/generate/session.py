@@ -13,18 +13,24 @@ from typing import Any, Callable
 
 from loraflow import __version__
 from loraflow.atomic import atomic_save_image
+from loraflow.config import split_weighted
 from loraflow.errors import ConfigError
 from loraflow.generate.control.infotext import reference_params
+from loraflow.generate.control.pipelines import accepts
 from loraflow.generate.control.references import (
     References, denoising_steps, paste_unmasked, prepare_references, vae_round_trip,
 )
 from loraflow.generate.derived import DerivedModels
 from loraflow.generate.engine import Denoising, denoise
 from loraflow.generate.infotext import format_infotext, save_png_with_infotext
+from loraflow.generate.ip_references import (
+    PreparedReferences, ip_adapter_kwargs, ip_reference_key, ip_reference_params, prepare_ip_references,
+)
 from loraflow.generate.options import GenerateConfig, ModelOptions
 from loraflow.generate.schedulers import infotext_fields, make_scheduler
 from loraflow.models import hashing
 from loraflow.models.families import PromptEmbeds
+from loraflow.models.ip_adapter import IPAdapterSlot, locate_ip_adapter
 from loraflow.models.loading import LoadedModel, load_pipeline
 from loraflow.models.lora.apply import apply_loras, remove_loras
 from loraflow.models.prompt_syntax import extract_lora_tags
@@ -64,7 +70,7 @@ class LoraSpec:
     def stamp(self) -> tuple:
         """What identifies the file's content cheaply: a file rewritten in place changes its size or
         mtime, one replaced by rename its inode. Part of every key that depends on the LoRA's weights."""
-        return (str(self.path), self.weight, *file_stamp(self.path))
+        return (str(self.path), self.weight, *hashing.file_stamp(self.path))
 
 
 @dataclass
@@ -85,21 +91,9 @@ class RenderItem:
         return (self.loras, self.height, self.width, self.steps, self.guidance, self.reference, self.config.scheduler)
 
 
-def file_stamp(path: Path) -> tuple:
-    """(size, mtime_ns, inode) of a file, or of each file of a folder (a diffusers LoRA folder)."""
-    files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
-    return tuple(x for f in files for st in [f.stat()] for x in (st.st_size, st.st_mtime_ns, st.st_ino))
-
-
 def parse_lora_arg(text: str, lora_dirs: list[str]) -> LoraSpec:
     """`FILE[:WEIGHT]` (weight defaults to 1.0); FILE may be a bare name found in `lora_dirs`."""
-    name, weight = text, 1.0
-    if ":" in text:
-        head, tail = text.rsplit(":", 1)
-        try:
-            name, weight = head, float(tail)
-        except ValueError:
-            name = text  # a colon that is part of the path (C:\...)
+    name, weight = split_weighted(text, 1.0)
     return LoraSpec(find_lora_file(name, lora_dirs), weight)
 
 
@@ -129,6 +123,7 @@ class GenerationSession:
         self._lora_hashes: dict[tuple, str] = {}
         self.derived = DerivedModels(self.pipe, self.family)  # task pipelines and ControlNets of this model
         self._controlnet_labels: dict[str, str] = {}  # path -> "name [hash]" for the infotext
+        self.ip_adapter = IPAdapterSlot(self.pipe, self.family)  # reference images; attached while a run has some
         self.encoder_calls = 0  # how many prompts actually went through the text encoders
 
     @classmethod
@@ -258,6 +253,8 @@ class GenerationSession:
         controlnets = self._controlnets_for(refs)
         pipe = self.derived.pipeline(refs.task, controlnets)
         kwargs.update(refs.call_kwargs(pipe, n, first.height, first.width))
+        ip_refs = prepare_ip_references(first.config, first.width, first.height)
+        kwargs.update(self.ip_adapter_inputs(ip_refs, pipe, n, first.guidance, first.height, first.width))
         # 4. denoise
         images = self._denoise(pipe, kwargs, group, refs, controlnets, progress, done, total)
         if refs.mask is not None:
@@ -265,7 +262,7 @@ class GenerationSession:
         # 5. infotext per image
         results = []
         for job, image in zip(group, images):
-            params = self._infotext_params(job, refs)
+            params = self._infotext_params(job, refs, ip_refs)
             results.append(ImageResult(image, job.seed, self._infotext(job.prompt, job.config, params), params,
                                        control_images=[c.image for c in refs.controls]))
         return results
@@ -309,8 +306,31 @@ class GenerationSession:
             self._controlnet_labels[path] = f"{controlnet_name(path)} [{controlnet_hash(path)}]"
         return self._controlnet_labels[path]
 
+    def ip_adapter_inputs(self, refs: PreparedReferences | None, pipe, n: int, guidance: float,
+                          height: int, width: int) -> dict:
+        """Attach the references' IP-Adapter (detach it when no reference has a scale above 0: such a
+        run is the base model's) and return the pipeline arguments for `n` images per call."""
+        if refs is None or not refs.active:
+            self.ip_adapter.use(None)
+            return {}
+        if not accepts(pipe, "ip_adapter_image_embeds"):
+            raise ConfigError(f"reference: {type(pipe).__name__} takes no IP-Adapter references")
+        self.ip_adapter.use(locate_ip_adapter(refs.adapter, self.family, refs.image_encoder), refs.allow_pickle)
+        # the pipelines' own rule for classifier-free guidance (which halves the embeds carry)
+        cfg = guidance > 1 and self.pipe.unet.config.time_cond_proj_dim is None
+        return ip_adapter_kwargs(self.ip_adapter, refs, n, cfg, height, width)
+
+    def ip_adapter_label(self, path: str) -> str:
+        """`name [hash]` of an IP-Adapter file, as A1111's ControlNet extension shows a model."""
+        key = f"ip-adapter:{path}"
+        if key not in self._controlnet_labels:
+            weights = locate_ip_adapter(path, self.family).weights
+            self._controlnet_labels[key] = f"{weights.stem} [{hashing.legacy_model_hash(weights)}]"
+        return self._controlnet_labels[key]
+
     # ---- infotext -----------------------------------------------------------------------------
-    def _infotext_params(self, job: RenderItem, refs: References | None = None) -> dict:
+    def _infotext_params(self, job: RenderItem, refs: References | None = None,
+                         ip_refs: PreparedReferences | None = None) -> dict:
         params: dict[str, Any] = {
             "Steps": job.steps, **infotext_fields(job.config.scheduler, self.pipe.scheduler),
             "CFG scale": job.guidance, "Seed": job.seed, "Size": f"{job.width}x{job.height}",
@@ -322,6 +342,8 @@ class GenerationSession:
             params["VAE"] = self.loaded.extras["vae"]
         if refs is not None:
             params.update(reference_params(refs, job.config, job.width, job.height, self.controlnet_label))
+        if ip_refs is not None and ip_refs.active:
+            params.update(ip_reference_params(ip_refs, self.ip_adapter_label(ip_refs.adapter)))
         if self._loras:
             params["Lora hashes"] = {l.name: self.lora_hash(l) for l in self._loras}
         params["Version"] = f"loraflow {__version__}"
@@ -340,7 +362,7 @@ class GenerationSession:
         return self._model_hash
 
     def lora_hash(self, lora: LoraSpec) -> str:
-        key = (str(lora.path), *file_stamp(lora.path))  # the file's content, whatever the weight
+        key = (str(lora.path), *hashing.file_stamp(lora.path))  # the file's content, whatever the weight
         if key not in self._lora_hashes:
             self._lora_hashes[key] = hashing.lora_hash(lora.path)
         return self._lora_hashes[key]
@@ -350,7 +372,7 @@ def reference_key(config: GenerateConfig) -> tuple:
     """What must match for two items to share a batch: the same references, drawn the same way."""
     return (tuple(u.model_dump_json() for u in config.control), config.guess_mode, config.canny_low_threshold,
             config.canny_high_threshold, config.annotator_dir, config.init_image, config.strength, config.mask,
-            config.mask_blur)
+            config.mask_blur, ip_reference_key(config))
 
 
 def _stack(embeds: list[PromptEmbeds], dtype) -> PromptEmbeds:

@@ -17,14 +17,15 @@ scenes -> one `GenerateConfig` per scene. Only parsing and planning; `storyboard
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from loraflow.config import Options, opt
 from loraflow.errors import ConfigError
 from loraflow.generate.cast import Character, PanelCast, cast_problem, resolve_cast
 from loraflow.generate.control.units import PREVIOUS, ControlUnit, parse_units
+from loraflow.generate.ip_references import MAX_REFERENCES
 from loraflow.generate.options import GenerateConfig, ModelOptions, SamplingOptions
 
 
@@ -84,6 +85,26 @@ class GridOptions(Options):
     font: str | None = opt(None, "TrueType font for captions (a CJK font for Chinese)")
 
 
+# What a character-sheet portrait adds after the character's words: the whole figure, facing the viewer,
+# on a plain background, so that the LoRA trained on the picked portraits learns the character and not a scene.
+SHEET_FRAMING = {"en": "full body portrait, standing, facing the viewer, plain background",
+                 "zh": "全身像,站立,面向观众,纯色背景"}
+
+
+class SheetOptions(Options):
+    """`sheet:` in a story file: how `storyboard --character-sheet NAME` draws a character's candidates."""
+
+    framing: str | dict[str, str] = opt(dict(SHEET_FRAMING), "words put after the character's words in every "
+                                        "portrait: one string, or one per language ({en: ..., zh: ...})")
+    candidates: int = opt(4, "portraits to render (seeds seed, seed+1, ...); --candidates overrides", ge=1, le=64)
+    top: int | None = opt(None, "--use-sheet NAME without picks, on a scored sheet: train on the TOP best-scoring "
+                                "candidates (default: the better half, rounded up)", ge=1)
+
+    def framing_words(self, language: str) -> str:
+        f = self.framing
+        return f if isinstance(f, str) else f.get(language) or f.get("en") or next(iter(f.values()), "")
+
+
 class Story(Options):
     title: str = opt("", "story title")
     style: str = opt("", "prefix added to every scene prompt (style words, trigger word)", aliases=("prefix",))
@@ -97,6 +118,11 @@ class Story(Options):
     characters: list[Character] = opt([], "the cast: {name, description, references, lora, lora_weight, trigger}")
     language: str | None = opt(None, "which description of each character scenes use (default: zh for a "
                                      "prompt with Chinese characters, else en)")
+    ip_adapter: str | None = opt(None, "IP-Adapter (folder or file) through which characters with a "
+                                       "reference_strength steer their panels")
+    sheet: SheetOptions = Field(default_factory=SheetOptions)
+    sheet_training: dict[str, Any] = opt({}, "options of `loraflow train` for --use-sheet's character LoRA "
+                                             "(lora_rank, max_steps, learning_rate, resolution, ...)")
     scenes: list[Scene] = Field(..., min_length=1)
 
     def scene_prompt(self, scene: Scene, prompt: str | None = None) -> str:
@@ -115,6 +141,7 @@ class StoryboardConfig(ModelOptions, SamplingOptions):
     """`loraflow storyboard STORY --out DIR`; flags override the story's defaults."""
 
     story: str = opt("", "story file (.yaml/.json)", cli=False)
+    ip_adapter: str | None = opt(None, "IP-Adapter for characters' reference_strength (overrides the story's)")
     out: str = opt("outputs/story", "output folder", aliases=("output",))
     batch_size: int = opt(1, "scenes per pipeline call", ge=1, le=16)
     captions: bool | None = opt(None, "captions under each panel (overrides the story)")
@@ -141,6 +168,33 @@ class StoryboardConfig(ModelOptions, SamplingOptions):
         return {"identity": self.identity_weight, "text": self.text_weight, "aesthetic": self.aesthetic_weight}
 
 
+class SheetCommand(Options):
+    """The storyboard flags that make or use a character sheet instead of rendering the whole story."""
+
+    character_sheet: str | None = opt(None, "render candidate portraits of this character into OUT/sheets/NAME/ "
+                                            "(nothing else is rendered)")
+    candidates: int | None = opt(None, "portraits --character-sheet renders (default: the story's "
+                                       "sheet.candidates, 4)", ge=1, le=64)
+    use_sheet: str | None = opt(None, "NAME[:PICKS]: train a LoRA of NAME on its sheet's candidates PICKS "
+                                      "(e.g. 1,3,4; default: all, or the best-scoring half of a scored sheet) "
+                                      "and render the story with it")
+    sheet_steps: int | None = opt(None, "--use-sheet: training steps (over the story's sheet_training)", ge=1)
+    sheet_rank: int | None = opt(None, "--use-sheet: LoRA rank (over the story's sheet_training)", ge=1)
+    sheet_learning_rate: float | None = opt(None, "--use-sheet: learning rate (over the story's sheet_training)",
+                                            gt=0)
+
+    @model_validator(mode="after")
+    def _one_job(self):
+        if self.character_sheet and self.use_sheet:
+            raise ValueError("--character-sheet and --use-sheet are two steps; run one, then the other")
+        return self
+
+    def training_overrides(self) -> dict:
+        """`loraflow train` options the flags set (they win over the story's `sheet_training`)."""
+        given = {"max_steps": self.sheet_steps, "lora_rank": self.sheet_rank, "learning_rate": self.sheet_learning_rate}
+        return {k: v for k, v in given.items() if v is not None}
+
+
 def load_story(path: str | Path) -> Story:
     story = Story.from_file(path)
     problem = cast_problem(story.characters, story.scenes)
@@ -154,7 +208,14 @@ def scene_configs(story: Story, cfg: StoryboardConfig) -> list[GenerateConfig]:
     d = story.defaults
     loras = cfg.lora or story.loras
     items = []
+    ip_adapter = cfg.ip_adapter or story.ip_adapter
     for i, (scene, cast) in enumerate(zip(story.scenes, story.panel_casts())):
+        if len(cast.references) > MAX_REFERENCES:
+            raise ConfigError(f"scenes[{i}]: its cast brings {len(cast.references)} steering references; at most "
+                              f"{MAX_REFERENCES} per panel")
+        if cast.references and not ip_adapter:
+            raise ConfigError(f"scenes[{i}]: its cast steers with reference_strength, which needs an IP-Adapter: "
+                              "set the story's ip_adapter or pass --ip-adapter")
         seed = scene.seed if scene.seed is not None else (cfg.seed if cfg.seed is not None else d.seed)
         if scene.seed is None and d.seed_policy == "increment":
             seed += i
@@ -175,6 +236,8 @@ def scene_configs(story: Story, cfg: StoryboardConfig) -> list[GenerateConfig]:
                      for u in scene.control],
             init_image=scene.init_image,
             strength=scene.strength,
+            allow_pickle=cfg.allow_pickle,
+            **({"ip_adapter": ip_adapter, "reference": list(cast.references)} if cast.references else {}),
         ))
     if story.scenes[0].uses_previous():
         raise ConfigError(f"scene 1 uses {PREVIOUS}, but there is no previous scene")

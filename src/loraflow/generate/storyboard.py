@@ -63,16 +63,21 @@ def render_all(session: GenerationSession, story: Story, items: list[GenerateCon
 
 def run_storyboard(cfg: StoryboardConfig, session: GenerationSession | None = None,
                    progress: ProgressFn | None = None, scorer=None, identity=None,
-                   story: Story | None = None) -> dict:
+                   story: Story | None = None, notes: dict | None = None) -> dict:
     """Render every scene, the grid and story.json into `cfg.out`; returns the story.json dict.
     `scorer` / `identity` replace the ones the options would load (`identity`: an IdentityScorer);
-    `story` is the story itself when it comes from Python rather than from the file `cfg.story`."""
+    `story` is the story itself when it comes from Python rather than from the file `cfg.story`;
+    `notes` are top-level entries added to story.json (where a character's LoRA came from)."""
     story = story if story is not None else load_story(cfg.story)
     casts = story.panel_casts()
     items = scene_configs(story, cfg)
     _check_before_rendering(cfg, story, items)
     panels = scoring.panel_scorer(cfg, casts, scorer, identity)
-    if session is None:
+    if session is None:  # on CUDA, a run whose plan exceeds the free memory stops here with one line
+        from loraflow.generate.plan import largest_scene, stop_if_over_free_memory  # the planner imports torch
+        from loraflow.models.loading import resolve_device
+
+        stop_if_over_free_memory(largest_scene(items, cfg), resolve_device(cfg.device))
         session = GenerationSession.from_options(cfg.model_copy(update={"model": cfg.model or story.model}))
     out = Path(cfg.out)
     candidates: list[list[dict]] = [[] for _ in items]
@@ -93,6 +98,7 @@ def run_storyboard(cfg: StoryboardConfig, session: GenerationSession | None = No
         index["contact_sheet"] = write_contact_sheet(out, index, [r.image for r in results])
     if repaired is not None:
         index["repair"] = repaired
+    index.update(notes or {})
     atomic_write_text(out / "story.json", json.dumps(index, ensure_ascii=False, indent=2))
     return index
 
@@ -118,6 +124,9 @@ def story_index(story: Story, session: GenerationSession, items, casts, results,
                 "infotext": r.infotext,
                 **({"cast": cast.to_json(), "references": [p for c in cast.members for p in c.references]}
                    if cast.members else {}),
+                # what steered the panel through the IP-Adapter (the cast's references with a reference_strength)
+                **({"ip_adapter": item.ip_adapter, "ip_references": [r.model_dump() for r in item.reference]}
+                   if item.reference else {}),
                 **({"scores": sc} if sc is not None else {}),
                 **({"candidates": candidates[k]} if candidates[k] else {})}
 

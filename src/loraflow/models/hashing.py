@@ -36,6 +36,14 @@ _SHARD = re.compile(rf"{_UNET_WEIGHTS}-(\d+)-of-(\d+)\.safetensors")
 _LORA_FILENAMES = ("pytorch_lora_weights.safetensors",)  # diffusers/peft save name
 
 
+def file_stamp(path: str | os.PathLike) -> tuple:
+    """(size, mtime_ns, inode) of a file, or of each file of a folder: what identifies its content cheaply
+    for a cache (rewritten in place: size or mtime change; replaced by rename: the inode does)."""
+    path = Path(path)
+    files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+    return tuple(x for f in files for st in [f.stat()] for x in (st.st_size, st.st_mtime_ns, st.st_ino))
+
+
 def _sha256_files(paths: list[Path], offset: int = 0) -> str:
     digest = hashlib.sha256()
     for path in paths:

@@ -13,7 +13,6 @@ Every failure is a one-line `ModelLoadError` naming the file and where such weig
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from loraflow.errors import ConfigError, ModelLoadError
 from loraflow.models.families import FAMILIES, TINY_MODELS, ModelFamily, get_family
 from loraflow.models.families.base import FamilyDefaults
 from loraflow.models.pickle_files import PICKLE_SUFFIXES
-from loraflow.models.single_file import detect_checkpoint_family, load_single_file, load_single_file_vae
+from loraflow.models.single_file import detect_checkpoint_family, load_single_file, load_single_file_vae, read_json
 from loraflow.models.tiny import build_tiny_pipeline
 from loraflow.models.vocabulary import Vocabulary
 
@@ -58,7 +57,7 @@ def model_defaults(path: Path | None, family: type[ModelFamily]) -> FamilyDefaul
     sidecar = path / DEFAULTS_FILE if path is not None and path.is_dir() else None
     if sidecar is None or not sidecar.is_file():
         return family.defaults
-    given = _read_json(sidecar).get("defaults", {})
+    given = read_json(sidecar).get("defaults", {})
     known = {f.name for f in dataclasses.fields(FamilyDefaults)}
     return dataclasses.replace(family.defaults, **{k: v for k, v in given.items() if k in known})
 
@@ -196,22 +195,15 @@ def _unknown_family(path: Path) -> str:
     raise ModelLoadError(f"cannot tell the model family of {path.name}; pass --family {'|'.join(FAMILIES)}")
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ModelLoadError(f"{path}: unreadable ({e.__class__.__name__}: {e})") from None
-
-
 def detect_folder_family(path: Path) -> str | None:
     """Family of a diffusers folder: the first family (registry order) that its model_index.json
     and component configs declare, else the first whose UNet config fits."""
 
     def config(component: str) -> dict:
         file = path / component / "config.json"
-        return _read_json(file) if file.is_file() else {}
+        return read_json(file) if file.is_file() else {}
 
-    index = _read_json(path / "model_index.json") if (path / "model_index.json").is_file() else {}
+    index = read_json(path / "model_index.json") if (path / "model_index.json").is_file() else {}
     for fam in FAMILIES.values():
         if fam.matches_folder(index, config):
             return fam.name
@@ -227,7 +219,7 @@ def check_folder(path: Path, fam: type[ModelFamily], allow_pickle: bool) -> None
     """Fail early, naming the missing file, instead of deep inside from_pretrained."""
     if not (path / "model_index.json").is_file():
         raise ModelLoadError(f"{path}: no model_index.json, so not a diffusers model folder; {fam.where_to_get}")
-    index = _read_json(path / "model_index.json")
+    index = read_json(path / "model_index.json")
     for name, spec in index.items():
         if name.startswith("_") or not isinstance(spec, list) or spec[0] is None:
             continue
@@ -253,7 +245,7 @@ def _check_weights(folder: Path, fam: type[ModelFamily], allow_pickle: bool) -> 
             )
     index = next((folder / f for f in files if f.endswith(".index.json")), None)
     if index is not None:  # sharded: every shard must be there
-        shards = set(_read_json(index).get("weight_map", {}).values())
+        shards = set(read_json(index).get("weight_map", {}).values())
         missing = sorted(s for s in shards if not (folder / s).is_file())
         if missing:
             raise ModelLoadError(f"{folder}: missing weight shard {missing[0]} (of {len(shards)}); {fam.where_to_get}")
@@ -263,7 +255,7 @@ def _load_folder(path: Path, family: str | None, torch_dtype, allow_pickle: bool
                  skip: tuple[str, ...] = ()) -> LoadedModel:
     fam = get_family(family or detect_folder_family(path) or _unknown_family(path))
     check_folder(path, fam, allow_pickle)
-    index = _read_json(path / "model_index.json")
+    index = read_json(path / "model_index.json")
     overrides: dict[str, Any] = {name: None for name in skip if name in index}  # diffusers: None = not loaded
     overrides.update(fam.folder_components(path, torch_dtype, _safetensors_flag(allow_pickle), tuple(overrides)))
     try:

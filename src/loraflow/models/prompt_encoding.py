@@ -54,6 +54,19 @@ def tokenize_weighted(tokenizer, prompt: str, chunk_size: int | None) -> Weighte
     return WeightedTokens(chunks, weights)
 
 
+def execution_device(module):
+    """Where `module` computes: its weights' device, or, under accelerate's offload hooks (weights on the
+    meta device until their layer runs), the hooks' execution device (as diffusers' `_execution_device`)."""
+    import torch
+
+    for m in module.modules():
+        hook = getattr(m, "_hf_hook", None)
+        for h in getattr(hook, "hooks", (hook,)):  # add_hook_to_module(append=True) chains a SequentialHook
+            if getattr(h, "execution_device", None) is not None:
+                return torch.device(h.execution_device)
+    return module.device
+
+
 def apply_weights(hidden, weights):
     """(B, L, D) * (B, L, 1) with A1111's mean restoration."""
     original_mean = hidden.mean()
@@ -67,7 +80,7 @@ def encode_clip(tokenizer, text_encoder, tokens: WeightedTokens, n_chunks: int, 
     Returns (embeds (1, 77*n_chunks, D), pooled of the first chunk (1, P) or None)."""
     import torch
 
-    device = text_encoder.device
+    device = execution_device(text_encoder)
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     outputs, pooled = [], None
@@ -102,7 +115,7 @@ def encode_chatglm(tokenizer, text_encoder, prompt: str, max_length: int = 256):
     w = [1.0] * len(prefix) + tokens.weights[0]
     ids, w = ids[:max_length], w[:max_length]
     n_pad = max_length - len(ids)
-    device = text_encoder.device
+    device = execution_device(text_encoder)
     pad = tokenizer.pad_token_id or 0
     input_ids = torch.tensor([[pad] * n_pad + ids], device=device)
     attention_mask = torch.tensor([[0] * n_pad + [1] * len(ids)], device=device)

@@ -167,15 +167,17 @@ def _load_tokenizer(config_dir: Path, subfolder: str):
     folder = config_dir / subfolder
     if (folder / "tokenizer.json").is_file() or (folder / "vocab.json").is_file():
         return CLIPTokenizer.from_pretrained(folder, local_files_only=True)
-    settings = _read_json(folder / "tokenizer_config.json")
+    settings = read_json(folder / "tokenizer_config.json")
     return clip_tokenizer(settings.get("pad_token", "<|endoftext|>"), settings.get("model_max_length", 77))
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
+    """A model folder's JSON file (`model_index.json`, a `config.json`, a shard index, a sidecar);
+    unreadable or not JSON: a one-line ModelLoadError naming the file."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise ModelLoadError(f"{path}: unreadable config ({e.__class__.__name__}: {e})") from None
+        raise ModelLoadError(f"{path}: unreadable ({e.__class__.__name__}: {e})") from None
 
 
 def _check_config_dir(config_dir: Path, family: str) -> None:
@@ -260,7 +262,7 @@ def _load_component(name: str, part: dict, config_dir: Path, dtype, path: Path, 
         if name == "vae":
             return diffusers.AutoencoderKL.from_single_file(part, **common)
         # the config names the class: SDXL's second encoder is CLIPTextModelWithProjection (pooled output)
-        architectures = _read_json(config_dir / name / "config.json").get("architectures") or ["CLIPTextModel"]
+        architectures = read_json(config_dir / name / "config.json").get("architectures") or ["CLIPTextModel"]
         cls = getattr(transformers, architectures[0])
         return create_diffusers_clip_model_from_ldm(
             cls, checkpoint=part, subfolder=name, config=str(config_dir), torch_dtype=dtype, local_files_only=True
@@ -313,7 +315,7 @@ def _check_no_missing(model, name: str, what: str, path: Path) -> None:
 def _load_scheduler(config_dir: Path):
     import diffusers
 
-    class_name = _read_json(config_dir / "scheduler" / "scheduler_config.json").get("_class_name", "")
+    class_name = read_json(config_dir / "scheduler" / "scheduler_config.json").get("_class_name", "")
     cls = getattr(diffusers, class_name, None)
     if cls is None:
         raise ModelLoadError(f"{config_dir}/scheduler: unknown scheduler class '{class_name}'")
@@ -328,7 +330,7 @@ def _assemble(family: str, components: dict, config_dir: Path):
     accepted = inspect.signature(pipeline_class.__init__).parameters
     # Plain options of model_index.json (force_zeros_for_empty_prompt, ...); lists name components.
     options = {
-        k: v for k, v in _read_json(config_dir / "model_index.json").items()
+        k: v for k, v in read_json(config_dir / "model_index.json").items()
         if not k.startswith("_") and not isinstance(v, list) and k in accepted
     }
     options.update(fam.pipeline_extras)  # e.g. no safety checker: a single file has none

@@ -90,6 +90,29 @@ class MemoryAccountant(TorchDispatchMode):
                 entry[1] = name
 
     @contextmanager
+    def offloaded(self, tensors):
+        """Inside the block the storages of `tensors` are in host memory, not on the device (accelerate's
+        CPU offload holds a module's weights there): they are off the running total until the block ends."""
+        taken = []
+        for t in tensors:
+            key = t.untyped_storage()._cdata
+            entry = self._live.get(key)
+            if entry is not None and entry[0]:  # a storage freed meanwhile then takes 0 bytes off, not its size
+                taken.append((key, entry[0]))
+                self.current -= entry[0]
+                self.by_category[entry[1]] -= entry[0]
+                entry[0] = 0
+        try:
+            yield
+        finally:
+            for key, size in taken:
+                entry = self._live.get(key)
+                if entry is not None:
+                    entry[0] = size
+                    self.current += size
+                    self.by_category[entry[1]] += size
+
+    @contextmanager
     def saved_for_backward(self):
         """Storages autograd keeps for backward count as activations while they are kept."""
         def pack(t):

@@ -91,13 +91,11 @@ def plan_generate_config(config, vram: float | None = None):
 
 def plan_storyboard_config(cfg, vram: float | None = None):
     """The plan of `loraflow storyboard`: its largest scene, on the one loaded model."""
+    from loraflow.generate.plan import largest_scene
     from loraflow.generate.storyboard import load_story, scene_configs
 
     scenes = scene_configs(load_story(cfg.story), cfg)
-    largest = max(scenes, key=lambda c: (c.height or 0) * (c.width or 0) * c.batch_size)
-    largest = largest.model_copy(update={"batch_size": cfg.batch_size, "offload": cfg.offload,
-                                         "vae_tiling": cfg.vae_tiling})
-    plan = plan_generate_config(largest, vram)
+    plan = plan_generate_config(largest_scene(scenes, cfg), vram)
     plan.command = "storyboard"
     plan.notes.append(f"the largest of {len(scenes)} scenes; every scene runs on the same loaded model")
     return plan

@@ -10,8 +10,9 @@ Training modes, cheapest first (a later one costs more time per step):
 Generation modes, cheapest first: encoders on the CPU; + VAE tiling; model offload + tiling;
 sequential offload + tiling.
 
-Sets are tried cumulatively in that order; the first that fits is the fastest that fits, because
-each mode adds cost and the earlier ones save memory for free. Modes already set stay set.
+Modes are added cumulatively in that order; the first set that fits is the fastest that fits, because
+each mode adds cost and the earlier ones save memory for less. A mode that does not lower the planned
+peak is left off. Modes already set stay set.
 """
 from __future__ import annotations
 
@@ -42,19 +43,13 @@ def flags(changes: dict) -> str:
     return " ".join(out)
 
 
-def candidate_changes(config, steps) -> list[dict]:
-    """Cumulative change sets, skipping modes already on or not possible for this config."""
-    sets, current = [{}], {}
-    for step in steps:
-        key, value = next(iter(step.items()))
-        if getattr(config, key) == value or not _possible(config, key, value):
-            continue
-        current = {**current, key: value}
-        sets.append(dict(current))
-    return sets
+# generation's offload modes, least device memory last: a set only ever moves further along
+OFFLOAD_ORDER = ("none", "encoders", "model", "sequential")
 
 
 def _possible(config, key: str, value) -> bool:
+    if key == "offload":
+        return OFFLOAD_ORDER.index(value) > OFFLOAD_ORDER.index(config.offload)
     if key == "text_encoders_on_cpu":
         return not config.train_text_encoder
     if key == "base_fp8":
@@ -65,19 +60,24 @@ def _possible(config, key: str, value) -> bool:
 
 
 def choose(config, budget_bytes: int, planner, steps):
-    """(config with the fastest fitting modes, its plan, the changes). One-line ConfigError when
-    no set fits, naming the smallest peak found."""
-    smallest = None
-    for changes in candidate_changes(config, steps):
-        candidate = config.model_copy(update=changes)
-        plan = planner(candidate)
+    """(config with the fastest fitting modes, its plan, the changes). Modes are added in `steps`' order,
+    skipping those already on or not possible for this config, and leaving off any that does not lower
+    the planned peak (e.g. text encoders on the CPU when the cache pass streams them anyway): it would
+    cost time for nothing. One-line ConfigError when no set fits, naming the smallest peak found."""
+    plan, kept = planner(config), {}
+    for step in steps:
         if plan.peak_bytes <= budget_bytes:
-            return candidate, plan, changes
-        if smallest is None or plan.peak_bytes < smallest[0].peak_bytes:
-            smallest = (plan, changes)
-    plan, changes = smallest
+            return config.model_copy(update=kept), plan, kept
+        key, value = next(iter(step.items()))
+        if getattr(config, key) == value or not _possible(config, key, value):
+            continue
+        trial = planner(config.model_copy(update={**kept, key: value}))
+        if trial.peak_bytes < plan.peak_bytes:
+            plan, kept = trial, {**kept, key: value}
+    if plan.peak_bytes <= budget_bytes:
+        return config.model_copy(update=kept), plan, kept
     raise ConfigError(f"plan: no low-VRAM mode set fits {budget_bytes / GiB:.2f} GiB; the smallest peak is "
-                      f"{plan.peak_bytes / GiB:.2f} GiB ({flags(changes) or 'no extra flags'}); lower the "
+                      f"{plan.peak_bytes / GiB:.2f} GiB ({flags(kept) or 'no extra flags'}); lower the "
                       f"resolution or batch size")
 
 
@@ -88,6 +88,27 @@ def spill_message(planned_peak: int, free_bytes: int, fitting: str | None) -> st
     advice = f"these flags would fit: {fitting}" if fitting else "no low-VRAM mode set fits; lower resolution or batch size"
     return (f"planned peak {planned_peak / GiB:.2f} GiB exceeds the {free_bytes / GiB:.2f} GiB free on the device "
             f"(it would spill into shared memory and run 10-100x slower); {advice}")
+
+
+def stop_if_spilling(config, plan, free_bytes: int | None, planner, steps) -> None:
+    """Raise the one-line ConfigError of `spill_message` when `plan` (of `config`) exceeds `free_bytes`,
+    naming the cheapest set of `steps` that would fit. `free_bytes` None (not CUDA): nothing to check."""
+    if free_bytes is None or plan.peak_bytes <= free_bytes:
+        return
+    try:
+        fitting = flags(choose(config, free_bytes, planner, steps)[2])
+    except ConfigError:
+        fitting = None
+    raise ConfigError(spill_message(plan.peak_bytes, free_bytes, fitting))
+
+
+def cuda_free_bytes(device: str) -> int | None:
+    """Free memory of a CUDA device (torch.cuda.mem_get_info); None for any other device."""
+    import torch
+
+    if not str(device).startswith("cuda") or not torch.cuda.is_available():
+        return None
+    return torch.cuda.mem_get_info(torch.device(device))[0]
 
 
 def budget_from_vram(vram_gib: float) -> int:

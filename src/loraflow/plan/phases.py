@@ -14,6 +14,12 @@ def vae_factor(vae) -> int:
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
+def largest_layer_bytes(module) -> int:
+    """Bytes of the largest weights one submodule holds itself: what accelerate's sequential CPU offload
+    (`cpu_offload`, one hook per module with parameters) has on the device at most."""
+    return max(sum(p.numel() * p.element_size() for p in m.parameters(recurse=False)) for m in module.modules())
+
+
 def latent_shape(unet, vae_config_factor: int, batch: int, height: int, width: int) -> tuple[int, ...]:
     return (batch, unet.config.in_channels, height // vae_config_factor, width // vae_config_factor)
 

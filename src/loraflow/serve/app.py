@@ -270,10 +270,15 @@ def _job_routes(app, state: ServerState) -> None:
 
 
 def _validated(kind: str, body: object, state: ServerState) -> dict:
-    """The job kind's own checks, then the limits and the path policy over the whole payload."""
-    payload = JOB_KINDS[kind].validate(body, state.paths)
+    """The job kind's own checks, then the limits and the path policy over the whole payload (once),
+    then the kind's checks that may only see confined paths."""
+    job_kind = JOB_KINDS[kind]
+    payload = job_kind.validate(body, state.paths)
     check_job_limits(kind, payload, state.limits)
-    return confine_payload(kind, payload, state.paths)
+    payload = confine_payload(kind, payload, state.paths)
+    if job_kind.check_confined is not None:
+        job_kind.check_confined(payload)
+    return payload
 
 
 def _get(state: ServerState, job_id: str) -> st.Job:

@@ -6,6 +6,7 @@ the folder the value must resolve into (after symlinks are followed):
     model       models_dir  (built-in names, `demo` and the `tiny:` models, pass unchanged)
     lora        models_dir  (`name[:weight]`)
     controlnet  models_dir
+    ipadapter   models_dir (a folder or file; its image encoder lies beside it)
     font        models_dir
     image       the uploads or the outputs folder (`@previous` = the story's previous panel)
     dataset     data_dir
@@ -22,7 +23,9 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from loraflow.atomic import same_file
+from loraflow.config import split_weighted
 from loraflow.data.recipe import output_paths
+from loraflow.errors import ConfigError
 from loraflow.serve.paths import ServerPaths, confine_path, safe_file_name
 from loraflow.serve.validation import Invalid
 
@@ -30,7 +33,8 @@ PREVIOUS = "@previous"  # a storyboard scene's reference to the panel before it
 
 _MODEL = {"model": "model", "vae": "model", "lora.*": "lora", "lora_dir.*": "server", "out": "server"}
 _REFERENCES = {"controlnet.*": "controlnet", "control.*.image": "image", "control.*.model": "controlnet",
-               "annotator_dir": "server", "init_image": "image", "mask": "image"}
+               "annotator_dir": "server", "init_image": "image", "mask": "image",
+               "ip_adapter": "ipadapter", "reference.*.image": "image", "reference.*.mask": "image"}
 
 PATH_FIELDS: dict[str, dict[str, str]] = {
     "generate": {**_MODEL, **_REFERENCES},
@@ -41,6 +45,7 @@ PATH_FIELDS: dict[str, dict[str, str]] = {
         "story.grid.font": "font", "story.scenes.*.init_image": "image",
         "story.scenes.*.control.*.image": "image", "story.scenes.*.control.*.model": "controlnet",
         "story.characters.*.lora": "lora", "story.characters.*.references.*": "image",
+        "config.ip_adapter": "ipadapter", "story.ip_adapter": "ipadapter",
     },
     "train": {"model": "model", "vae": "model", "dataset": "dataset", "output": "server", "cache_dir": "server",
               "name": "name", "resume": "server", "validation_clip": "model", "validation_aesthetic": "model",
@@ -60,6 +65,7 @@ def confine_payload(kind: str, payload: dict, paths: ServerPaths) -> dict:
         "model": lambda v, f: v if paths.is_builtin_model(v) else str(confine_path(v, paths.roots("model"), f)),
         "lora": lambda v, f: _lora(v, f, paths),
         "controlnet": lambda v, f: str(confine_path(v, paths.roots("model"), f)),
+        "ipadapter": lambda v, f: str(confine_path(v, paths.roots("model"), f)),
         "font": lambda v, f: str(confine_path(v, paths.roots("model"), f)),
         "image": lambda v, f: v if v == PREVIOUS else str(confine_path(v, paths.roots("image"), f)),
         "dataset": lambda v, f: str(confine_path(v, paths.roots("dataset"), f)),
@@ -76,19 +82,18 @@ def confine_payload(kind: str, payload: dict, paths: ServerPaths) -> dict:
 
 
 def _lora(spec: str, field: str, paths: ServerPaths) -> str:
-    name, sep, weight = spec.rpartition(":")
-    if not sep or not _is_number(weight):
-        name, weight = spec, ""
+    name, weight = lora_weight(spec, field)
     path = confine_path(name, paths.roots("lora"), field)
-    return f"{path}:{weight}" if weight else str(path)
+    return str(path) if weight is None else f"{path}:{weight}"
 
 
-def _is_number(text: str) -> bool:
+def lora_weight(spec: str, field: str) -> tuple[str, float | None]:
+    """`name[:weight]` of a request -> (name, weight or None); a weight that is no number is a 422
+    naming `field`."""
     try:
-        float(text)
-        return True
-    except ValueError:
-        return False
+        return split_weighted(spec, None)
+    except ConfigError as e:
+        raise Invalid(f"key '{field}': {e}", field) from None
 
 
 def _apply(data: Any, parts: list[str], loc: str, fn: Callable[[str, str], Any]) -> Any:

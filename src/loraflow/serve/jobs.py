@@ -26,7 +26,7 @@ from loraflow.models.prompt_syntax import extract_lora_tags
 from loraflow.serve.cancel import cancel_points
 from loraflow.serve.comfy.executor import run_prompt
 from loraflow.serve.comfy.values import WorkflowJob
-from loraflow.serve.confine import confine_payload
+from loraflow.serve.confine import lora_weight
 from loraflow.serve.context import JobContext
 from loraflow.serve.paths import NotFound, ServerPaths, safe_join
 from loraflow.serve.preview import image_to_jpeg, unet_previews
@@ -45,6 +45,8 @@ class JobKind(Generic[Job]):
     parse: Callable[[dict], Job]  # stored payload -> the typed job the worker runs
     run: Callable[[JobContext, Job], dict]  # -> the result, stored as JSON
     help: str
+    # checks that may only see the payload after the path policy (`confine_payload`) resolved it
+    check_confined: Callable[[dict], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -89,16 +91,9 @@ def _resolve_model(name: str | None, paths: ServerPaths, field: str = "model") -
 def _resolve_loras(specs: list[str], paths: ServerPaths, field: str) -> list[str]:
     """`name[:weight]` -> `/abs/name.safetensors:weight`, each inside models_dir."""
     out = []
-    for spec in specs:
-        name, weight = spec, "1"
-        if ":" in spec:
-            head, tail = spec.rsplit(":", 1)
-            try:
-                float(tail)
-                name, weight = head, tail
-            except ValueError:
-                pass
-        out.append(f"{paths.lora(name)}:{weight}")
+    for i, spec in enumerate(specs):
+        name, weight = lora_weight(spec, f"{field}.{i}")
+        out.append(f"{paths.lora(name)}:{1.0 if weight is None else weight}")
     return out
 
 
@@ -138,6 +133,13 @@ def _check_references(cfg, paths: ServerPaths, source: str) -> dict:
             units.append(unit.model_copy(update=changes))
         update["control"] = units
         update["controlnet"] = [str(paths.controlnet(c)) for c in cfg.controlnet]
+    if getattr(cfg, "ip_adapter", None):
+        update["ip_adapter"] = str(paths.ip_adapter(cfg.ip_adapter))
+    if getattr(cfg, "reference", None):
+        update["reference"] = [r.model_copy(update={
+            "image": str(_reference_image(cfg, f"reference.{i}.image", r.image, paths)),
+            "mask": r.mask and str(_reference_image(cfg, f"reference.{i}.mask", r.mask, paths))})
+            for i, r in enumerate(cfg.reference)]
     return update
 
 
@@ -220,6 +222,8 @@ def validate_storyboard(body: Any, paths: ServerPaths) -> dict:
         update["model"] = _resolve_model(None, paths)
     if story.grid.font:
         story_update["grid"] = story.grid.model_copy(update={"font": str(safe_join(paths.models, story.grid.font, "font"))})
+    if story.ip_adapter:
+        story_update["ip_adapter"] = str(paths.ip_adapter(story.ip_adapter))
     if story.characters:
         story_update["characters"] = [_serve_character(c, i, paths) for i, c in enumerate(story.characters)]
     problem = cast_problem(story.characters, story.scenes)
@@ -313,18 +317,19 @@ def validate_data_filter(body: Any, paths: ServerPaths) -> dict:
         update[key] = str(paths.data_file(value))
     if not Path(update["dataset_path"]).is_file():
         raise Invalid(f"recipe: key 'dataset_path' = {recipe.dataset_path!r}: not found in the data folder", "recipe.dataset_path")
-    # the path policy before the ops are built: an op that checks its model folder exists must never
-    # be shown one outside (its answer would tell what is there)
-    confined = confine_payload("data-filter", {"recipe": json.loads(recipe.model_copy(update=update).model_dump_json())},
-                               paths)["recipe"]
-    try:  # build the ops now so a bad op name is a 422, not a failed job
-        build_ops(Recipe(**confined), "recipe")
-    except ConfigError as e:
-        raise Invalid(str(e), "recipe.process") from None
     np = body.get("np", 1)
     if not isinstance(np, int) or isinstance(np, bool) or np < 1:
         raise Invalid("data-filter: key 'np' must be a positive integer", "np")
-    return {"recipe": confined, "np": np}
+    return {"recipe": json.loads(recipe.model_copy(update=update).model_dump_json()), "np": np}
+
+
+def check_data_filter_ops(payload: dict) -> None:
+    """Build the ops now, so a bad op name is a 422, not a failed job; after the path policy, so an
+    op that checks its model folder exists is never shown one outside (its answer would tell what is there)."""
+    try:
+        build_ops(Recipe(**payload["recipe"]), "recipe")
+    except ConfigError as e:
+        raise Invalid(str(e), "recipe.process") from None
 
 
 def run_data_filter(ctx: JobContext, job: DataFilterJob) -> dict:
@@ -351,7 +356,7 @@ JOB_KINDS: dict[str, JobKind] = {k.name: k for k in (
             "a story -> one image per scene + grid"),
     JobKind("train", validate_train, TrainConfig.model_validate, run_train, "train a LoRA (TrainConfig)"),
     JobKind("data-filter", validate_data_filter, DataFilterJob.from_payload, run_data_filter,
-            "run a data-juicer recipe"),
+            "run a data-juicer recipe", check_confined=check_data_filter_ops),
     JobKind("workflow", validate_workflow, WorkflowJob.from_payload, run_prompt,
             "a ComfyUI API-format prompt (POST /prompt)"),
 )}

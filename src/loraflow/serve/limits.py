@@ -11,20 +11,29 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from loraflow.serve.options import ServeOptions
 from loraflow.serve.validation import Invalid
+
+
+def _serve_default(name: str) -> int:
+    """The default of ServeOptions' `--max-...` flag: each bound is described and defaulted there once."""
+    return ServeOptions.model_fields[name].default
 
 
 @dataclass(frozen=True)
 class Limits:
-    max_pixels: int = 2048 * 2048  # one generated image (width x height); 4096² ran for minutes on a GPU
-    max_steps: int = 1000  # denoising steps per image (the CLI's own bound)
-    max_batch: int = 16  # images per pipeline call (and per training step)
-    max_images: int = 64  # images per job (num_images, best_of x scenes)
-    max_grid_pixels: int = 8192 * 8192  # a storyboard grid (RGB: 200 MB)
-    max_scenes: int = 64
-    max_train_steps: int = 100_000
-    max_workflow_nodes: int = 500
-    max_json_depth: int = 64  # nesting of any JSON body; deeper is refused before it is walked
+    """The bounds of `ServeOptions` (its flags' help says what each one bounds); `Limits()` is a
+    server started with no flags."""
+
+    max_pixels: int = _serve_default("max_pixels")
+    max_steps: int = _serve_default("max_steps")
+    max_batch: int = _serve_default("max_batch")
+    max_images: int = _serve_default("max_images")
+    max_grid_pixels: int = _serve_default("max_grid_pixels")
+    max_scenes: int = _serve_default("max_scenes")
+    max_train_steps: int = _serve_default("max_train_steps")
+    max_workflow_nodes: int = _serve_default("max_workflow_nodes")
+    max_json_depth: int = 64  # nesting of any JSON body; deeper is refused before it is walked (no flag)
 
     @classmethod
     def from_options(cls, options) -> "Limits":

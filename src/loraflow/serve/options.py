@@ -24,11 +24,12 @@ class ServeOptions(Options):
     cors_origins: list[str] = opt([], "origins allowed by CORS (off when empty)", aliases=("cors_origin",))
     device: str = opt("auto", "device jobs run on (cpu, cuda, auto)")
     # ---- bounds on one job (checked at submission: 422 naming the field) ---------------------
+    # 4096² per image ran for minutes on a GPU
     max_pixels: int = opt(2048 * 2048, "largest generated image (width x height)", ge=64 * 64)
-    max_steps: int = opt(1000, "most denoising steps per image", ge=1)
+    max_steps: int = opt(1000, "most denoising steps per image", ge=1)  # the CLI's own bound
     max_batch: int = opt(16, "most images per pipeline call / per training step", ge=1)
     max_images: int = opt(64, "most images per job", ge=1)
-    max_grid_pixels: int = opt(8192 * 8192, "largest storyboard grid (width x height)", ge=64 * 64)
+    max_grid_pixels: int = opt(8192 * 8192, "largest storyboard grid (width x height)", ge=64 * 64)  # RGB: 200 MB
     max_scenes: int = opt(64, "most scenes per storyboard", ge=1)
     max_train_steps: int = opt(100_000, "most optimizer steps per train job", ge=1)
     max_workflow_nodes: int = opt(500, "most nodes in a ComfyUI workflow", ge=1)

@@ -90,6 +90,14 @@ class ServerPaths:
         return self.models / "controlnet"
 
     @property
+    def ipadapters(self) -> Path:
+        return self.models / "ipadapter"  # ComfyUI_IPAdapter_plus's folder name
+
+    @property
+    def clip_visions(self) -> Path:
+        return self.models / "clip_vision"  # ComfyUI's folder name
+
+    @property
     def checkpoints(self) -> Path:
         return self.models / "checkpoints"
 
@@ -126,6 +134,29 @@ class ServerPaths:
     def controlnet(self, name: str) -> Path:
         return self._find(name, (self.controlnets, self.models), "ControlNet", dirs=True)
 
+    def ip_adapter(self, name: str) -> Path:
+        """An IP-Adapter folder (the hub's layout) or .safetensors file under models_dir/ipadapter (or
+        models_dir). Its image encoder is looked for beside it, up to the file's grandparent folder
+        (models/ipadapter/sdxl_models/x.safetensors -> models/ipadapter/models/image_encoder), so that
+        folder must be inside models_dir as well."""
+        for root in (self.ipadapters, self.models):
+            path = safe_join(root, name, "IP-Adapter")
+            if path.is_dir() or (path.is_file() and path.suffix.lower() in MODEL_SUFFIXES):
+                base = self.models.resolve()
+                if path.is_file() and base not in path.parent.parents:
+                    raise PathRefused(f"IP-Adapter {name!r}: put the file in a folder under models_dir/ipadapter "
+                                      "with its image encoder")
+                return path
+        raise NotFound(f"IP-Adapter '{name}' not found in {self.ipadapters}")
+
+    def clip_vision(self, name: str) -> Path:
+        """A CLIP vision encoder: a transformers folder (config.json + weights) under models_dir/clip_vision."""
+        path = safe_join(self.clip_visions, name, "CLIP vision")
+        if not (path / "config.json").is_file():
+            raise NotFound(f"CLIP vision '{name}' not found in {self.clip_visions} (a folder with config.json "
+                           "and model.safetensors, as transformers saves CLIPVisionModelWithProjection)")
+        return path
+
     def _find(self, name: str, roots: tuple[Path, ...], what: str, dirs: bool = False, add_suffix: bool = False) -> Path:
         candidates = [name] + ([f"{name}.safetensors"] if add_suffix and not name.endswith(".safetensors") else [])
         for root in roots:
@@ -149,7 +180,8 @@ class ServerPaths:
         for root in roots:
             if not root.is_dir():
                 continue
-            nested = () if root != self.models else (self.loras, self.checkpoints, self.controlnets)
+            nested = () if root != self.models else (self.loras, self.checkpoints, self.controlnets, self.ipadapters,
+                                                                self.clip_visions)
             for p in _walk(root, nested):
                 rel = p.relative_to(root).as_posix()
                 if what == "model" and p.is_dir() and (p / "model_index.json").is_file():

@@ -103,9 +103,7 @@ class JobStore:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                (waiting,) = self._db.execute("SELECT COUNT(*) FROM jobs WHERE status=?", (QUEUED,)).fetchone()
-                if waiting >= self.queue_size:
-                    raise QueueFull(f"the queue is full ({waiting} jobs waiting); try again later")
+                self._check_room()
                 self._db.execute(
                     "INSERT INTO jobs (id, kind, payload, status, client_id, created) VALUES (?, ?, ?, ?, ?, ?)",
                     (job_id, kind, json.dumps(payload), QUEUED, client_id, time.time()),
@@ -115,6 +113,12 @@ class JobStore:
                 self._db.execute("ROLLBACK")
                 raise
         return self.get(job_id)
+
+    def _check_room(self) -> None:
+        """QueueFull (HTTP 429) when `queue_size` jobs are waiting; called inside the insert's transaction."""
+        (waiting,) = self._db.execute("SELECT COUNT(*) FROM jobs WHERE status=?", (QUEUED,)).fetchone()
+        if waiting >= self.queue_size:
+            raise QueueFull(f"the queue is full ({waiting} jobs waiting); try again later")
 
     def claim_next(self) -> Job | None:
         """The oldest queued job, now marked running (only the worker calls this)."""
@@ -151,9 +155,7 @@ class JobStore:
                     raise KeyError(job_id)
                 if row["status"] not in (FAILED, CANCELLED, INTERRUPTED):
                     raise ValueError(f"job {job_id} is {row['status']}; only failed, cancelled or interrupted jobs can be re-queued")
-                (waiting,) = self._db.execute("SELECT COUNT(*) FROM jobs WHERE status=?", (QUEUED,)).fetchone()
-                if waiting >= self.queue_size:
-                    raise QueueFull(f"the queue is full ({waiting} jobs waiting); try again later")
+                self._check_room()
                 self._db.execute("DELETE FROM jobs WHERE id=?", (job_id,))
                 self._db.execute(
                     "INSERT INTO jobs (id, kind, payload, status, client_id, created, attempts) VALUES (?, ?, ?, ?, ?, ?, ?)",

@@ -16,13 +16,12 @@ from fastapi import Request
 from loraflow.serve.paths import IMAGE_SUFFIXES, NotFound, ServerPaths
 from loraflow.serve.validation import Invalid
 from loraflow.generate.infotext import infotext_to_config
-from loraflow.models.lora.info import format_info
+from loraflow.models.lora.info import format_info, info_fields
 from loraflow.models.lora.load import read_lora
 from loraflow.train.checkpoint import list_checkpoints
 
-# `format_info` lines whose values the LoRA list shows as fields; the rest stays in the text
-INFO_FIELDS = {"format": "format", "type": "type", "family": "family", "rank": "rank", "alpha": "alpha",
-               "base model": "base_model", "modules": "modules"}
+# `info_fields` the LoRA list shows as fields; the rest stays in the text
+INFO_FIELDS = ("format", "type", "family", "rank", "alpha", "base_model", "modules")
 
 
 def add_ui_routes(app, state) -> None:
@@ -53,14 +52,9 @@ def add_ui_routes(app, state) -> None:
 def lora_details(paths: ServerPaths, name: str) -> dict:
     """`loraflow lora info` of a LoRA by name: its fields (type, rank, alpha, base model, ...) and the
     full text the CLI prints."""
-
-    text = format_info(read_lora(paths.lora(name)))
-    fields = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if sep and key.strip() in INFO_FIELDS:
-            fields[INFO_FIELDS[key.strip()]] = value.strip()
-    return {"name": name, **fields, "text": text}
+    lora = read_lora(paths.lora(name))
+    fields = info_fields(lora)
+    return {"name": name, **{key: fields[key] for key in INFO_FIELDS}, "text": format_info(lora)}
 
 
 def training_files(paths: ServerPaths, job_id: str) -> dict:

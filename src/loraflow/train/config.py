@@ -125,6 +125,10 @@ class TrainConfig(Options):
                 "feed-forward projections) | ff+cross (and the cross-attentions); `loraflow plan train` shows the FLOPs")
     text_encoders_on_cpu: bool = opt(False, "keep the text encoders on the CPU: captions (and validation prompts) "
                                             "are encoded there once, into the cache")
+    stream_text_encoders: bool | None = opt(None, "cache pass: bring the text encoders to the device one layer at a "
+                                                   "time (accelerate cpu_offload) instead of whole; unset: on when, "
+                                                   "whole, they would make the cache pass the run's peak (planned; "
+                                                   "off on the CPU)")
     vram: float | None = opt(None, "device memory in GiB to plan for: picks the fastest set of gradient_checkpointing, "
                                    "recompute, base_fp8, adamw8bit, text_encoders_on_cpu that fits (auto on CUDA: free memory)", gt=0)
     # ---- objective ----------------------------------------------------------------------
@@ -177,6 +181,12 @@ class TrainConfig(Options):
             raise ValueError("base_fp8: the fp8-stored weights are computed in fp16 or bf16; set mixed_precision")
         if self.text_encoders_on_cpu and self.train_text_encoder:
             raise ValueError("text_encoders_on_cpu: a text encoder that trains must be on the training device")
+        if self.stream_text_encoders and (self.train_text_encoder or self.text_encoders_on_cpu
+                                          or not self.cache_text_embeds):
+            why = ("a text encoder that trains is on the device whole" if self.train_text_encoder else
+                   "text_encoders_on_cpu keeps them off the device" if self.text_encoders_on_cpu else
+                   "it streams the cache pass, and with cache_text_embeds off the encoders run every step")
+            raise ValueError(f"stream_text_encoders: {why}; leave it unset")
         if self.early_stop and not self.eval_every:
             raise ValueError("early_stop needs eval_every (the held-out loss it watches)")
         family = get_family(self.family) if self.family else None  # None: detected when the model loads

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 from loraflow.atomic import atomic_save_image
+from loraflow.generate.memory import vae_tiled
 from loraflow.models.prompt_syntax import plain_prompt
 
 
@@ -90,7 +91,8 @@ def validation_images(model, prompts: list[str], *, step: int, seed: int, steps:
     images = []
     unet_was_training = pipe.unet.training
     pipe.unet.eval()
-    with torch.no_grad():
+    # tiled decode: previews need not cost more device memory than a training step (train/plan.py plans it)
+    with torch.no_grad(), vae_tiled(pipe.vae):
         for i, prompt in enumerate(prompts):
             generator = torch.Generator("cpu").manual_seed(seed + i)
             images.append(pipe(**_conditioning(model, prompt), num_inference_steps=steps, height=resolution,
@@ -101,13 +103,12 @@ def validation_images(model, prompts: list[str], *, step: int, seed: int, steps:
 
 
 def _conditioning(model, prompt: str) -> dict:
-    """The prompt for the pipeline, or its embeddings when the text encoders sit on another device than the
-    UNet (text_encoders_on_cpu): the pipeline would send the token ids to the UNet's device."""
-    encoder = getattr(model.pipe, model.family.text_encoder_names[0])
+    """The prompt's embeddings, encoded in the cache pass (`precache.encode_validation_prompts`; the text
+    encoders are gone by now), or, when a text encoder trains, the prompt itself for the pipeline."""
     device = model.unet.device
-    if encoder is None or encoder.device == device:
+    if prompt not in model.validation_embeds:
         return {"prompt": prompt}
-    positive, negative = model.family.encode_prompts(model.pipe, [prompt, ""])
+    positive, negative = model.validation_embeds[prompt]
     return model.family.call_kwargs(positive.to(device, model.weight_dtype), negative.to(device, model.weight_dtype))
 
 

@@ -33,6 +33,7 @@ class TrainModel:
     prediction_type: str
     text_encoders: list = field(default_factory=list)  # those carrying LoRA (train_text_encoder)
     scorer: Any = None  # loraflow.score.Scorer for validation scores, loaded on first use
+    validation_embeds: dict = field(default_factory=dict)  # prompt -> (positive, negative) PromptEmbeds, host memory
 
     @property
     def unet(self):
@@ -64,11 +65,12 @@ def load_for_training(config: TrainConfig, device: str, encoders: bool = True) -
     skip = () if encoders else ("vae", *dict.fromkeys(n for f in FAMILIES.values() for n in f.text_encoder_names))
     # Loaded on the CPU; the VAE and text encoders go to the device for the cache pass, the UNet only after
     # it (accelerator.prepare places it), so a ChatGLM and a UNet never share device memory.
-    # text_encoders_on_cpu: the encoders never come to the device at all.
+    # text_encoders_on_cpu: the encoders never come to the device at all; stream_text_encoders: one layer at a
+    # time, in the cache pass (precache.stream_text_encoders).
     loaded = load_pipeline(config.model, family=config.family, vae=config.vae, dtype=weight_dtype, device="cpu",
                            skip=skip)
     pipe, family = loaded.pipe, loaded.family
-    encoders = () if config.text_encoders_on_cpu else family.text_encoder_names
+    encoders = () if config.text_encoders_on_cpu or config.stream_text_encoders else family.text_encoder_names
     for name in ("vae", *encoders):
         if getattr(pipe, name) is not None:
             getattr(pipe, name).to(device)

@@ -1,19 +1,24 @@
 """`plan_train(config)`: one LoRA training run of `config` on the meta device, phase by phase.
 
     1. build the VAE and text encoders at full size in the run's dtypes (weights)
-    2. cache pass: VAE encode of one batch, one caption through every text encoder on the device
-    3. encoders the loop does not need are released, as `precache.release_encoders` does
+    2. cache pass: VAE encode of one batch, one caption through every text encoder on the device, with
+       the text encoders whole on the device and streamed one layer at a time (`stream_text_encoders`,
+       accelerate's cpu_offload: their weights off the device, the largest layer's on it while they run);
+       unset, the run streams when the whole encoders would make the cache pass the run's peak
+    3. encoders the loop does not need are released, as `precache.release_encoders` does (validation
+       prompts were encoded in the cache pass: validation keeps the VAE, not the text encoders)
     4. the UNet arrives (model_setup keeps it on the CPU until accelerator.prepare), then
        `prepare_unet` — the training's own fp8 storage / LoRA / checkpointing setup
     5. optimizer state exists (a first step has been taken), then one optimizer step is measured:
        [prompts and images encoded when not cached] -> noise -> UNet -> loss -> backward -> clip -> step
-    6. validation images: one guided denoising step and a VAE decode at the training resolution
+    6. validation images: one guided denoising step and a tiled VAE decode at the training resolution
 
 Inputs of step 5 are those of `trainer.micro_batch_loss` for the largest-area bucket (the square
 one): the same `objective` functions make the noisy input and the loss.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -26,7 +31,8 @@ from loraflow.plan.architecture import resolve_architecture
 from loraflow.plan.cuda_rules import cuda_rules
 from loraflow.train.model_setup import TrainModel, WEIGHT_DTYPES, prepare_unet, vae_dtype
 from loraflow.train.optim import make_optimizer
-from loraflow.train.precache import caches_on
+from loraflow.generate.memory import vae_tiled
+from loraflow.train.precache import caches_on, in_loop
 
 
 @dataclass(frozen=True)
@@ -34,20 +40,22 @@ class Workload:
     """How a trainer feeds the UNet; `from_config` is loraflow's, bench/memory.py builds others."""
     vae_in_loop: bool  # images are encoded every step (no latent cache)
     text_in_loop: bool  # captions are encoded every step (no text cache)
-    encoders_resident: bool  # VAE and text encoders stay on the device during the loop
+    encoders_resident: bool  # text encoders (and the VAE) stay on the device during the loop
     text_dtype: str | None = None  # text encoders' dtype when not the weights' (DiffSynth: float16)
     vae_dtype: str | None = None  # the VAE's when not loraflow's choice (diffusers' SDXL script: float32)
+    vae_resident: bool | None = None  # the VAE stays (uncached latents, validation images); None: as encoders_resident
 
     @classmethod
     def from_config(cls, config: TrainConfig) -> "Workload":
         latents_on, texts_on = caches_on(config)
-        # as precache.encoders_needed_in_loop: uncached inputs or sample images keep the encoders
-        return cls(not latents_on, not texts_on, not (latents_on and texts_on) or bool(config.validation_prompt))
+        vae_runs, texts_run = in_loop(config, latents_on, texts_on)  # what precache.release_encoders keeps
+        return cls(not latents_on, not texts_on, texts_run, vae_resident=vae_runs)
 
 
 def memory_settings(config: TrainConfig) -> dict:
     keys = ("mixed_precision", "resolution", "batch_size", "lora_rank", "lora_targets", "train_text_encoder",
-            "gradient_checkpointing", "recompute", "base_fp8", "optimizer", "text_encoders_on_cpu")
+            "gradient_checkpointing", "recompute", "base_fp8", "optimizer", "text_encoders_on_cpu",
+            "stream_text_encoders")
     return {k: getattr(config, k) for k in keys}
 
 
@@ -64,10 +72,13 @@ def plan_train(config: TrainConfig, workload: Workload | None = None) -> Plan:
     phases: list[Phase] = []
     notes: list[str] = []
 
-    def measure(name, fn):
+    def measure(name, fn, keep=True):
         acct.reset_peak()
         fn()
-        phases.append(Phase(name, acct.peak, dict(acct.peak_by_category)))
+        phase = Phase(name, acct.peak, dict(acct.peak_by_category))
+        if keep:
+            phases.append(phase)
+        return phase
 
     with acct, cuda_rules(autocast):
         # 1. frozen components; the UNet comes to the device after the cache pass (model_setup)
@@ -96,14 +107,24 @@ def plan_train(config: TrainConfig, workload: Workload | None = None) -> Plan:
             return params
 
         batch, scale = config.batch_size, 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-        # 2. cache pass
+        # 2. cache pass, the text encoders whole (False) and/or streamed (True)
+        stream = config.stream_text_encoders if on_device and not workload.text_in_loop else False
+        cache_pass = {}
         if not (workload.vae_in_loop and workload.text_in_loop):
-            measure("cache pass", lambda: _encode(family, pipe, on_device, batch, resolution,
-                                                  not workload.vae_in_loop, not workload.text_in_loop))
+            for streamed in ((False, True) if stream is None else (bool(stream),)):
+                # streamed: the encoders' weights are in host memory for the whole pass (see _encode)
+                text_weights = [p for n in on_device for p in getattr(pipe, n).parameters()] if streamed else []
+                with acct.offloaded(text_weights):
+                    cache_pass[streamed] = measure("cache pass", lambda s=streamed: _encode(
+                        family, pipe, on_device, batch, resolution, not workload.vae_in_loop,
+                        not workload.text_in_loop, acct if s else None), keep=False)
+                del text_weights  # references would keep the encoders' storages alive after their release
         # 3. release what the loop does not use
         if not workload.encoders_resident:
-            for name in ("vae", *on_device):
+            for name in on_device:
                 setattr(pipe, name, None)
+        if not (workload.encoders_resident if workload.vae_resident is None else workload.vae_resident):
+            pipe.vae = None
         params = setup_unet()
         # 5. optimizer state, then one measured step
         optimizer = _optimizer(params, config, acct)
@@ -115,13 +136,18 @@ def plan_train(config: TrainConfig, workload: Workload | None = None) -> Plan:
 
         with acct.saved_for_backward(), acct.counting_flops():
             measure("training step", step)
-        # 6. validation images (no text encoding when the encoders are off the device: embeddings are reused)
+        # 6. validation images (no text encoding when the encoders are gone: their prompts were encoded
+        # in the cache pass)
         if config.validation_prompt and pipe.vae is not None:
             measure("validation", lambda: _validation(family, pipe, on_device, resolution, scale))
+    if cache_pass:  # unset: streamed when the whole encoders would make the cache pass the run's peak
+        if stream is None:
+            stream = cache_pass[False].peak_bytes > max((p.peak_bytes for p in phases), default=0)
+        phases.insert(0, cache_pass[bool(stream)])
     if config.optimizer != "adamw":
         notes.append(f"{config.optimizer}: optimizer state planned from its layout; the optimizer itself was not run")
-    return Plan("train", arch.source, {**memory_settings(config), "resolution": resolution}, phases,
-                acct.flops, notes=notes)
+    settings = {**memory_settings(config), "resolution": resolution, "stream_text_encoders": bool(stream)}
+    return Plan("train", arch.source, settings, phases, acct.flops, notes=notes)
 
 
 def _vae_config(arch, override: str | None, notes: list[str]) -> dict:
@@ -140,13 +166,28 @@ def _vae_config(arch, override: str | None, notes: list[str]) -> dict:
     return config
 
 
-def _encode(family, pipe, encoders, batch, resolution, images: bool, text: bool) -> None:
+def _encode(family, pipe, encoders, batch, resolution, images: bool, text: bool, streamed_in=None) -> None:
+    """VAE encode and prompt encoding. `streamed_in` (the accountant): the text encoders are streamed
+    (`precache.stream_text_encoders`; the caller has taken their weights off the device), and while one
+    runs its largest layer's weights are on the device (an upper bound: accelerate holds one layer's while
+    that layer runs, and ChatGLM's largest, the 0.5 GiB token embedding, runs first, when the activations
+    are smallest)."""
     if images and pipe.vae is not None:
         phases.vae_encode(pipe.vae, batch, resolution, resolution)
-    if text:
-        for name in encoders:
-            if getattr(pipe, name, None) is not None:
-                phases.encode_prompt(family, getattr(pipe, name), batch)
+    present = [getattr(pipe, n) for n in encoders if getattr(pipe, n, None) is not None] if text else []
+    for encoder in present:
+        with _one_layer(streamed_in, encoder) if streamed_in is not None else nullcontext():
+            phases.encode_prompt(family, encoder, batch)
+
+
+@contextmanager
+def _one_layer(acct, encoder):
+    import torch
+
+    with acct.category("weights"):
+        layer = torch.empty(phases.largest_layer_bytes(encoder), dtype=torch.uint8, device="meta")
+    yield
+    del layer
 
 
 def train_step(model, config: TrainConfig, optimizer, params, shape, device="meta") -> None:
@@ -226,4 +267,5 @@ def _validation(family, pipe, encoders, resolution, scale) -> None:
     latents = torch.empty(1, pipe.unet.config.in_channels, resolution // scale, resolution // scale, dtype=dtype,
                           device="meta")
     latents = phases.denoise_step(family, pipe.unet, latents, embeds, pooled, guidance=True)
-    phases.vae_decode(pipe.vae, latents)
+    with vae_tiled(pipe.vae):  # as feedback.validation_images decodes
+        phases.vae_decode(pipe.vae, latents)

@@ -1,5 +1,12 @@
 """The disk caches of a run: which latents and caption embeddings it reads, filling them before
-the loop, and releasing the encoders once everything is cached (see cache.py for the stores)."""
+the loop, and releasing the encoders once everything is cached (see cache.py for the stores).
+
+The cache pass is where the frozen encoders are on the device. ChatGLM3-6B alone is 11.6 GiB in bf16,
+twice the whole Kolors training step, so with the `stream_text_encoders` option the text encoders stay in
+host memory and accelerate's `cpu_offload` brings one layer's weights at a time to the device while it
+runs (unset, the plan decides: train/fit.py). Validation prompts are encoded here too (`encode_validation_prompts`), so the
+text encoders leave before the loop and validation images need only the UNet and the VAE.
+"""
 from __future__ import annotations
 
 import random
@@ -67,9 +74,18 @@ def cached_crops(config: TrainConfig, data, rank: int = 0, world: int = 1) -> li
     return work
 
 
+def in_loop(config: TrainConfig, latents_cached: bool, texts_cached: bool) -> tuple[bool, bool]:
+    """(VAE, text encoders): which still run after the cache pass. The VAE: uncached latents, or validation
+    images to decode. The text encoders: uncached captions (a text encoder that trains turns the cache off);
+    validation prompts do not keep them, they are encoded in the cache pass."""
+    return (not latents_cached or bool(config.validation_prompt),
+            not texts_cached or config.train_text_encoder)
+
+
 def encoders_needed_in_loop(config: TrainConfig, latents, texts) -> bool:
-    """Do the VAE / text encoders run after precaching: uncached inputs, text-encoder LoRA, sample images."""
-    return bool(config.validation_prompt) or latents.root is None or texts.root is None or config.train_text_encoder
+    """Does the VAE or a text encoder run after precaching (see `in_loop`)? Validation prompts still need
+    the text encoders once, in the cache pass."""
+    return any(in_loop(config, latents.root is not None, texts.root is not None)) or bool(config.validation_prompt)
 
 
 def all_cached(config: TrainConfig, data, latents, texts) -> bool:
@@ -102,14 +118,43 @@ def precache(config: TrainConfig, data, latents, texts, accelerator) -> None:
     accelerator.wait_for_everyone()
 
 
-def release_encoders(config, model, latents, texts) -> None:
-    """Once everything is cached, the VAE and text encoders are dead weight (unless sampling)."""
-    if encoders_needed_in_loop(config, latents, texts):
+def stream_text_encoders(pipe, family, device) -> None:
+    """Text encoders whose weights stay in host memory: accelerate's `cpu_offload` hooks bring each layer's
+    weights to `device` while it runs and drop them after (prompt encoding finds `device` through the
+    hooks, `prompt_encoding.execution_device`). Same outputs as the whole encoder on the device."""
+    import torch
+    from accelerate import cpu_offload
+
+    for name in family.text_encoder_names:
+        encoder = getattr(pipe, name, None)
+        if encoder is not None:
+            cpu_offload(encoder, execution_device=torch.device(device))
+
+
+def encode_validation_prompts(config: TrainConfig, model) -> None:
+    """Each validation prompt and the empty negative prompt through the text encoders, once, into
+    `model.validation_embeds` (host memory); A1111 weighting syntax is kept, as in generation. Not when
+    a text encoder trains: its samples must show the encoder as trained so far."""
+    import torch
+
+    if not config.validation_prompt or config.train_text_encoder:
         return
+    with torch.no_grad():
+        for prompt in config.validation_prompt:
+            positive, negative = model.family.encode_prompts(model.pipe, [prompt, ""])
+            model.validation_embeds[prompt] = (positive.to("cpu"), negative.to("cpu"))
+
+
+def release_encoders(config, model, latents, texts) -> None:
+    """Once everything is cached, the encoders the loop does not run (`in_loop`) are dead weight."""
+    vae_runs, texts_run = in_loop(config, latents.root is not None, texts.root is not None)
     import gc
 
-    latents.release_vae()
-    for name in ("vae", *model.family.text_encoder_names):
-        setattr(model.pipe, name, None)
-    texts.pipe = None
+    if not vae_runs:
+        latents.release_vae()
+        model.pipe.vae = None
+    if not texts_run:
+        for name in model.family.text_encoder_names:
+            setattr(model.pipe, name, None)
+        texts.pipe = None
     gc.collect()

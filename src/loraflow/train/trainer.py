@@ -6,7 +6,8 @@
     3. the caches; load the base model frozen, add fp32 LoRA adapters. When every latent and caption
        embedding the run reads is on disk already (a second run), the VAE and text encoders are not
        loaded at all, unless validation images need them (then the full pipeline is loaded as before)
-    4. encode every image and caption once into the disk caches, release unused encoders
+    4. encode every image and caption once into the disk caches (the text encoders streamed one layer at a
+       time when `stream_text_encoders`), and the validation prompts; release the encoders the loop does not run
     5. optimizer + LR schedule, accelerate.prepare, resume
     6. the loop: micro-batches -> loss -> backward -> clip -> step -> EMA (ema.py); checkpoints,
        samples, logs, held-out evaluations and early stop
@@ -28,15 +29,16 @@ from pathlib import Path
 from typing import Callable
 
 from loraflow.errors import ConfigError, LoraflowError
-from loraflow.train.fit import cuda_free_bytes, fit_train_config
+from loraflow.plan.modes import cuda_free_bytes
+from loraflow.train.fit import fit_train_config
 from loraflow.train import checkpoint, objective
 from loraflow.train.config import TrainConfig
 from loraflow.train.ema import LoraEMA
 from loraflow.train.evaluation import Evaluation, HeldOut, report
 from loraflow.train.export import write_outputs
 from loraflow.train.regularization import sample_weights
-from loraflow.train.precache import (all_cached, cache_roots, encoders_needed_in_loop, make_stores, precache,
-                                     release_encoders, say)
+from loraflow.train.precache import (all_cached, cache_roots, encode_validation_prompts, encoders_needed_in_loop,
+                                     make_stores, precache, release_encoders, say, stream_text_encoders)
 from loraflow.atomic import atomic_write_text
 from loraflow.models.hashing import sha256_file
 from loraflow.models.loading import resolve_device
@@ -332,7 +334,10 @@ def train(config: TrainConfig | dict, progress: Callable[[int, int], None] | Non
         accelerator.wait_for_everyone()  # the barrier precache has, for processes that did not find it warm
     else:
         latents.vae, texts.pipe = model.vae, model.pipe
+        if config.stream_text_encoders:  # after identity_of: fingerprints read the weights the hooks move off
+            stream_text_encoders(model.pipe, model.family, accelerator.device)
         precache(config, data, latents, texts, accelerator)
+        encode_validation_prompts(config, model)  # so validation images need no text encoder on the device
         release_encoders(config, model, latents, texts)
     # 5. optimizer, schedule, prepare, resume
     optimizer = make_optimizer(model.trainable_parameters(), config, str(accelerator.device))

@@ -101,6 +101,13 @@ def test_detect_lora_format():
     assert detect_lora_format({"unet.down_blocks.0.to_q.lora_A.weight": t}) == "diffusers"
     assert detect_lora_format({"down_blocks.0.to_q.lora_A.weight": t}) == "peft"
     assert detect_lora_format({"lora_unet_x.hada_w1_a": t}) == "lycoris"
+    # the one LyCORIS rule (the loader's too): a kohya key other than lora_up/lora_down/alpha, or a
+    # peft/diffusers DoRA magnitude; the old marker list called these three plain LoRA or unknown
+    plain = {"lora_unet_x.lora_down.weight": t, "lora_unet_x.lora_up.weight": t}
+    assert detect_lora_format({**plain, "lora_unet_x.lora_mid.weight": t}) == "lycoris"  # LoCon (Tucker)
+    assert detect_lora_format({"lora_unet_x.hada_w2_a": t}) == "lycoris"
+    assert detect_lora_format({"unet.down_blocks.0.to_q.lora_A.weight": t,
+                               "unet.down_blocks.0.to_q.lora_magnitude_vector": t}) == "lycoris"  # peft DoRA
     assert detect_lora_format({"model.diffusion_model.x.weight": t}) == "unknown"
 
 
@@ -189,3 +196,25 @@ def test_bad_files_are_one_line_errors(tmp_path):
                torch.zeros(2, 2), "lora_unet_conv_in.something": torch.zeros(1)}, stray)
     with pytest.raises(InputError, match="lora_unet_conv_in.something"):
         read_lora(stray)
+
+
+def test_info_fields_are_the_facts_lora_info_prints():
+    """`info_fields` (what the web UI's LoRA list shows) and `format_info`'s lines are one source."""
+    from loraflow.models.lora.info import format_info, info_fields
+    from loraflow.models.lora.load import lora_from_state_dict
+
+    sd = {}
+    for letter, rank, alpha in (("q", 4, 2.0), ("k", 4, 2.0), ("v", 8, 8.0)):
+        name = f"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_{letter}"
+        sd |= {f"{name}.lora_down.weight": torch.zeros(rank, 16), f"{name}.lora_up.weight": torch.zeros(16, rank),
+               f"{name}.alpha": torch.tensor(alpha)}
+    lora = lora_from_state_dict(sd, {"ss_sd_model_name": "base.safetensors"}, "x.safetensors")
+    fields = info_fields(lora)
+    # three kohya UNet modules: two at rank 4 / alpha 2, one at rank 8 / alpha 8; 9 keys
+    assert {k: fields[k] for k in ("format", "type", "rank", "alpha", "modules", "keys", "base_model")} == {
+        "format": "kohya", "type": "lora", "rank": "4 (2 modules), 8 (1 modules)",
+        "alpha": "2 (2 modules), 8 (1 modules)", "modules": "unet 3", "keys": "unet 9, text encoders 0",
+        "base_model": "base.safetensors"}
+    text = format_info(lora).splitlines()
+    assert text[:len(fields)] == [f"{k.replace('_', ' ') + ':':<13}{v}" for k, v in fields.items()]
+    assert "base model:  base.safetensors" in text

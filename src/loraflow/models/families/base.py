@@ -31,6 +31,17 @@ class FamilyDefaults:
     width: int
 
 
+@dataclass(frozen=True)
+class IPAdapterLayout:
+    """Where a family's IP-Adapter weights and their CLIP image encoder lie in the folders people
+    download (the hub repository's layout), so `--ip-adapter FOLDER` finds them."""
+
+    hub_id: str  # where the files come from (said when they are missing)
+    weight_names: tuple[str, ...]  # adapter files relative to the folder, in order of preference
+    image_encoders: tuple[str, ...]  # image encoder folders relative to the folder, in order of preference
+    image_encoder_title: str  # what the encoder is, in messages ("CLIP ViT-L/14-336")
+
+
 @dataclass
 class PromptEmbeds:
     """Text conditioning of one prompt (batch size 1)."""
@@ -74,6 +85,7 @@ class ModelFamily:
     uses_time_ids: ClassVar[bool] = False  # SDXL-class micro-conditioning
     prompt_tokens: ClassVar[int] = 77  # tokens per prompt the UNet cross-attends to (one CLIP chunk)
     where_to_get: ClassVar[str] = ""  # shown when weights are missing
+    ip_adapter: ClassVar[IPAdapterLayout | None] = None  # reference images (models/ip_adapter.py); None: none
 
     # ---- latents ------------------------------------------------------------------------
     vae_scaling_factor: ClassVar[float]  # the real VAE's `scaling_factor` (latents to unit variance)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from loraflow.models.families.base import TINY_TEXT_DIM, FamilyDefaults, ModelFamily, PromptEmbeds
+from loraflow.models.families.base import TINY_TEXT_DIM, FamilyDefaults, IPAdapterLayout, ModelFamily, PromptEmbeds
 from loraflow.models.families.sdxl import SDXL
 from loraflow.models.prompt_encoding import encode_chatglm
 from loraflow.models.tiny_text_encoders import chatglm_text_encoder
@@ -38,6 +38,14 @@ class Kolors(ModelFamily):
     )
     uses_time_ids = True
     prompt_tokens = MAX_SEQUENCE_LENGTH
+    # Kwai-Kolors/Kolors-IP-Adapter-Plus: a Resampler adapter with its own CLIP ViT-L/14 at 336 px in
+    # image_encoder/ (the safetensors copy of the weights is on the hub's refs/pr/4)
+    ip_adapter = IPAdapterLayout(
+        hub_id="Kwai-Kolors/Kolors-IP-Adapter-Plus",
+        weight_names=("ip_adapter_plus_general.safetensors", "ip_adapter_plus_general.bin"),
+        image_encoders=("image_encoder",),
+        image_encoder_title="CLIP ViT-L/14-336",
+    )
     where_to_get = "the diffusers folder of Kwai-Kolors/Kolors-diffusers (`loraflow models download Kwai-Kolors/Kolors-diffusers`)"
 
     # Kolors ships SDXL's VAE (Kwai-Kolors/Kolors-diffusers vae/config.json)

@@ -1,7 +1,9 @@
 """Stable Diffusion 1.5: one CLIP ViT-L text encoder (last hidden state), 512x512, no micro-conditioning."""
 from __future__ import annotations
 
-from loraflow.models.families.base import LDM_UNET, LDM_VAE, TINY_TEXT_DIM, FamilyDefaults, ModelFamily, PromptEmbeds
+from loraflow.models.families.base import (
+    LDM_UNET, LDM_VAE, TINY_TEXT_DIM, FamilyDefaults, IPAdapterLayout, ModelFamily, PromptEmbeds,
+)
 from loraflow.models.prompt_encoding import clip_chunk_count, encode_clip
 from loraflow.models.tiny_text_encoders import clip_text_encoder
 from loraflow.models.tiny_tokenizers import build_clip_tokenizer
@@ -27,6 +29,12 @@ class SD15(ModelFamily):
         prediction_type="epsilon", steps_offset=1, timestep_spacing="leading",
     )
     where_to_get = "e.g. a diffusers folder of stable-diffusion-v1-5, or a single .safetensors checkpoint from Civitai"
+    ip_adapter = IPAdapterLayout(  # h94/IP-Adapter: models/, with OpenCLIP ViT-H/14 in models/image_encoder
+        hub_id="h94/IP-Adapter",
+        weight_names=("models/ip-adapter-plus_sd15.safetensors", "models/ip-adapter_sd15.safetensors"),
+        image_encoders=("image_encoder", "models/image_encoder"),
+        image_encoder_title="CLIP ViT-H/14",
+    )
 
     vae_scaling_factor = 0.18215
     vae_config_folder = "sd15"

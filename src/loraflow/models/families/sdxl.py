@@ -2,7 +2,9 @@
 pooled bigG embedding and size/crop time ids as micro-conditioning (SDXL paper, section 2.2)."""
 from __future__ import annotations
 
-from loraflow.models.families.base import LDM_UNET, LDM_VAE, TINY_TEXT_DIM, FamilyDefaults, ModelFamily, PromptEmbeds
+from loraflow.models.families.base import (
+    LDM_UNET, LDM_VAE, TINY_TEXT_DIM, FamilyDefaults, IPAdapterLayout, ModelFamily, PromptEmbeds,
+)
 from loraflow.models.prompt_encoding import clip_chunk_count, encode_clip
 from loraflow.models.tiny_text_encoders import clip_text_encoder
 from loraflow.models.tiny_tokenizers import build_clip_tokenizer
@@ -32,6 +34,15 @@ class SDXL(ModelFamily):
     )
     uses_time_ids = True
     where_to_get = "e.g. a diffusers folder of stable-diffusion-xl-base-1.0, or a single .safetensors checkpoint"
+    # h94/IP-Adapter: sdxl_models/ip-adapter_sdxl.* use OpenCLIP ViT-bigG (sdxl_models/image_encoder),
+    # the *_vit-h ones ViT-H (models/image_encoder); models/ip_adapter.py picks the encoder whose width fits.
+    ip_adapter = IPAdapterLayout(
+        hub_id="h94/IP-Adapter",
+        weight_names=("sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors",
+                      "sdxl_models/ip-adapter_sdxl_vit-h.safetensors", "sdxl_models/ip-adapter_sdxl.safetensors"),
+        image_encoders=("image_encoder", "sdxl_models/image_encoder", "models/image_encoder"),
+        image_encoder_title="CLIP ViT-H/14 (models/image_encoder) or ViT-bigG/14 (sdxl_models/image_encoder)",
+    )
 
     vae_scaling_factor = 0.13025
     vae_force_upcast = True

@@ -65,15 +65,14 @@ def checkpoint_target(target: str, keys: set[str], layout: kohya_keys.SgmLayout,
         module = "text_model." + module
     if not any(k.startswith(f"{prefix}transformer.resblocks.") for k in keys):  # HF CLIP layout
         return f"{prefix}{module}.weight", None
-    match = re.fullmatch(r"text_model\.encoder\.layers\.(\d+)\.(self_attn\.([qkv])_proj|self_attn\.out_proj|mlp\.fc1|mlp\.fc2)",
-                         module)
-    if match is None:
+    match = re.fullmatch(r"text_model\.encoder\.layers\.(\d+)\.(.+)", module)
+    name = kohya_keys.OPENCLIP_PARTS.get(match.group(2)) if match else None
+    if name is None:
         raise InputError(f"'{target}' has no place in the OpenCLIP text encoder of a single-file checkpoint")
-    layer, part, qkv = match.groups()
+    layer, part = match.groups()
     base = f"{prefix}transformer.resblocks.{layer}."
-    if qkv:
-        return base + "attn.in_proj_weight", "qkv".index(qkv)
-    name = {"self_attn.out_proj": "attn.out_proj", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}[part]
+    if name == "attn":  # q, k or v: its rows of the fused projection
+        return base + "attn.in_proj_weight", "qkv".index(part.removeprefix("self_attn.")[0])
     return f"{base}{name}.weight", None
 
 

@@ -41,7 +41,9 @@ TOOLS = ("ComfyUI", "A1111", "diffusers")
 _KINDS = {"ComfyUI": {"lora", "locon_tucker", "loha", "lokr", "dora", "diff"},
           "A1111": {"lora", "locon_tucker", "loha", "lokr", "dora", "diff"},
           "diffusers": {"lora", "dora"}}
-_CLIP_PARTS = ("mlp.fc1", "mlp.fc2", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj")
+_CLIP_PARTS = tuple(kohya_keys.OPENCLIP_PARTS)  # the text-encoder parts ComfyUI maps
+# OpenCLIP part names with '_' (A1111's `network_layer_mapping` spelling)
+_OPENCLIP_UNDERSCORED = {k.replace(".", "_"): v.replace(".", "_") for k, v in kohya_keys.OPENCLIP_PARTS.items()}
 EFFECT_THRESHOLD = 1.0 / 255  # mean |pixel change| below one 8-bit level: no visible effect
 
 
@@ -172,8 +174,7 @@ def a1111_modules(modules, layout) -> dict[str, str]:
         elif component == "text_encoder_2":
             match = re.fullmatch(r"text_model\.encoder\.layers\.(\d+)\.(.+)", name)
             if match:
-                part = {"self_attn.out_proj": "attn_out_proj", "mlp.fc1": "mlp_c_fc", "mlp.fc2": "mlp_c_proj"}.get(
-                    match.group(2), "attn" if match.group(2).startswith("self_attn.") else None)
+                part = _OPENCLIP_UNDERSCORED.get(match.group(2).replace(".", "_"))
                 if part:
                     out.setdefault(f"1_model_transformer_resblocks_{match.group(1)}_{part}", target)
     return out
@@ -215,8 +216,9 @@ def _a1111_convert(key: str) -> str:
         (r"lora_unet_up_blocks_(\d+)_upsamplers_0_conv",
          lambda m: f"diffusion_model_output_blocks_{2 + int(m[0]) * 3}_{2 if int(m[0]) > 0 else 1}_conv"),
         (r"lora_te_text_model_encoder_layers_(\d+)_(.+)", lambda m: f"transformer_text_model_encoder_layers_{m[0]}_{m[1]}"),
-        (r"lora_te2_text_model_encoder_layers_(\d+)_(.+)", lambda m: "1_model_transformer_resblocks_{}_{}".format(
-            m[0], m[1].replace("mlp_fc1", "mlp_c_fc").replace("mlp_fc2", "mlp_c_proj").replace("self_attn", "attn"))),
+        # A1111 renames fc1/fc2/self_attn by string replaces; q/k/v land on the fused `attn` either way
+        (r"lora_te2_text_model_encoder_layers_(\d+)_(.+)",
+         lambda m: f"1_model_transformer_resblocks_{m[0]}_{_OPENCLIP_UNDERSCORED.get(m[1], m[1])}"),
     ]
     for pattern, build in rules:
         match = re.match(pattern, key)

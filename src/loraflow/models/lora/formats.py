@@ -30,16 +30,22 @@ LoraFormat = Literal["kohya", "diffusers", "peft"]
 FORMATS: tuple[str, ...] = ("kohya", "diffusers", "peft")
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 _KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
-_LYCORIS_MARKERS = (".hada_w1", ".lokr_w1", ".lokr_w2", ".oft_blocks", ".dora_scale", ".diff")
+# What sd-scripts' `networks/lora.py` writes per module; a kohya-named file with any other key
+# (lora_mid, hada_*, lokr_*, dora_scale, diff, ...) holds LyCORIS modules, as ComfyUI's
+# `comfy/weight_adapter` reads them. peft/diffusers DoRA files carry `lora_magnitude_vector`.
+_PLAIN_KOHYA = frozenset({"lora_up.weight", "lora_down.weight", "alpha"})
 
 
 def detect_lora_format(state_dict: dict[str, Any]) -> str:
-    """'kohya' | 'diffusers' | 'peft', or 'lycoris' (LoHa/LoKr/DoRA, not supported) / 'unknown'."""
+    """'kohya' | 'diffusers' | 'peft', 'lycoris' (LoCon/LoHa/LoKr/DoRA/full, read by `lycoris.py`),
+    or 'unknown'."""
     keys = list(state_dict)
     if not keys:
         return "unknown"
     if all(k.startswith(_KOHYA_PREFIXES) for k in keys):
-        return "lycoris" if any(m in k for k in keys for m in _LYCORIS_MARKERS) else "kohya"
+        return "lycoris" if any(k.partition(".")[2] not in _PLAIN_KOHYA for k in keys) else "kohya"
+    if any(".lora_magnitude_vector" in k for k in keys):
+        return "lycoris"
     lora_keys = [k for k in keys if ".lora_A." in k or ".lora_B." in k or ".lora.down." in k
                  or ".lora.up." in k or "_lora.down." in k or "_lora.up." in k or ".lora_linear_layer." in k]
     if len(lora_keys) != len(keys):

@@ -6,27 +6,33 @@ from collections import Counter
 from loraflow.models.lora.load import guess_family
 
 
-def format_info(lora) -> str:
-    """Text for `lora info`: one `key: value` line per fact, then the training metadata."""
+def info_fields(lora) -> dict[str, str]:
+    """The facts `lora info` prints, by name (`format`, `type`, `family`, `rank`, `alpha`, `modules`,
+    `keys`, `targets`, `base_model`, `file`), each as the text it prints."""
     modules = lora.modules()
     ranks = Counter(r for r, _ in modules.values())
     alphas = Counter(a for _, a in modules.values())
     targets = sorted({t.split(".")[0] + ":" + _short_target(t) for t in modules})
     counts = Counter(t.split(".")[0] for t in modules)
-    lines = [
-        f"file:        {lora.name}",
-        f"format:      {lora.format}",
-        f"type:        {_types(lora)}",
-        f"family:      {guess_family(lora) or 'unknown'}",
-        f"rank:        {_counted(ranks)}",
-        f"alpha:       {_counted(alphas)}",
-        "modules:     " + ", ".join(f"{c} {n}" for c, n in counts.items()),
-        f"keys:        unet {_keys(lora, 'unet')}, text encoders {len(lora.state_dict) - _keys(lora, 'unet')}",
-        f"targets:     {', '.join(targets)}",
-        f"base model:  {base_model_line(lora.metadata)}",
-        "blocks:",
-        *block_table(modules),
-    ]
+    return {
+        "file": lora.name,
+        "format": lora.format,
+        "type": _types(lora),
+        "family": guess_family(lora) or "unknown",
+        "rank": _counted(ranks),
+        "alpha": _counted(alphas),
+        "modules": ", ".join(f"{c} {n}" for c, n in counts.items()),
+        "keys": f"unet {_keys(lora, 'unet')}, text encoders {len(lora.state_dict) - _keys(lora, 'unet')}",
+        "targets": ", ".join(targets),
+        "base_model": base_model_line(lora.metadata),
+    }
+
+
+def format_info(lora) -> str:
+    """Text for `lora info`: one `name: value` line per fact of `info_fields`, then the rank per block
+    and the training metadata."""
+    lines = [f"{(name.replace('_', ' ') + ':'):<13}{value}" for name, value in info_fields(lora).items()]
+    lines += ["blocks:", *block_table(lora.modules())]
     meta = {k: v for k, v in sorted(lora.metadata.items())
             if k.startswith(("ss_", "sshs_", "modelspec.")) or k == "lora_adapter_metadata"}
     if meta:

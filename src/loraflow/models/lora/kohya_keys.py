@@ -31,6 +31,13 @@ UNET_PREFIX = "lora_unet_"
 # kohya's, so no two families map one to different components).
 _TE_COMPONENT = {prefix: component for fam in FAMILIES.values() for component, prefix in fam.lora_text_encoders.items()}
 
+# A CLIP encoder layer's LoRA-able parts (transformers' `CLIPEncoderLayer`) -> their names in the
+# OpenCLIP layout (`transformer.resblocks.<i>.`) that SDXL's second text encoder has in single-file
+# checkpoints and in A1111. q, k and v are row blocks [0:d], [d:2d], [2d:3d] of OpenCLIP's one fused
+# `attn.in_proj_weight`, so all three name the `attn` module.
+OPENCLIP_PARTS = {"self_attn.q_proj": "attn", "self_attn.k_proj": "attn", "self_attn.v_proj": "attn",
+                  "self_attn.out_proj": "attn.out_proj", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
+
 
 @dataclass(frozen=True)
 class SgmLayout:

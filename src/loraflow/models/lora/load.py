@@ -92,7 +92,7 @@ def lora_from_state_dict(state_dict: dict[str, Any], metadata: dict[str, str] | 
     """A `LoraFile` from tensors already in memory (e.g. a file read elsewhere)."""
     metadata = dict(metadata or {})
     source = str(path) if path else "LoRA"
-    fmt = "lycoris" if lycoris.is_lycoris(state_dict) else formats.detect_lora_format(state_dict)
+    fmt = formats.detect_lora_format(state_dict)
     adapter_meta = _adapter_metadata(metadata, source)
     adapters: dict[str, Any] = {}
     if fmt == "lycoris":

@@ -142,15 +142,6 @@ def _kron(w1, w2):
 
 
 # ---- reading ------------------------------------------------------------------------------------
-def is_lycoris(state_dict: dict[str, Any]) -> bool:
-    """A kohya-named file with any key that is not plain LoRA, or a peft/diffusers DoRA file."""
-    plain = {"lora_up.weight", "lora_down.weight", "alpha"}
-    keys = list(state_dict)
-    if keys and all(k.startswith(_KOHYA_PREFIXES) for k in keys):
-        return any(k.partition(".")[2] not in plain for k in keys)
-    return any("lora_magnitude_vector" in k for k in keys)
-
-
 def read_adapters(state_dict: dict[str, Any], adapter_metadata: dict[str, Any] | None,
                   source: str = "LoRA") -> tuple[dict[str, float], dict[str, Adapter]]:
     """A LyCORIS state dict -> (alphas, adapters), both keyed `<component>.<module>` (diffusers names)."""

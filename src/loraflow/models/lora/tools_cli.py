@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import Optional
 
-from loraflow.config import Options, opt
+from loraflow.config import Options, opt, split_weighted
 from loraflow.errors import InputError
 from loraflow.models.families import get_family
 from loraflow.models.loading import load_pipeline
@@ -76,20 +76,9 @@ def run_resize(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_weighted(spec: str) -> tuple[str, float]:
-    """`style.safetensors:0.7` -> (path, 0.7); no `:weight` means 1."""
-    path, sep, weight = spec.rpartition(":")
-    if not sep or not path:
-        return spec, 1.0
-    try:
-        return path, float(weight)
-    except ValueError:
-        return spec, 1.0  # a ':' that is part of the path
-
-
 def run_merge(args: argparse.Namespace) -> int:
     options = MergeOptions.from_cli(args)
-    loras = [parse_weighted(s) for s in args.loras]
+    loras = [split_weighted(s, 1.0) for s in args.loras]
     if options.base:
         from loraflow.models.lora.bake import bake_loras
         from loraflow.models.lora.load import read_lora

@@ -17,7 +17,7 @@ import traceback
 from pathlib import Path
 
 from loraflow.errors import LoraflowError
-from loraflow.generate.session import file_stamp
+from loraflow.models.hashing import file_stamp
 from loraflow.serve.comfy.graph import is_link, normalize, topological_order
 from loraflow.serve.comfy.nodes import NODES
 from loraflow.serve.cancel import cancel_points_in
@@ -128,7 +128,8 @@ def cache_keys(prompt: dict, order: list[str], paths) -> dict[str, str]:
 def _file_stamp(paths, kind: str, name: str):
     try:
         path = {"model": lambda: paths.model(name), "LoRA": lambda: paths.lora(name),
-                "ControlNet": lambda: paths.controlnet(name),
+                "ControlNet": lambda: paths.controlnet(name), "IP-Adapter": lambda: paths.ip_adapter(name),
+                "CLIP vision": lambda: paths.clip_vision(name),
                 "input": lambda: paths.output_file(name, kind="input")}[kind]()
     except (LoraflowError, KeyError):
         return None

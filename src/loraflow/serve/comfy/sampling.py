@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from loraflow.atomic import atomic_save_image
 from loraflow.errors import ConfigError
 from loraflow.generate.engine import ControlInput, LatentSampling, sample_latents
+from loraflow.generate.ip_references import MAX_REFERENCES, PreparedReferences, Reference
 from loraflow.generate.schedulers import canonical_sampler
 from loraflow.serve.comfy.values import Conditioning, Latent, ModelRef, NodeError, activate
 from loraflow.serve.paths import safe_join
@@ -48,6 +49,7 @@ def sample(ctx, node_id: str, node_type: str, s: SamplerInputs, start_step: int 
     height, width = samples.shape[2] * pipe.vae_scale_factor, samples.shape[3] * pipe.vae_scale_factor
     controls = tuple(ControlInput(h.controlnet.path, hint_image(h.image, width, height), h.strength,
                                   h.start_percent, h.end_percent) for h in s.positive.controls)
+    references = ip_references(s.model.references, width, height)
     throttle = Throttle()
 
     def on_step(done: int, total: int, latents) -> None:  # progress, previews and cancel at every step
@@ -58,8 +60,49 @@ def sample(ctx, node_id: str, node_type: str, s: SamplerInputs, start_step: int 
     out = sample_latents(session, LatentSampling(
         samples, s.positive.embeds, s.negative.embeds, s.seed, s.steps, s.cfg,
         sampler=sampler_for(s.sampler_name, s.scheduler), start_step=start_step, end_step=end_step,
-        full_denoise=full_denoise, add_noise=add_noise, mask=mask, controls=controls, on_step=on_step))
+        full_denoise=full_denoise, add_noise=add_noise, mask=mask, controls=controls, references=references,
+        on_step=on_step))
     return Latent(out, s.latent.noise_mask)
+
+
+def ip_references(uses, width: int, height: int) -> PreparedReferences | None:
+    """The IPAdapter nodes' references -> what the session attaches: each image of each node's IMAGE
+    batch is a reference with the node's weight, its attn_mask (1 = acts) resized to the output size."""
+    if not uses:
+        return None
+    adapters = {(u.adapter.path, u.clip_vision.path if u.clip_vision else None) for u in uses}
+    if len(adapters) > 1:
+        raise NodeError(f"one IP-Adapter (and image encoder) per model at a time here; got {len(adapters)}")
+    refs, images, masks = [], [], []
+    for use in uses:
+        pics = images_to_pil(use.image)
+        mask = None if use.attn_mask is None else mask_to_pil(use.attn_mask, width, height)
+        for k, pic in enumerate(pics):
+            refs.append(Reference(image=f"{use.label}.{k}", scale=use.weight, mask=use.label if mask is not None else None))
+            images.append(pic)
+            masks.append(mask)
+    if len(refs) > MAX_REFERENCES:
+        raise NodeError(f"{len(refs)} IP-Adapter reference images reach this sampler; at most {MAX_REFERENCES}")
+    adapter, encoder = adapters.pop()
+    return PreparedReferences(adapter, tuple(refs), tuple(images), tuple(masks), image_encoder=encoder)
+
+
+def images_to_pil(images) -> list:
+    """IMAGE (B, H, W, C) in [0, 1] -> B RGB PIL images."""
+    import numpy as np
+    from PIL import Image
+
+    arr = (images.detach().float().clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
+    return [Image.fromarray(a[..., :3]) for a in arr]
+
+
+def mask_to_pil(mask, width: int, height: int):
+    """MASK (B or 1, H, W) or (H, W) in [0, 1] -> the first mask as L at width x height (bilinear)."""
+    import numpy as np
+    from PIL import Image
+
+    m = mask.reshape(-1, mask.shape[-2], mask.shape[-1])[0].detach().float().clamp(0, 1).cpu().numpy()
+    return Image.fromarray((m * 255).round().astype(np.uint8)).resize((width, height), Image.BILINEAR)
 
 
 def sampler_for(sampler_name: str, scheduler: str) -> str:
@@ -157,25 +200,27 @@ def vae_encode(vae, pixels, scale: int = 8):
 
 
 def _scale(vae, latents):
-    cfg = vae.config
-    if getattr(cfg, "latents_mean", None) is not None and getattr(cfg, "latents_std", None) is not None:
-        import torch
-
-        mean = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1).to(latents)
-        std = torch.tensor(cfg.latents_std).view(1, -1, 1, 1).to(latents)
-        return (latents - mean) * cfg.scaling_factor / std
-    return (latents - (getattr(cfg, "shift_factor", None) or 0.0)) * cfg.scaling_factor
+    shift, std, factor = _latent_norm(vae, latents)
+    return (latents - shift) * factor / std
 
 
 def _unscale(vae, latents):
+    shift, std, factor = _latent_norm(vae, latents)
+    return latents * std / factor + shift
+
+
+def _latent_norm(vae, latents) -> tuple:
+    """(shift, std, scaling_factor) with model latents = (VAE latents - shift) * scaling_factor / std:
+    per-channel `latents_mean` / `latents_std` where the VAE config has them, else its `shift_factor`
+    and a std of 1."""
     cfg = vae.config
     if getattr(cfg, "latents_mean", None) is not None and getattr(cfg, "latents_std", None) is not None:
         import torch
 
         mean = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1).to(latents)
         std = torch.tensor(cfg.latents_std).view(1, -1, 1, 1).to(latents)
-        return latents * std / cfg.scaling_factor + mean
-    return latents / cfg.scaling_factor + (getattr(cfg, "shift_factor", None) or 0.0)
+        return mean, std, cfg.scaling_factor
+    return (getattr(cfg, "shift_factor", None) or 0.0), 1.0, cfg.scaling_factor
 
 
 class _upcast:

@@ -58,18 +58,49 @@ class Latent:
 
 
 @dataclass(frozen=True)
+class IPAdapterRef:
+    """IPADAPTER: an IP-Adapter folder or file under models_dir/ipadapter (its image encoder beside it)."""
+
+    path: str
+
+
+@dataclass(frozen=True)
+class CLIPVisionRef:
+    """CLIP_VISION: a transformers CLIP vision folder under models_dir/clip_vision."""
+
+    path: str
+
+
+@dataclass(frozen=True, eq=False)  # holds tensors: compared by identity
+class IPAdapterUse:
+    """One IPAdapter node's reference images, applied by the samplers that use the MODEL it returned."""
+
+    adapter: IPAdapterRef
+    image: Any  # IMAGE (B, H, W, C): each image of the batch is a reference
+    weight: float
+    attn_mask: Any = None  # MASK (B or 1, H, W), 1 = where the references act; None: everywhere
+    label: str = ""  # the node, named in the infotext-like records
+    clip_vision: CLIPVisionRef | None = None  # the image encoder, when not the one beside the adapter
+
+
+@dataclass(frozen=True)
 class ModelRef:
     """MODEL, CLIP and VAE all point at one loaded pipeline (kept in the model cache, reloaded if it
-    was evicted); `loras` are (path, weight) pairs applied when this reference is used."""
+    was evicted); `loras` are (path, weight) pairs applied when this reference is used, `references`
+    the IP-Adapter references the samplers apply."""
 
     model: str  # a resolved model path or tiny:*
     loras: tuple[tuple[str, float], ...] = ()
+    references: tuple[IPAdapterUse, ...] = ()
 
     def session(self, ctx):
         return ctx.models.session(self.model)
 
     def with_lora(self, path: str, weight: float) -> "ModelRef":
-        return ModelRef(self.model, self.loras + ((path, weight),)) if weight != 0 else self
+        return ModelRef(self.model, self.loras + ((path, weight),), self.references) if weight != 0 else self
+
+    def with_reference(self, use: IPAdapterUse) -> "ModelRef":
+        return ModelRef(self.model, self.loras, self.references + (use,))
 
 
 def activate(ctx, ref: ModelRef):
