@@ -4,6 +4,8 @@ Training modes, cheapest first (a later one costs more time per step):
   text_encoders_on_cpu   captions are encoded once on the CPU into the cache: no loop cost
   optimizer=adamw8bit    bitsandbytes 8-bit AdamW state (CUDA only; planned, not run, on a CPU machine)
   base_fp8               frozen UNet stored in fp8, each layer cast up when it runs (a cast per layer)
+  recompute=ff+cross     feed-forward projections and cross-attentions redone in backward (about a
+                         sixth more UNet FLOPs)
   gradient_checkpointing recompute activations in backward (about a third more UNet FLOPs)
 Generation modes, cheapest first: encoders on the CPU; + VAE tiling; model offload + tiling;
 sequential offload + tiling.
@@ -21,6 +23,7 @@ TRAIN_STEPS = (
     {"text_encoders_on_cpu": True},
     {"optimizer": "adamw8bit"},
     {"base_fp8": True},
+    {"recompute": "ff+cross"},  # moot once checkpointing is on (model_setup.prepare_unet)
     {"gradient_checkpointing": True},
 )
 GENERATE_STEPS = (
