@@ -4,7 +4,11 @@ Training modes, cheapest first (a later one costs more time per step):
   text_encoders_on_cpu   captions are encoded once on the CPU into the cache: no loop cost
   optimizer=adamw8bit    bitsandbytes 8-bit AdamW state (CUDA only; planned, not run, on a CPU machine)
   base_fp8               frozen UNet stored in fp8, each layer cast up when it runs (a cast per layer)
+  recompute=ff+cross     feed-forward projections and cross-attentions redone in backward (about a
+                         sixth more UNet FLOPs)
   gradient_checkpointing recompute activations in backward (about a third more UNet FLOPs)
+  checkpoint_offload     checkpointing whose kept block inputs wait in host memory (CUDA only; a
+                         device -> host -> device copy of them per step, ~0.2 GB each way for Kolors)
 Generation modes, cheapest first: encoders on the CPU; + VAE tiling; model offload + tiling;
 sequential offload + tiling.
 
@@ -21,7 +25,11 @@ TRAIN_STEPS = (
     {"text_encoders_on_cpu": True},
     {"optimizer": "adamw8bit"},
     {"base_fp8": True},
-    {"gradient_checkpointing": True},
+    {"recompute": "ff+cross"},
+    # checkpointing recomputes whole blocks, which makes `recompute` moot (model_setup.prepare_unet): it
+    # goes back to the config's own value rather than being printed as a flag that does nothing
+    {"gradient_checkpointing": True, "recompute": None},
+    {"checkpoint_offload": True, "recompute": None},  # it sets gradient_checkpointing (TrainConfig)
 )
 GENERATE_STEPS = (
     {"offload": "encoders"},
@@ -53,6 +61,8 @@ def _possible(config, key: str, value) -> bool:
         return config.mixed_precision != "no"
     if key == "optimizer":  # bitsandbytes' 8-bit AdamW runs on CUDA only
         return getattr(config, "device", "auto") != "cpu"
+    if key == "checkpoint_offload":  # on the CPU the host memory is the device's: nothing to save
+        return getattr(config, "device", "auto") != "cpu"
     return True
 
 
@@ -73,10 +83,12 @@ def choose(config, budget_bytes: int, planner, steps):
     for step in steps:
         if plan.peak_bytes <= budget_bytes:
             break
-        key, value = next(iter(step.items()))
+        (key, value), *undone = step.items()  # a step's mode, then modes it makes moot (None: as configured)
         if getattr(config, key) == value or not _possible(config, key, value):
             continue
         changes, before = {**changes, key: value}, plan.peak_bytes
+        for moot, _ in undone:
+            changes.pop(moot, None)
         plan = plan_of(changes)
         if plan.peak_bytes >= before:
             on_trial.append(key)
