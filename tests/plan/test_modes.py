@@ -104,6 +104,18 @@ def test_chosen_modes_with_streaming_set_give_a_config_that_loads_again():
     assert TrainConfig.from_dict(yaml.safe_load(chosen.to_yaml())) == chosen
 
 
+def test_spill_advice_may_name_encoders_on_the_cpu_when_the_plan_chose_streaming():
+    # streaming left unset, the plan streams; the spill check still weighs text_encoders_on_cpu (which
+    # excludes only a streaming the user asked for)
+    def planner(c):
+        streamed = c.stream_text_encoders is not False and not c.text_encoders_on_cpu
+        return FakePlan(int((8.0 - 2.0 * c.text_encoders_on_cpu) * GiB), {"stream_text_encoders": streamed})
+
+    with pytest.raises(ConfigError) as e:
+        fit_train_config(config(), "cuda", planner=planner, free_bytes=7 * GiB)
+    assert str(e.value).endswith("these flags would fit: --text-encoders-on-cpu")
+
+
 def test_checkpointing_makes_recompute_moot_and_it_is_not_printed():
     def planner(c):  # recompute saves 1 GiB unless checkpointing (which saves 3) is on
         saved = 3.0 if c.gradient_checkpointing else 1.0 * (c.recompute != "none")
