@@ -95,6 +95,25 @@ def test_a_batch_equals_its_images_one_by_one(tiny_session, adapters, refs):
     assert np.abs(np.asarray(batch[1].image, float) - np.asarray(single.image, float)).max() <= 1
 
 
+@pytest.mark.parametrize("batch", [1, 3])
+def test_each_image_of_a_batch_gets_one_copy_of_the_reference_embeds(tiny_session, adapters, refs, batch):
+    """The UNet sees one row of image embeddings per image and guidance half: 2 * batch under CFG.
+    diffusers' pipelines repeat `ip_adapter_image_embeds` by their own batch, so embeddings already
+    made for the batch would come out batch² times (the same picture by luck: every row is a copy,
+    and attention over duplicated keys is unchanged, but each image attends over batch times the tokens)."""
+    session = tiny_session("sdxl")
+    rows = []
+    hook = session.pipe.unet.register_forward_pre_hook(
+        lambda module, args, kwargs: rows.append(kwargs["added_cond_kwargs"]["image_embeds"][0].shape[0]),
+        with_kwargs=True)
+    try:
+        session.generate(GenerateConfig(**{**BASE, "num_inference_steps": 1}, num_images=batch, batch_size=batch,
+                                        ip_adapter=str(adapters("sdxl")), reference=[f"{refs['a']}:0.7"]))
+    finally:
+        hook.remove()
+    assert rows == [2 * batch]
+
+
 def _first_attn2_output(session, **kw):
     """The first cross-attention's output (2B, h*w, C) in the first UNet call. Nothing before it
     depends on the adapter, so its change from the base run is the adapter's own term."""

@@ -94,11 +94,11 @@ def prepare_ip_references(config, width: int, height: int) -> PreparedReferences
                               config.allow_pickle)
 
 
-def ip_adapter_kwargs(slot, refs: PreparedReferences, n: int, cfg: bool, height: int, width: int) -> dict[str, Any]:
-    """Pipeline arguments for `n` images per call with the adapter attached to `slot`."""
+def ip_adapter_kwargs(slot, refs: PreparedReferences, cfg: bool, height: int, width: int) -> dict[str, Any]:
+    """Pipeline arguments with the adapter attached to `slot`, for any number of images per call."""
     import torch
 
-    embeds = slot.image_embeds(list(refs.images), n, cfg)
+    embeds = slot.image_embeds(list(refs.images), cfg)
     scales = [r.scale for r in refs.references]
     if len(refs.images) == 1 and refs.masks[0] is None:
         slot.pipe.set_ip_adapter_scale(scales[0])  # diffusers' plain path: no mask

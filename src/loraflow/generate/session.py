@@ -254,7 +254,7 @@ class GenerationSession:
         pipe = self.derived.pipeline(refs.task, controlnets)
         kwargs.update(refs.call_kwargs(pipe, n, first.height, first.width))
         ip_refs = prepare_ip_references(first.config, first.width, first.height)
-        kwargs.update(self.ip_adapter_inputs(ip_refs, pipe, n, first.guidance, first.height, first.width))
+        kwargs.update(self.ip_adapter_inputs(ip_refs, pipe, first.guidance, first.height, first.width))
         # 4. denoise
         images = self._denoise(pipe, kwargs, group, refs, controlnets, progress, done, total, regions)
         if refs.mask is not None:
@@ -330,10 +330,10 @@ class GenerationSession:
             self._controlnet_labels[path] = f"{controlnet_name(path)} [{controlnet_hash(path)}]"
         return self._controlnet_labels[path]
 
-    def ip_adapter_inputs(self, refs: PreparedReferences | None, pipe, n: int, guidance: float,
-                          height: int, width: int) -> dict:
+    def ip_adapter_inputs(self, refs: PreparedReferences | None, pipe, guidance: float, height: int,
+                          width: int) -> dict:
         """Attach the references' IP-Adapter (detach it when no reference has a scale above 0: such a
-        run is the base model's) and return the pipeline arguments for `n` images per call."""
+        run is the base model's) and return the pipeline arguments (the same for any batch size)."""
         if refs is None or not refs.active:
             self.ip_adapter.use(None)
             return {}
@@ -342,7 +342,7 @@ class GenerationSession:
         self.ip_adapter.use(locate_ip_adapter(refs.adapter, self.family, refs.image_encoder), refs.allow_pickle)
         # the pipelines' own rule for classifier-free guidance (which halves the embeds carry)
         cfg = guidance > 1 and self.pipe.unet.config.time_cond_proj_dim is None
-        return ip_adapter_kwargs(self.ip_adapter, refs, n, cfg, height, width)
+        return ip_adapter_kwargs(self.ip_adapter, refs, cfg, height, width)
 
     def ip_adapter_label(self, path: str) -> str:
         """`name [hash]` of an IP-Adapter file, as A1111's ControlNet extension shows a model."""

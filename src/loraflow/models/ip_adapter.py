@@ -4,7 +4,7 @@ attn2 block (Ye et al. 2023, "IP-Adapter", arXiv:2308.06721, section 3.2: decoup
     files = locate_ip_adapter("~/models/IP-Adapter", family)  # adapter file + CLIP image encoder, or one-line error
     slot = IPAdapterSlot(pipe)                                 # one per loaded pipeline (the session's)
     slot.use(files, allow_pickle=False)                        # attach (no-op when already attached)
-    embeds = slot.image_embeds(images, n=2, cfg=True)          # diffusers' `ip_adapter_image_embeds`
+    embeds = slot.image_embeds(images, cfg=True)               # diffusers' `ip_adapter_image_embeds`
     slot.use(None)                                             # detach: the UNet is the base model's again
 
 Loading is diffusers' `IPAdapterMixin.load_ip_adapter`, handed a state dict and an image encoder read
@@ -242,12 +242,13 @@ class IPAdapterSlot:
         self.attached.image_encoder.to("cpu")  # kept for a later run, off the accelerator
         self.attached = None
 
-    def image_embeds(self, images: list, n: int, cfg: bool) -> list:
-        """`ip_adapter_image_embeds` for `n` images per call: [(2n or n, len(images), ...)], the
-        unconditional half first under classifier-free guidance (diffusers' layout)."""
+    def image_embeds(self, images: list, cfg: bool) -> list:
+        """`ip_adapter_image_embeds` of one prompt: [(2 or 1, len(images), ...)], the unconditional
+        row first under classifier-free guidance. One prompt's, whatever the batch: the pipelines
+        repeat them by their own batch size (`prepare_ip_adapter_image_embeds`)."""
         import torch
 
         if self.attached is None:
             raise ConfigError("no IP-Adapter attached")
         with torch.no_grad():
-            return self.pipe.prepare_ip_adapter_image_embeds([images], None, self.pipe.unet.device, n, cfg)
+            return self.pipe.prepare_ip_adapter_image_embeds([images], None, self.pipe.unet.device, 1, cfg)
