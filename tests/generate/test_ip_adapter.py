@@ -230,3 +230,24 @@ def test_references_work_through_kolors_borrowed_task_pipelines(tiny_session, ad
     zero, _ = draw(session, ip_adapter=str(adapters("kolors", True)), reference=[f"{refs['a']}:0"], **extra)
     assert np.abs(steered - base).mean() > 1.0
     assert np.array_equal(zero, base)
+
+
+def test_a_replaced_adapter_is_freed_even_after_a_task_pipeline_was_built_while_attached(adapters, refs, tmp_path):
+    """Task pipelines (img2img, inpaint, ControlNet) are built over the loaded pipeline's modules and
+    kept; one built while an adapter is attached must not keep that adapter's image encoder alive once
+    another adapter replaces it (a server alternating adapters would otherwise hold every encoder)."""
+    import gc
+    import weakref
+
+    from loraflow.generate.session import GenerationSession
+    from loraflow.models.loading import load_pipeline
+
+    session = GenerationSession(load_pipeline("tiny:sdxl", device="cpu"))  # its own: the test counts references
+    first = str(adapters("sdxl"))
+    draw(session, ip_adapter=first, reference=[refs["a"]])
+    encoder = weakref.ref(session.ip_adapter.attached.image_encoder)
+    draw(session, init_image=refs["b"], strength=0.5)  # the img2img pipeline is built while `first` is attached
+    other = save_tiny_ip_adapter("sdxl", tmp_path / "other", seed=1)
+    draw(session, ip_adapter=str(other), reference=[refs["a"]])
+    gc.collect()
+    assert encoder() is None
