@@ -251,3 +251,20 @@ def test_a_replaced_adapter_is_freed_even_after_a_task_pipeline_was_built_while_
     draw(session, ip_adapter=str(other), reference=[refs["a"]])
     gc.collect()
     assert encoder() is None
+
+
+def test_a_reference_mask_file_is_stretched_to_the_picture_as_a_region_mask_is(refs, tmp_path):
+    """A story hands a regioned character's mask file to its prompt region and to its references, so
+    both must read it alike: stretched to the picture (regions.py), not cropped to its aspect. A 64x32
+    mask white in its left quarter on a 64x64 picture covers columns 0..15; cropping to the square
+    would have cut that quarter off entirely."""
+    from loraflow.generate.ip_references import prepare_ip_references
+
+    pixels = np.zeros((32, 64), np.uint8)
+    pixels[:, :16] = 255
+    Image.fromarray(pixels, "L").save(tmp_path / "wide.png")
+    config = GenerateConfig(ip_adapter="unused", reference=[{"image": refs["a"], "mask": str(tmp_path / "wide.png")}])
+    mask = np.asarray(prepare_ip_references(config, 64, 64).masks[0])
+    expected = np.zeros((64, 64), np.uint8)
+    expected[:, :16] = 255
+    assert np.array_equal(mask, expected)
