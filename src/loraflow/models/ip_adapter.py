@@ -120,22 +120,23 @@ def _load_weights_only(path: Path) -> dict:
     return raw
 
 
-def image_embed_width(state: dict) -> tuple[str, int]:
+def image_embed_width(state: dict, name: str = "IP-Adapter") -> tuple[str, int]:
     """What the adapter reads from the image encoder and how wide it is: the projected image embedding
     (plain IP-Adapter: `proj.weight` (4 * cross_dim, width)) or the penultimate hidden states
-    (Plus: the Resampler's `proj_in.weight` (dim, width))."""
+    (Plus: the Resampler's `proj_in.weight` (dim, width)). `name`: the file, for the error."""
     proj = state["image_proj"]
     if "proj.weight" in proj:
         return "image_embeds", int(proj["proj.weight"].shape[-1])
     if "proj_in.weight" in proj:
         return "hidden_states", int(proj["proj_in.weight"].shape[-1])
-    raise ModelLoadError("IP-Adapter kind not supported here (FaceID and Full-face adapters are not)")
+    raise ModelLoadError(f"{name}: IP-Adapter kind not supported here (only the plain and Plus adapters; "
+                         "FaceID and Full-face ones are not)")
 
 
 def find_image_encoder(files: IPAdapterFiles, family, state: dict) -> Path:
     """The first image encoder folder of the family's layout whose output width fits the adapter."""
     layout = _family_layout(family)
-    kind, width = image_embed_width(state)
+    kind, width = image_embed_width(state, files.weights.name)
     tried, misfits = [], []
     nested = [[files.image_encoder]] if files.image_encoder else [
         _candidates(root, relative) for root in files.roots for relative in layout.image_encoders]
@@ -144,7 +145,10 @@ def find_image_encoder(files: IPAdapterFiles, family, state: dict) -> Path:
         config = folder / "config.json"
         if not config.is_file() or not any((folder / w).is_file() for w in ENCODER_WEIGHTS):
             continue
-        cfg = json.loads(config.read_text())
+        try:
+            cfg = json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:  # a cut-short download or another file under that name
+            raise ModelLoadError(f"{config}: not a readable config.json ({e.__class__.__name__})") from None
         got = cfg.get("projection_dim") if kind == "image_embeds" else cfg.get("hidden_size")
         if got == width:
             return folder
@@ -168,8 +172,13 @@ def load_ip_adapter_files(files: IPAdapterFiles, family, *, dtype, device, allow
     if not safetensors and not allow_pickle:
         raise ModelLoadError(f"{encoder_dir}: the image encoder is pickled ({ENCODER_WEIGHTS[1]}); pass "
                              "--allow-pickle to read it (weights_only), or convert it to model.safetensors")
-    encoder = CLIPVisionModelWithProjection.from_pretrained(
-        encoder_dir, local_files_only=True, use_safetensors=safetensors, dtype=dtype).to(device).eval()
+    try:
+        encoder = CLIPVisionModelWithProjection.from_pretrained(
+            encoder_dir, local_files_only=True, use_safetensors=safetensors, dtype=dtype).to(device).eval()
+    except Exception as e:  # a truncated or foreign file: transformers' and safetensors' errors have no common base
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        raise ModelLoadError(f"{encoder_dir}: cannot load the IP-Adapter's image encoder "
+                             f"({e.__class__.__name__}: {first})") from None
     size = encoder.config.image_size  # 224 for ViT-H/bigG, 336 for Kolors' ViT-L/14-336
     if (encoder_dir / "preprocessor_config.json").is_file():
         processor = CLIPImageProcessor.from_pretrained(encoder_dir, local_files_only=True)
