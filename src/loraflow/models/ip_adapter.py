@@ -21,7 +21,7 @@ from typing import Any
 
 from loraflow.errors import ConfigError, ModelLoadError
 from loraflow.models.hashing import file_stamp
-from loraflow.models.pickle_files import PICKLE_SUFFIXES
+from loraflow.models.pickle_files import PICKLE_SUFFIXES, load_pickle_dict
 
 ENCODER_WEIGHTS = ("model.safetensors", "pytorch_model.bin")  # transformers' names, safetensors first
 
@@ -83,7 +83,7 @@ def read_adapter_state_dict(path: Path, allow_pickle: bool = False) -> dict:
         if not allow_pickle:
             raise ModelLoadError(f"{path}: pickled IP-Adapter weights; pass --allow-pickle to read them "
                                  "(weights_only), or use the .safetensors copy")
-        raw = _load_weights_only(path)
+        raw = load_pickle_dict(path, "IP-Adapter weights")
         # the original repositories' .bin: {"image_proj": {...}, "ip_adapter": {...}} (torch.save of two state dicts)
         if all(isinstance(raw.get(k), dict) for k in ("image_proj", "ip_adapter")):
             return {"image_proj": dict(raw["image_proj"]), "ip_adapter": dict(raw["ip_adapter"])}
@@ -103,21 +103,6 @@ def read_adapter_state_dict(path: Path, allow_pickle: bool = False) -> dict:
     if not state["image_proj"] or not state["ip_adapter"]:
         raise ModelLoadError(f"{path}: no image_proj.* and ip_adapter.* weights; not an IP-Adapter")
     return state
-
-
-def _load_weights_only(path: Path) -> dict:
-    """A pickled dict read by torch's restricted unpickler (tensors and plain containers only)."""
-    import torch
-
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # weights_only refuses code; a cut-short zip fails too
-        first = (str(e).strip().splitlines() or [""])[0][:160]
-        raise ModelLoadError(f"{path}: cannot read as a weights-only torch file ({e.__class__.__name__}: {first})") \
-            from None
-    if not isinstance(raw, dict):
-        raise ModelLoadError(f"{path}: holds a {type(raw).__name__}, not IP-Adapter weights")
-    return raw
 
 
 def image_embed_width(state: dict, name: str = "IP-Adapter") -> tuple[str, int]:
