@@ -83,6 +83,7 @@ CASES = [
     ("generate", "vae", {"prompt": "a", "vae": "{v}"}),
     ("generate", "lora", {"prompt": "a", "lora": ["{v}:0.5"]}),
     ("generate", "lora", {"prompt": "a <lora:{v}:0.5>"}),
+    ("generate", "lora", {"prompt": "a", "regions": [{"region": "left", "prompt": "b <lora:{v}:0.5>"}]}),
     ("generate", "controlnet", {"prompt": "a", "control": [{"type": "canny", "image": "in.png"}], "controlnet": ["{v}"]}),
     ("generate", "control.0.image", {"prompt": "a", "control": [{"type": "canny", "image": "{v}"}]}),
     ("generate", "regions.0.region", {"prompt": "a", "regions": [{"region": "{v}", "prompt": "b"}]}),

@@ -199,6 +199,10 @@ class GenerationSession:
 
     def resolve_loras(self, config: GenerateConfig) -> tuple[str, list[LoraSpec]]:
         prompt, tags = extract_lora_tags(config.prompt)
+        # a tag in a region prompt acts on the whole picture, as in A1111; a story's region prompts
+        # repeat the scene prompt's tags, and those apply once
+        for region in config.regions:
+            tags += [t for t in extract_lora_tags(region.prompt)[1] if t not in tags]
         specs = [parse_lora_arg(arg, config.lora_dir) for arg in config.lora]
         specs += [LoraSpec(find_lora_file(name, config.lora_dir), weight) for name, weight in tags]
         return prompt, specs
@@ -272,7 +276,7 @@ class GenerationSession:
         prompts (the items of a batch share their regions' areas: `RenderItem.batch_key`)."""
         n, dtype = len(group), self.pipe.unet.dtype
         regions = group[0].config.regions
-        region_prompts = [r.prompt for j in group for r in j.config.regions]
+        region_prompts = [extract_lora_tags(r.prompt)[0] for j in group for r in j.config.regions]  # tags: resolve_loras
         embeds = self.encode([j.prompt for j in group] + [j.config.negative_prompt for j in group] + region_prompts)
         positive, negative = embeds[:n], embeds[n:2 * n]
         if not regions:

@@ -168,6 +168,13 @@ def validate_generate(body: Any, paths: ServerPaths) -> dict:
     update.setdefault("model", _resolve_model(None, paths))
     prompt, tag_loras = _prompt_loras(cfg.prompt, paths)
     update["prompt"], update["lora"] = prompt, update["lora"] + tag_loras
+    if cfg.regions:  # a region prompt's tags act on the whole picture (the session's rule): resolved alike
+        regions = []
+        for region in update["regions"]:
+            text, region_loras = _prompt_loras(region.prompt, paths)
+            update["lora"] += [spec for spec in region_loras if spec not in update["lora"]]
+            regions.append(region.model_copy(update={"prompt": text}))
+        update["regions"] = regions
     return json.loads(cfg.model_copy(update=update).model_dump_json())
 
 
