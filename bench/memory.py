@@ -41,6 +41,8 @@ def train_rows(family: str) -> list[tuple[str, object]]:
         ("loraflow", plan_train(cfg())),
         ("loraflow, checkpointing", plan_train(cfg(gradient_checkpointing=True))),
         ("loraflow, text encoders on CPU", plan_train(cfg(text_encoders_on_cpu=True))),
+        ("loraflow, + recompute ff", plan_train(cfg(text_encoders_on_cpu=True, recompute="ff"))),
+        ("loraflow, + recompute ff+cross", plan_train(cfg(text_encoders_on_cpu=True, recompute="ff+cross"))),
         ("loraflow, + checkpointing", plan_train(cfg(text_encoders_on_cpu=True, gradient_checkpointing=True))),
         ("loraflow, + fp8 base + ckpt", plan_train(cfg(text_encoders_on_cpu=True, gradient_checkpointing=True,
                                                        base_fp8=True))),

@@ -76,6 +76,18 @@ def test_a_mode_that_saves_nothing_is_left_off():
     assert plan.peak_bytes == int(6.5 * GiB)
 
 
+def test_checkpointing_makes_recompute_moot_and_it_is_not_printed():
+    def planner(c):  # recompute saves 1 GiB unless checkpointing (which saves 3) is on
+        saved = 3.0 if c.gradient_checkpointing else 1.0 * (c.recompute != "none")
+        return FakePlan(int((10.0 - saved) * GiB))
+
+    chosen, plan, changes = choose(config(), int(7.5 * GiB), planner, TRAIN_STEPS)
+    assert changes == {"gradient_checkpointing": True} and chosen.recompute == "none"
+    assert plan.peak_bytes == 7 * GiB
+    chosen, _, changes = choose(config(), int(9.5 * GiB), planner, TRAIN_STEPS)
+    assert changes == {"recompute": "ff+cross"} and not chosen.gradient_checkpointing
+
+
 def test_no_mode_set_fits_is_one_line():
     with pytest.raises(ConfigError) as e:
         fit_train_config(config(vram=2.0), "cpu", planner=fake_planner)

@@ -10,6 +10,8 @@
   linear layers, convolutions and attention run in the low precision (casting fp32 LoRA weights
   and inputs down); group/layer norm, softmax and the MSE loss run in fp32. The copies those
   casts make are what autograd saves, so they are counted like on the GPU.
+  `torch.is_autocast_enabled("meta")` answers True meanwhile, so code that asks (the training's
+  activation-memory savings) takes the path it takes under CUDA autocast.
 """
 from __future__ import annotations
 
@@ -53,6 +55,14 @@ def _casting(func, dtype):
     return run
 
 
+def _autocast_on_meta(is_enabled):
+    @functools.wraps(is_enabled)
+    def run(*args, **kwargs):
+        device = args[0] if args else kwargs.get("device_type")
+        return device == "meta" or is_enabled(*args, **kwargs)
+    return run
+
+
 @contextmanager
 def cuda_rules(autocast_dtype=None):
     """Context: see the module docstring. `autocast_dtype=None`: no mixed precision.
@@ -67,6 +77,7 @@ def cuda_rules(autocast_dtype=None):
             patches[(module, name)] = _casting(getattr(module, name), autocast_dtype)
         for module, name in _FP32:
             patches[(module, name)] = _casting(getattr(module, name), torch.float32)
+        patches[(torch, "is_autocast_enabled")] = _autocast_on_meta(torch.is_autocast_enabled)
     saved = {key: getattr(*key) for key in patches}
     try:
         for (module, name), func in patches.items():

@@ -4,6 +4,8 @@ Training modes, cheapest first (a later one costs more time per step):
   text_encoders_on_cpu   captions are encoded once on the CPU into the cache: no loop cost
   optimizer=adamw8bit    bitsandbytes 8-bit AdamW state (CUDA only; planned, not run, on a CPU machine)
   base_fp8               frozen UNet stored in fp8, each layer cast up when it runs (a cast per layer)
+  recompute=ff+cross     feed-forward projections and cross-attentions redone in backward (about a
+                         sixth more UNet FLOPs)
   gradient_checkpointing recompute activations in backward (about a third more UNet FLOPs)
 Generation modes, cheapest first: encoders on the CPU; + VAE tiling; model offload + tiling;
 sequential offload + tiling.
@@ -21,7 +23,10 @@ TRAIN_STEPS = (
     {"text_encoders_on_cpu": True},
     {"optimizer": "adamw8bit"},
     {"base_fp8": True},
-    {"gradient_checkpointing": True},
+    {"recompute": "ff+cross"},
+    # checkpointing recomputes whole blocks, which makes `recompute` moot (model_setup.prepare_unet): it
+    # goes back to the config's own value rather than being printed as a flag that does nothing
+    {"gradient_checkpointing": True, "recompute": None},
 )
 GENERATE_STEPS = (
     {"offload": "encoders"},
@@ -65,12 +70,15 @@ def choose(config, budget_bytes: int, planner, steps):
     for step in steps:
         if plan.peak_bytes <= budget_bytes:
             return config.model_copy(update=kept), plan, kept
-        key, value = next(iter(step.items()))
+        (key, value), *undone = step.items()  # a step's mode, then modes it makes moot (None: as configured)
         if getattr(config, key) == value or not _possible(config, key, value):
             continue
-        trial = planner(config.model_copy(update={**kept, key: value}))
+        changes = {**kept, key: value}
+        for moot, _ in undone:
+            changes.pop(moot, None)
+        trial = planner(config.model_copy(update=changes))
         if trial.peak_bytes < plan.peak_bytes:
-            plan, kept = trial, {**kept, key: value}
+            plan, kept = trial, changes
     if plan.peak_bytes <= budget_bytes:
         return config.model_copy(update=kept), plan, kept
     raise ConfigError(f"plan: no low-VRAM mode set fits {budget_bytes / GiB:.2f} GiB; the smallest peak is "

@@ -120,6 +120,9 @@ class TrainConfig(Options):
     # ---- device memory (`loraflow plan train` shows what each setting costs) ----------------
     base_fp8: bool = opt(False, "store the frozen UNet Linear/Conv weights in fp8 (e4m3) and compute each layer in "
                                 "the mixed-precision dtype; needs fp16 or bf16")
+    recompute: Literal["none", "ff", "ff+cross"] = opt(
+        "none", "matmuls redone in backward to keep fewer activations, without gradient checkpointing: none | ff (the "
+                "feed-forward projections) | ff+cross (and the cross-attentions); `loraflow plan train` shows the FLOPs")
     text_encoders_on_cpu: bool = opt(False, "keep the text encoders on the CPU: captions (and validation prompts) "
                                             "are encoded there once, into the cache")
     stream_text_encoders: bool | None = opt(None, "cache pass: bring the text encoders to the device one layer at a "
@@ -127,7 +130,7 @@ class TrainConfig(Options):
                                                    "whole, they would make the cache pass the run's peak (planned; "
                                                    "off on the CPU)")
     vram: float | None = opt(None, "device memory in GiB to plan for: picks the fastest set of gradient_checkpointing, "
-                                   "base_fp8, adamw8bit, text_encoders_on_cpu that fits (auto on CUDA: free memory)", gt=0)
+                                   "recompute, base_fp8, adamw8bit, text_encoders_on_cpu that fits (auto on CUDA: free memory)", gt=0)
     # ---- objective ----------------------------------------------------------------------
     prediction_type: Literal["epsilon", "v_prediction"] | None = opt(None, "override the scheduler's prediction type")
     min_snr_gamma: float | None = opt(None, "min-SNR-gamma loss weighting (Hang et al. 2023); 5 is typical", gt=0)

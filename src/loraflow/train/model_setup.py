@@ -17,7 +17,6 @@ from loraflow.train.config import TARGET_PRESETS, TEXT_ENCODER_PRESETS, TrainCon
 from loraflow.models.families import FAMILIES, get_family
 from loraflow.models.loading import DEMO, demo_model_dir, detect_folder_family, load_pipeline
 from loraflow.models.lora.adapter_types import peft_config
-from loraflow.train.activation_memory import recompute_feed_forward_gates
 
 WEIGHT_DTYPES = {"no": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
@@ -101,7 +100,14 @@ def prepare_unet(model: TrainModel, config: TrainConfig) -> None:
     add_lora(model, config)
     if config.gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()
-    recompute_feed_forward_gates(model.unet)  # a third less feed-forward activation memory, same gradients
+    from loraflow.train.activation_memory import keep_less_for_backward, recompute_feed_forward_gates
+
+    # a third less feed-forward activation memory; recompute="ff" redoes the projection (a matmul) as well,
+    # which checkpointed blocks recompute anyway
+    redo = config.recompute if not config.gradient_checkpointing else "none"
+    recompute_feed_forward_gates(model.unet, projection=redo in ("ff", "ff+cross"))
+    # norms, frozen convs, LoRA inputs: the same ops, less kept
+    keep_less_for_backward(model.unet, cross_attention=redo == "ff+cross")
 
 
 @dataclass
