@@ -268,3 +268,20 @@ def test_a_reference_mask_file_is_stretched_to_the_picture_as_a_region_mask_is(r
     expected = np.zeros((64, 64), np.uint8)
     expected[:, :16] = 255
     assert np.array_equal(mask, expected)
+
+
+def test_references_under_sequential_offload_are_a_one_line_error(adapters, refs):
+    """Sequential offload (accelerate's cpu_offload, as `--offload sequential` applies it on CUDA) leaves
+    the UNet's weights on the meta device between layers: an adapter loaded "onto the UNet's device"
+    would land there without its weights. Simulated on the CPU with accelerate itself."""
+    import torch
+    from accelerate import cpu_offload
+
+    from loraflow.generate.session import GenerationSession
+    from loraflow.models.loading import load_pipeline
+
+    session = GenerationSession(load_pipeline("tiny:sdxl", device="cpu"))  # its own: offloading changes it
+    cpu_offload(session.pipe.unet, execution_device=torch.device("cpu"))
+    with pytest.raises(ConfigError, match="offload") as e:
+        draw(session, ip_adapter=str(adapters("sdxl")), reference=[refs["a"]])
+    assert "\n" not in str(e.value) and session.ip_adapter.attached is None

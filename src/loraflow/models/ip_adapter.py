@@ -190,6 +190,11 @@ class IPAdapterSlot:
         if files is None:
             self._detach()
             return None
+        if self.pipe.unet.device.type == "meta":
+            # sequential offload keeps the UNet's weights on "meta" between layers; an adapter and encoder
+            # moved to its device would lose theirs, and diffusers' loader does not hook new layers
+            raise ConfigError("reference: IP-Adapter references do not work with --offload sequential; "
+                              "use --offload model (or encoders, or none)")
         kept = self._kept
         if kept is None or kept.files != files or kept.stamp[1:] != self._stamp(kept):
             self._detach()
