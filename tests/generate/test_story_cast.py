@@ -11,6 +11,7 @@ from PIL import Image
 
 from loraflow.errors import ConfigError
 from loraflow.generate.cast import Character, resolve_cast
+from loraflow.generate.story import scene_configs
 from loraflow.generate.storyboard import Scene, StoryboardConfig, load_story, run_storyboard
 
 DEMO_LORA = Path(__file__).resolve().parents[2] / "examples" / "loras" / "demo-striped.safetensors"
@@ -94,6 +95,10 @@ def test_story_json_records_the_cast_and_the_lora_reaches_only_its_panels(tmp_pa
     ({"characters": [{"name": "kitten", "description": "a"}, {"name": "kitten", "description": "b"}]},
      r"characters\[1\].name: 'kitten' is defined twice"),
     ({"characters": [{"name": "kit ten", "description": "a"}]}, r"characters.0.name"),
+    # a name is a folder name too (--character-sheet writes sheets/NAME/)
+    *[({"characters": [{"name": "kitten", "description": "a"}, {"name": bad, "description": "a"}]},
+       r"key 'characters\.1\.name' = .*: a character name becomes a folder name")
+      for bad in ("a/b", "a\\b", "..", "a..b", ".hidden", "kit\x00ten", "kit\x1bten")],
     ({"characters": [{"name": "kitten", "description": "a", "reference_strength": 0.5}]},
      r"characters\[0\].reference_strength: 'kitten' has no references to steer its panels with"),
     ({"characters": [{"name": "kitten", "descripton": "a"}]}, r"unknown key 'descripton'"),
@@ -112,6 +117,24 @@ def test_demo_cast_example_brings_its_characters_into_every_scene():
     assert len(casts) == 8 and all(len(c.members) == 1 for c in casts)
     assert all("{" not in c.prompt for c in casts)
     assert casts[4].prompt == "灰色背景,上边有一个红色的星形"  # the Chinese scene takes the Chinese description
+
+
+def test_demo_two_example_keeps_each_character_to_its_region_in_every_scene():
+    path = Path(__file__).resolve().parents[2] / "examples" / "stories" / "demo-two.yaml"
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    words = {c["name"]: c["description"]["en"] for c in raw["characters"]}
+    story = load_story(path)
+    items = scene_configs(story, StoryboardConfig(story=str(path)))
+    layouts = set()
+    for scene, cast, item in zip(raw["scenes"], story.panel_casts(), items):
+        placed = list(scene["regions"].items())
+        assert [(r.character, r.region) for r in cast.regions] == placed
+        assert sorted(cast.names) == sorted(words)  # both characters in every panel
+        # each region prompt: the character's own words and the scene's, never the other character's
+        assert [r.prompt for r in item.regions] == [f"{words[name]},{scene['prompt']}" for name, _ in placed]
+        assert item.prompt == ",".join([words[name] for name, _ in placed] + [scene["prompt"]])
+        layouts.add(frozenset(region for _, region in placed))
+    assert layouts == {frozenset({"left", "right"}), frozenset({"top", "bottom"})}
 
 
 @pytest.mark.parametrize("options, message", [

@@ -7,17 +7,13 @@ worker's job context, so no server and no files are needed."""
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field
-from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 from PIL import Image
 
 from loraflow.serve.comfy.values import Latent, WorkflowJob
-from loraflow.serve.context import WorkerState
-from loraflow.serve.paths import ServerPaths
+from serve_helpers import in_process_ctx as _ctx
 
 
 @pytest.fixture(scope="module")
@@ -40,49 +36,6 @@ def sessions():
         pipe.set_progress_bar_config(disable=True)
         out[name] = GenerationSession(LoadedModel(pipe, get_family("sdxl"), name, name))
     return out
-
-
-class _Paths(ServerPaths):
-    def model(self, name: str) -> str:  # the in-process models have no file
-        return name
-
-
-@dataclass
-class _Models:
-    sessions: dict
-
-    def session(self, model: str, **_):
-        return self.sessions[model]
-
-
-@dataclass
-class _Ctx:
-    """What the executor and nodes use of the worker's `JobContext`."""
-
-    job: SimpleNamespace
-    paths: ServerPaths
-    models: _Models
-    state: WorkerState = field(default_factory=WorkerState)
-    previews: list = field(default_factory=list)
-
-    def check_cancel(self) -> None:
-        pass
-
-    def emit(self, type_: str, **data) -> None:
-        pass
-
-    def progress(self, value: int, maximum: int, node: str | None = None) -> None:
-        pass
-
-    def preview(self, jpeg: bytes) -> None:
-        self.previews.append(jpeg)
-
-
-def _ctx(sessions, tmp_path: Path, prompt: dict | None = None, outputs=("9",)) -> _Ctx:
-    paths = _Paths(tmp_path / "models", tmp_path / "outputs", tmp_path / "data")
-    paths.make()
-    job = SimpleNamespace(id="p1", payload={"prompt": prompt or {}, "outputs": list(outputs)})
-    return _Ctx(job, paths, _Models(sessions))
 
 
 def _graph(model: str) -> dict:

@@ -28,6 +28,7 @@ whole panel: regions confine prompts (and, with IP-Adapter, references), not wei
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 
 from pydantic import field_validator
@@ -60,6 +61,11 @@ class Character(Options):
     def _plain_name(cls, v: str) -> str:
         if not PLACEHOLDER.fullmatch("{" + v + "}"):
             raise ValueError("a character name has no spaces, braces, '|' or ':'")
+        # the name is also a folder name (--character-sheet writes OUT/sheets/NAME/): one plain, visible folder
+        unsafe = v.startswith(".") or ".." in v or any(c in "/\\" or unicodedata.category(c) == "Cc" for c in v)
+        if unsafe:
+            raise ValueError("a character name becomes a folder name (sheets/NAME/): no '/', '\\', '..', "
+                             "leading '.' or control characters")
         return v
 
     @field_validator("description")

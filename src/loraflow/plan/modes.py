@@ -7,6 +7,8 @@ Training modes, cheapest first (a later one costs more time per step):
   recompute=ff+cross     feed-forward projections and cross-attentions redone in backward (about a
                          sixth more UNet FLOPs)
   gradient_checkpointing recompute activations in backward (about a third more UNet FLOPs)
+  checkpoint_offload     checkpointing whose kept block inputs wait in host memory (CUDA only; a
+                         device -> host -> device copy of them per step, ~0.2 GB each way for Kolors)
 Generation modes, cheapest first: encoders on the CPU; + VAE tiling; model offload + tiling;
 sequential offload + tiling.
 
@@ -27,6 +29,7 @@ TRAIN_STEPS = (
     # checkpointing recomputes whole blocks, which makes `recompute` moot (model_setup.prepare_unet): it
     # goes back to the config's own value rather than being printed as a flag that does nothing
     {"gradient_checkpointing": True, "recompute": None},
+    {"checkpoint_offload": True, "recompute": None},  # it sets gradient_checkpointing (TrainConfig)
 )
 GENERATE_STEPS = (
     {"offload": "encoders"},
@@ -57,6 +60,8 @@ def _possible(config, key: str, value) -> bool:
     if key == "base_fp8":
         return config.mixed_precision != "no"
     if key == "optimizer":  # bitsandbytes' 8-bit AdamW runs on CUDA only
+        return getattr(config, "device", "auto") != "cpu"
+    if key == "checkpoint_offload":  # on the CPU the host memory is the device's: nothing to save
         return getattr(config, "device", "auto") != "cpu"
     return True
 

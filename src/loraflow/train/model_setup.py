@@ -98,13 +98,16 @@ def prepare_unet(model: TrainModel, config: TrainConfig) -> None:
         store_base_in_fp8(model.unet, model.weight_dtype)
     torch.manual_seed(config.seed)  # LoRA A matrices are drawn from the global RNG
     add_lora(model, config)
-    if config.gradient_checkpointing:
-        model.unet.enable_gradient_checkpointing()
+    checkpointing = config.gradient_checkpointing or config.checkpoint_offload
+    if checkpointing:
+        from loraflow.train.offloaded_checkpointing import offloaded_checkpointing
+
+        model.unet.enable_gradient_checkpointing(offloaded_checkpointing() if config.checkpoint_offload else None)
     from loraflow.train.activation_memory import keep_less_for_backward, recompute_feed_forward_gates
 
     # a third less feed-forward activation memory; recompute="ff" redoes the projection (a matmul) as well,
     # which checkpointed blocks recompute anyway
-    redo = config.recompute if not config.gradient_checkpointing else "none"
+    redo = config.recompute if not checkpointing else "none"
     recompute_feed_forward_gates(model.unet, projection=redo in ("ff", "ff+cross"))
     # norms, frozen convs, LoRA inputs: the same ops, less kept
     keep_less_for_backward(model.unet, cross_attention=redo == "ff+cross")

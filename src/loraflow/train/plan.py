@@ -54,8 +54,8 @@ class Workload:
 
 def memory_settings(config: TrainConfig) -> dict:
     keys = ("mixed_precision", "resolution", "batch_size", "lora_rank", "lora_targets", "train_text_encoder",
-            "gradient_checkpointing", "recompute", "base_fp8", "optimizer", "text_encoders_on_cpu",
-            "stream_text_encoders")
+            "gradient_checkpointing", "checkpoint_offload", "recompute", "base_fp8", "optimizer",
+            "text_encoders_on_cpu", "stream_text_encoders")
     return {k: getattr(config, k) for k in keys}
 
 

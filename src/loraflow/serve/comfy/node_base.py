@@ -7,6 +7,8 @@ from typing import Any, Callable, ClassVar
 
 from loraflow.serve.comfy.values import Shown
 
+MAX_RESOLUTION = 16384  # ComfyUI's bound on pixel sizes and offsets in node inputs
+
 
 @dataclass
 class Input:

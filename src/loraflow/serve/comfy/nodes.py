@@ -7,20 +7,22 @@ can name code: `class_type` is looked up in `NODES`, values are data.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from loraflow.models.loading import BUILTIN_MODELS
 from loraflow.models.lora.load import check_family, read_lora
-from loraflow.serve.comfy.node_base import COMBO, FLOAT, INT, LINK, STRING, Input, Node
+from loraflow.serve.comfy.node_base import COMBO, FLOAT, INT, LINK, MAX_RESOLUTION, STRING, Input, Node
 from loraflow.serve.comfy.nodes_ipadapter import IPADAPTER_NODES
+from loraflow.serve.comfy.nodes_regions import REGION_NODES
 from loraflow.serve.comfy.sampling import (
     SAMPLER_NAMES, SCHEDULER_NAMES, SamplerInputs, inpaint_latent, sample, save_images, scale_images, vae_decode,
     vae_encode,
 )
 from loraflow.serve.comfy.values import (
-    Conditioning, ControlHint, ControlNetRef, Latent, ModelRef, NodeError, Shown, activate,
+    Conditioning, ControlHint, ControlNetRef, Latent, ModelRef, NodeError, Shown, activate, map_conditioning,
 )
 
 __all__ = ["Input", "NODES", "Node", "NodeError", "SAMPLER_NAMES", "SCHEDULER_NAMES", "object_info"]
-MAX_RESOLUTION = 16384
 LINK_TYPES = ("MODEL", "CLIP", "VAE", "CONDITIONING", "LATENT", "IMAGE", "MASK", "CONTROL_NET", "IPADAPTER")
 
 
@@ -120,8 +122,10 @@ class ControlNetApplyAdvanced(Node):
         if start_percent > end_percent:
             raise NodeError(f"start_percent {start_percent} is after end_percent {end_percent}")
         hint = ControlHint(control_net, image, strength, start_percent, end_percent)
-        add = (lambda c: Conditioning(c.embeds, c.model, c.controls + (hint,))) if strength > 0 else (lambda c: c)
-        return add(positive), add(negative)
+        if strength <= 0:
+            return positive, negative
+        add = lambda c: replace(c, controls=c.controls + (hint,))  # noqa: E731  (every conditioning of a combination)
+        return map_conditioning(positive, add), map_conditioning(negative, add)
 
 
 # ---- latents and sampling -------------------------------------------------------------------------
@@ -260,7 +264,7 @@ class SaveImage(Node):
 NODES: dict[str, type[Node]] = {cls.__name__: cls for cls in (
     CheckpointLoaderSimple, LoraLoader, CLIPTextEncode, EmptyLatentImage, KSampler, KSamplerAdvanced,
     VAEDecode, VAEEncode, VAEEncodeForInpaint, SetLatentNoiseMask, SaveImage, LoadImage, ControlNetLoader,
-    ControlNetApplyAdvanced, ImageScale, *IPADAPTER_NODES,
+    ControlNetApplyAdvanced, ImageScale, *IPADAPTER_NODES, *REGION_NODES,
 )}
 
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from loraflow.atomic import atomic_save_image
 from loraflow.errors import ConfigError
 from loraflow.generate.engine import ControlInput, LatentSampling, sample_latents
 from loraflow.generate.ip_references import MAX_REFERENCES, PreparedReferences, Reference
 from loraflow.generate.schedulers import canonical_sampler
-from loraflow.serve.comfy.values import Conditioning, Latent, ModelRef, NodeError, activate
+from loraflow.serve.comfy.regions import regional_inputs
+from loraflow.serve.comfy.values import Latent, ModelRef, NodeError, activate
 from loraflow.serve.paths import safe_join
 from loraflow.serve.preview import Throttle, latent_to_jpeg
 
@@ -31,8 +33,8 @@ class SamplerInputs:
     cfg: float
     sampler_name: str
     scheduler: str
-    positive: Conditioning
-    negative: Conditioning
+    positive: Any  # CONDITIONING: a Conditioning, or a CombinedConditioning (base and regions)
+    negative: Any
     latent: Latent
 
 
@@ -47,8 +49,9 @@ def sample(ctx, node_id: str, node_type: str, s: SamplerInputs, start_step: int 
     samples = fit_latent(pipe, s.latent.samples, node_type)  # (B, C, h, w)
     mask = latent_mask(s.latent.noise_mask, samples.shape)  # (B, 1, h, w) or None
     height, width = samples.shape[2] * pipe.vae_scale_factor, samples.shape[3] * pipe.vae_scale_factor
+    cond = regional_inputs(session, node_type, s.positive, s.negative, height, width)  # masked ones: regions
     controls = tuple(ControlInput(h.controlnet.path, hint_image(h.image, width, height), h.strength,
-                                  h.start_percent, h.end_percent) for h in s.positive.controls)
+                                  h.start_percent, h.end_percent) for h in cond.controls)
     references = ip_references(s.model.references, width, height)
     throttle = Throttle()
 
@@ -58,10 +61,10 @@ def sample(ctx, node_id: str, node_type: str, s: SamplerInputs, start_step: int 
             ctx.preview(latent_to_jpeg(latents, session.family.name))
 
     out = sample_latents(session, LatentSampling(
-        samples, s.positive.embeds, s.negative.embeds, s.seed, s.steps, s.cfg,
+        samples, cond.positive, cond.negative, s.seed, s.steps, s.cfg,
         sampler=sampler_for(s.sampler_name, s.scheduler), start_step=start_step, end_step=end_step,
         full_denoise=full_denoise, add_noise=add_noise, mask=mask, controls=controls, references=references,
-        on_step=on_step))
+        on_step=on_step, regions=cond.regions))
     return Latent(out, s.latent.noise_mask)
 
 

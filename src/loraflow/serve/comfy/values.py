@@ -126,10 +126,43 @@ class ControlHint:
     end_percent: float
 
 
+@dataclass(frozen=True, eq=False)  # may hold a tensor: compared by identity
+class CondArea:
+    """Where a conditioning draws (ComfyUI's ConditioningSetMask / SetArea / SetAreaPercentage): a MASK
+    or a box, and the share of each covered spot it takes (`strength`, 0..1 here; the rest is the base's)."""
+
+    mask: Any = None  # MASK (H, W) in [0, 1], stretched to the picture; None: the box
+    box: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)  # (x, y, width, height)
+    fractions: bool = True  # box in fractions of the picture (SetAreaPercentage), else in pixels (SetArea)
+    strength: float = 1.0
+
+
 @dataclass
 class Conditioning:
-    """CONDITIONING: one prompt's embeddings (a `PromptEmbeds`), with the ControlNet hints attached to it."""
+    """CONDITIONING: one prompt's embeddings (a `PromptEmbeds`), with the ControlNet hints attached to it
+    and, when set, the area it draws in."""
 
     embeds: Any
     model: str
     controls: tuple[ControlHint, ...] = field(default_factory=tuple)
+    area: CondArea | None = None
+
+
+@dataclass(frozen=True)
+class CombinedConditioning:
+    """CONDITIONING made by ConditioningCombine: ComfyUI's list of conditionings, in order. Here one of
+    them is the base prompt (no area) and the others are regions (`serve/comfy/regions.py`)."""
+
+    entries: tuple[Conditioning, ...]
+
+
+def cond_entries(value) -> tuple[Conditioning, ...]:
+    """The conditionings a CONDITIONING value holds (one, or a combination's)."""
+    return value.entries if isinstance(value, CombinedConditioning) else (value,)
+
+
+def map_conditioning(value, fn):
+    """`fn` applied to each conditioning of a CONDITIONING value, keeping its form."""
+    if isinstance(value, CombinedConditioning):
+        return CombinedConditioning(tuple(fn(c) for c in value.entries))
+    return fn(value)
