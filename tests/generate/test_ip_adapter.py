@@ -285,3 +285,31 @@ def test_references_under_sequential_offload_are_a_one_line_error(adapters, refs
     with pytest.raises(ConfigError, match="offload") as e:
         draw(session, ip_adapter=str(adapters("sdxl")), reference=[refs["a"]])
     assert "\n" not in str(e.value) and session.ip_adapter.attached is None
+
+
+@pytest.mark.parametrize("family,plus", [("sdxl", False), ("kolors", True)])
+def test_plan_counts_the_adapter_and_its_image_encoder(adapters, family, plus):
+    """plan_generate with references holds the adapter and its encoder: at least their bytes more in every
+    phase (offload none), an image-encoding phase of its own, the adapter with the UNet under model offload."""
+    from loraflow.generate.plan import plan_generate
+    from loraflow.models.tiny_ip_adapter import tiny_image_encoder, tiny_ip_adapter_state
+
+    # independent of the planner: the real tiny modules' bytes (float32, as planned below)
+    adapter_bytes = sum(t.numel() * t.element_size() for t in tiny_ip_adapter_state(family, plus).values())
+    encoder_bytes = sum(p.numel() * p.element_size() for p in tiny_image_encoder().parameters())
+
+    def plan(offload, **kw):
+        config = GenerateConfig(model=f"tiny:{family}", height=64, width=64, dtype="float32", offload=offload, **kw)
+        result = plan_generate(config)
+        return {p.name: p.peak_bytes for p in result.phases}, result.notes
+
+    refs = dict(ip_adapter=str(adapters(family, plus)), reference=["ref.png:0.6", "ref.png:0.4"])
+    (without, _), (with_refs, notes) = plan("none"), plan("none", **refs)
+    assert "image encoding" in with_refs and "image encoding" not in without
+    assert not any("IP-Adapter" in n for n in notes)  # counted, not left out
+    for phase, peak in without.items():
+        assert with_refs[phase] - peak >= adapter_bytes + encoder_bytes, phase
+    (model_without, _), (model_with, _) = plan("model"), plan("model", **refs)
+    step = model_with["denoising step"] - model_without["denoising step"]
+    assert adapter_bytes <= step < adapter_bytes + encoder_bytes  # the encoder is off the device then
+    assert model_with["image encoding"] >= encoder_bytes

@@ -37,3 +37,43 @@ def test_a_region_is_an_area_or_an_uploaded_mask_for_prompts_and_references(serv
     assert by_name == by_mask and by_name != plain
     r = server.post("/api/jobs/generate", json={**TINY, "regions": ["nope.png:a blue dog"]})
     assert r.status_code == 422 and "regions.0.region" in r.text
+
+
+STORY = {"defaults": {"height": 64, "width": 64, "num_inference_steps": 2},
+         "characters": [{"name": "hero", "description": "an orange cat"}, {"name": "pal", "description": "a blue dog"}],
+         "scenes": [{"prompt": "{hero} and {pal} play", "cast": ["hero", "pal"]}]}
+
+
+def _story(regions: dict, **scene) -> dict:
+    return {**STORY, "scenes": [{**STORY["scenes"][0], "regions": regions, **scene}]}
+
+
+def test_a_storyboard_region_mask_is_checked_at_submit(server, tmp_path):
+    """A scene's mask that is no upload, or no image, is a 422 naming the field before the job is queued,
+    and the answer does not tell where the server keeps its uploads."""
+    (tmp_path / "outputs" / "input").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "outputs" / "input" / "broken.png").write_bytes(b"not a png at all")
+    for mask in ("missing.png", "broken.png"):
+        r = server.post("/api/jobs/storyboard", json={"model": "tiny-sdxl", "story": _story({"hero": mask, "pal": "right"})})
+        assert r.status_code == 422, r.text
+        assert r.json()["field"] == "story.scenes.0.regions.hero" and mask in r.text
+        assert str(tmp_path) not in r.text
+    left = np.zeros((64, 64), np.uint8)
+    left[:, :32] = 255
+    _upload(server, "left.png", left)
+    r = server.post("/api/jobs/storyboard", json={"model": "tiny-sdxl", "story": _story({"hero": "left.png", "pal": "right"})})
+    assert r.status_code == 202, r.text
+    done = wait_job(server, r.json()["id"])
+    assert done["status"] == "done", done["error"]
+    assert [x["region"] for x in done["result"]["story"]["scenes"][0]["regions"]][1] == "right"
+
+
+def test_a_failed_job_names_files_without_the_servers_folders(server, tmp_path):
+    """A scene's start image missing when the panel runs: the job fails with the file's name, never the
+    server's absolute path to it."""
+    r = server.post("/api/jobs/storyboard", json={"model": "tiny-sdxl",
+                                                  "story": _story({}, init_image="gone.png", strength=0.5)})
+    assert r.status_code == 202, r.text
+    failed = wait_job(server, r.json()["id"])
+    assert failed["status"] == "failed" and "gone.png" in failed["error"], failed
+    assert str(tmp_path) not in failed["error"] and str(tmp_path.resolve()) not in failed["error"]

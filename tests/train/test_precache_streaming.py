@@ -107,6 +107,25 @@ def test_planned_cache_pass_drops_by_the_streamed_weights_and_validation_holds_u
         assert phases[True][name].by_category["weights"] == unet + vae
 
 
+@pytest.mark.parametrize("family", ["sdxl", "kolors"])
+def test_planned_cache_pass_encodes_one_caption_at_a_time_whatever_the_batch(family):
+    """precache() encodes captions one by one (TextCache.one), so the batch size moves no figure of a
+    text-only cache pass; the training step, which runs the batch, grows with it."""
+    from loraflow.train.config import TrainConfig
+    from loraflow.train.plan import Workload, plan_train
+
+    text_only = Workload(vae_in_loop=True, text_in_loop=False, encoders_resident=False)  # latents not cached
+
+    def phases(batch):
+        config = TrainConfig(model=f"tiny:{family}", dataset="d", resolution=64, batch_size=batch)
+        return {p.name: p for p in plan_train(config, text_only).phases}
+
+    one, eight = phases(1), phases(8)
+    assert eight["cache pass"].peak_bytes == one["cache pass"].peak_bytes
+    assert eight["cache pass"].by_category == one["cache pass"].by_category
+    assert eight["training step"].peak_bytes > one["training step"].peak_bytes
+
+
 @pytest.mark.parametrize("other", [{"train_text_encoder": True}, {"text_encoders_on_cpu": True},
                                    {"cache_text_embeds": False}])
 def test_streaming_where_there_is_no_cache_pass_to_stream_is_one_line(other):

@@ -64,7 +64,8 @@ def run_storyboard_cmd(args: argparse.Namespace) -> int:
     print(f"{len(index['scenes'])} scenes -> {config.out}/{index['grid']} ({index['grid_size'][0]}x{index['grid_size'][1]})")
     if "contact_sheet" in index:
         sheet = index["contact_sheet"]
-        weakest = f" (weakest: scene {sheet['weakest']})" if sheet["weakest"] else ""
+        low = sheet["weakest"]
+        weakest = f" (weakest: scene{'s' if len(low) > 1 else ''} {', '.join(map(str, low))})" if low else ""
         print(f"scores: {config.out}/{sheet['html']}{weakest}")
     if "repair" in index:
         from loraflow.generate.story_scoring import describe_repair

@@ -2,7 +2,8 @@
 (`contact-sheet.png`) and a small HTML page (`contact-sheet.html`, next to the panel files).
 
 Reads the scores story.json holds per scene: `combined`, `aesthetic`, `clip` and `identity` per
-character. The weakest panel is the one with the lowest combined score.
+character. The weakest panels are those with the lowest combined score: every panel tied there is
+flagged (a tie at 0 flags them all alike), and none when all panels score the same (nothing stands out).
 """
 from __future__ import annotations
 
@@ -16,13 +17,15 @@ CELL = 192  # panel side on the sheet: demo panels (64 px) are scaled up, large 
 LINE = 16  # text line height in pixels
 
 
-def weakest(scenes: list[dict]) -> int | None:
-    """Index (0-based) of the scene with the lowest combined score; None when none has one or all are equal."""
-    scored = [(s["scores"]["combined"], k) for k, s in enumerate(scenes)
-              if s.get("scores", {}).get("combined") is not None]
-    if not scored or min(scored)[0] == max(scored)[0]:
-        return None
-    return min(scored)[1]
+def weakest(scenes: list[dict]) -> list[int]:
+    """Indices (0-based) of the scenes tied at the lowest combined score; none when no scene has one
+    or all scored scenes are equal."""
+    scored = {k: s["scores"]["combined"] for k, s in enumerate(scenes)
+              if s.get("scores", {}).get("combined") is not None}
+    if not scored or min(scored.values()) == max(scored.values()):
+        return []
+    low = min(scored.values())
+    return [k for k, v in scored.items() if v == low]
 
 
 def score_lines(scene: dict) -> list[str]:
@@ -55,10 +58,10 @@ def write_contact_sheet(out: Path, index: dict, images: list, columns: int = 4) 
     for k, (scene, image) in enumerate(zip(scenes, images)):
         x, y = (k % columns) * (CELL + 8) + 4, (k // columns) * cell_h + 4
         sheet.paste(image.convert("RGB").resize((CELL, CELL), Image.NEAREST), (x, y))
-        if k == low:  # a red frame around the weakest panel
+        if k in low:  # a red frame around each weakest panel
             draw.rectangle((x - 3, y - 3, x + CELL + 2, y + CELL + 2), outline=(220, 30, 30), width=3)
         lines = [f"{scene['index']}. {scene.get('title') or ''}".strip(), *score_lines(scene)]
-        if k == low:
+        if k in low:
             lines.append("weakest")
         for j, line in enumerate(lines):
             draw.text((x, y + CELL + 4 + j * LINE), line, fill=(200, 0, 0) if line == "weakest" else "black",
@@ -66,15 +69,15 @@ def write_contact_sheet(out: Path, index: dict, images: list, columns: int = 4) 
     atomic_save_image(sheet, out / "contact-sheet.png")
     atomic_write_text(out / "contact-sheet.html", contact_page(index, low))
     return {"png": "contact-sheet.png", "html": "contact-sheet.html",
-            "weakest": None if low is None else scenes[low]["index"]}
+            "weakest": [scenes[k]["index"] for k in low]}  # scene numbers, as on the sheet
 
 
-def contact_page(index: dict, low: int | None) -> str:
+def contact_page(index: dict, low: list[int]) -> str:
     cells = []
     for k, scene in enumerate(index["scenes"]):
         lines = "".join(f"<div>{html.escape(line)}</div>" for line in score_lines(scene))
-        flag = '<div class="flag">weakest</div>' if k == low else ""
-        cells.append(f'<figure class="{"weakest" if k == low else ""}"><img src="{html.escape(scene["file"])}" '
+        flag = '<div class="flag">weakest</div>' if k in low else ""
+        cells.append(f'<figure class="{"weakest" if k in low else ""}"><img src="{html.escape(scene["file"])}" '
                      f'alt="scene {scene["index"]}" title="{html.escape(scene["prompt"])}">'
                      f'<figcaption><b>{scene["index"]}. {html.escape(scene.get("title") or "")}</b>{lines}{flag}'
                      f"</figcaption></figure>")

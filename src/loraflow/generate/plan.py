@@ -1,8 +1,9 @@
 """`plan_generate(config)`: one image batch of `config` on the meta device, phase by phase.
 
     1. prompt and negative prompt through every text encoder
-    2. one denoising step (classifier-free guidance doubles the UNet batch)
-    3. VAE decode of the batch (tiled and sliced when `vae_tiling`)
+    2. reference images through the IP-Adapter's image encoder (runs with `reference` images)
+    3. one denoising step (classifier-free guidance doubles the UNet batch; the adapter sits in the UNet)
+    4. VAE decode of the batch (tiled and sliced when `vae_tiling`)
 
 Which weights are on the device in each phase depends on `offload` (generate/memory.py runs the
 same modes): none — everything; encoders — the text encoders stay on the CPU; model — only the
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 from loraflow.plan.report import Phase, Plan
 from loraflow.generate.memory import enable_vae_tiling
+from loraflow.generate.plan_references import plan_ip_adapter
 from loraflow.models.loading import vae_dtype
 from loraflow.plan import phases as ops
 from loraflow.plan.accountant import MemoryAccountant
@@ -53,9 +55,11 @@ def plan_generate(config) -> Plan:
             unet = arch.build("unet", dtype)
             vae = arch.build("vae", getattr(torch, vae_dtype(arch.config("vae"), settings["dtype"])))
             encoders = {n: arch.build(n, dtype) for n in arch.text_encoder_names}
+            ipa = plan_ip_adapter(config, family, dtype, guidance)  # None, a note, or the adapter on meta
+        planned_ipa = ipa if ipa is not None and not isinstance(ipa, str) else None
         if config.vae_tiling:
             enable_vae_tiling(vae)
-        resident = _resident_bytes(config.offload, unet, vae, encoders)
+        resident = _resident_bytes(config.offload, unet, vae, encoders, planned_ipa)
 
         def measure(name, component, fn):
             acct.reset_peak()
@@ -73,6 +77,9 @@ def plan_generate(config) -> Plan:
         for name, encoder in encoders.items():  # encoders offload: they run on the CPU, not planned here
             if config.offload != "encoders":
                 measure("text encoding", name, lambda e=encoder: ops.encode_prompt(family, e, 2 * batch))
+        if planned_ipa is not None:
+            # the embeddings are one prompt's; the pipeline repeats them per image (tiny next to the UNet's)
+            measure("image encoding", "image_encoder", planned_ipa.encode)
         embeds, pooled = ops.conditioning(family, unet, batch, dtype)
         scale = ops.vae_factor(vae)
         latents = torch.empty(batch, unet.config.in_channels, height // scale, width // scale, dtype=dtype,
@@ -87,8 +94,12 @@ def plan_generate(config) -> Plan:
     notes = []
     if config.lora or config.control:
         notes.append("LoRA and ControlNet weights are not in this plan (LoRAs are fused into the weights when loaded)")
-    if any(r.scale for r in config.reference):  # scale 0 everywhere: the adapter is not attached
-        notes.append("the IP-Adapter and its image encoder are not in this plan (add their file sizes)")
+    if isinstance(ipa, str):  # references, but the adapter's files are not on this machine
+        notes.append(ipa)
+    elif planned_ipa is not None:
+        notes += planned_ipa.notes
+        if config.offload == "sequential":  # the session stops such a run (IPAdapterSlot.use)
+            notes.append("IP-Adapter references do not work with --offload sequential")
     return Plan("generate", arch.source, settings, result, flops["denoising step"], notes=notes,
                 flops_per_image=per_image)
 
@@ -114,18 +125,25 @@ def stop_if_over_free_memory(config, device: str, free_bytes: int | None = None,
     stop_if_spilling(config, planner(config), free_bytes, planner, GENERATE_STEPS)
 
 
-def _resident_bytes(offload: str, unet, vae, encoders: dict):
-    """component -> bytes of weights on the device while it runs."""
+def _resident_bytes(offload: str, unet, vae, encoders: dict, ipa=None):
+    """component -> bytes of weights on the device while it runs. The IP-Adapter's tensors count with
+    the UNet (they are its attention processors); its image encoder is one more component, which the
+    `encoders` mode keeps on the device (the session moves it to the UNet's device, models/ip_adapter.py)."""
     def size(module):
         return sum(p.numel() * p.element_size() for p in module.parameters())
 
     modules = {"unet": unet, "vae": vae, **encoders}
+    if ipa is not None:
+        modules["image_encoder"] = ipa.image_encoder
     sizes = {k: size(m) for k, m in modules.items()}
+    if ipa is not None:
+        sizes["unet"] += ipa.adapter_bytes
     everything = sum(sizes.values())
+    on_cpu = sum(sizes[n] for n in encoders)  # the text encoders under `encoders`
     if offload == "none":
         return lambda component: everything
     if offload == "encoders":
-        return lambda component: sizes["unet"] + sizes["vae"] + (sizes[component] if component in encoders else 0)
+        return lambda component: everything - on_cpu + (sizes[component] if component in encoders else 0)
     if offload == "model":
         return lambda component: sizes[component]
     return lambda component: ops.largest_layer_bytes(modules[component])  # sequential

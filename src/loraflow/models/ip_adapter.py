@@ -118,17 +118,27 @@ def image_embed_width(state: dict, name: str = "IP-Adapter") -> tuple[str, int]:
                          "FaceID and Full-face ones are not)")
 
 
+def image_encoder_candidates(files: IPAdapterFiles, family) -> list[Path]:
+    """The folders an image encoder is looked for in, nearest first (the explicit one alone when given)."""
+    layout = _family_layout(family)
+    nested = [[files.image_encoder]] if files.image_encoder else [
+        _candidates(root, relative) for root in files.roots for relative in layout.image_encoders]
+    return list(dict.fromkeys(f for folders in nested for f in folders))
+
+
+def is_image_encoder_folder(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and any((folder / w).is_file() for w in ENCODER_WEIGHTS)
+
+
 def find_image_encoder(files: IPAdapterFiles, family, state: dict) -> Path:
     """The first image encoder folder of the family's layout whose output width fits the adapter."""
     layout = _family_layout(family)
     kind, width = image_embed_width(state, files.weights.name)
     tried, misfits = [], []
-    nested = [[files.image_encoder]] if files.image_encoder else [
-        _candidates(root, relative) for root in files.roots for relative in layout.image_encoders]
-    for folder in dict.fromkeys(f for folders in nested for f in folders):
+    for folder in image_encoder_candidates(files, family):
         tried.append(folder)
         config = folder / "config.json"
-        if not config.is_file() or not any((folder / w).is_file() for w in ENCODER_WEIGHTS):
+        if not is_image_encoder_folder(folder):
             continue
         try:
             cfg = json.loads(config.read_text(encoding="utf-8"))

@@ -22,6 +22,7 @@ from loraflow.generate.regions import AREAS
 from loraflow.generate.session import save_results
 from loraflow.generate.story import Story, StoryboardConfig
 from loraflow.generate.storyboard import run_storyboard as render_storyboard
+from loraflow.images import ImageError, read_info
 from loraflow.models.loading import BUILTIN_MODELS, DEMO
 from loraflow.models.prompt_syntax import extract_lora_tags
 from loraflow.serve.cancel import cancel_points
@@ -139,14 +140,26 @@ def _check_references(cfg, paths: ServerPaths, source: str) -> dict:
     if getattr(cfg, "reference", None):
         update["reference"] = [r.model_copy(update={
             "image": str(_reference_image(cfg, f"reference.{i}.image", r.image, paths)),
-            "mask": r.mask if not r.mask or r.mask in AREAS else str(_reference_image(cfg, f"reference.{i}.mask",
-                                                                                      r.mask, paths))})
+            "mask": r.mask and _region(f"reference.{i}.mask", r.mask, paths)})
             for i, r in enumerate(cfg.reference)]
-    if getattr(cfg, "regions", None):  # a region is an area name or a mask image
-        update["regions"] = [r if r.region in AREAS else r.model_copy(update={
-            "region": str(_reference_image(cfg, f"regions.{i}.region", r.region, paths))})
-            for i, r in enumerate(cfg.regions)]
+    if getattr(cfg, "regions", None):
+        update["regions"] = [r.model_copy(update={"region": _region(f"regions.{i}.region", r.region, paths)})
+                             for i, r in enumerate(cfg.regions)]
     return update
+
+
+def _region(field: str, name: str, paths: ServerPaths) -> str:
+    """A region: an area name unchanged, else a mask image in the uploads or outputs whose header reads;
+    a 422 naming `field` otherwise, at submit rather than when the job runs."""
+    if name in AREAS:
+        return name
+    path = _reference_image(None, field, name, paths)
+    try:
+        read_info(path)
+    except ImageError as e:  # its message starts with the server's path: left out
+        reason = str(e).removeprefix(f"{path}: ")
+        raise Invalid(f"key '{field}' = {name!r}: not a readable mask image ({reason})", field) from None
+    return str(path)
 
 
 def _reference_image(cfg, field: str, name: str, paths: ServerPaths) -> Path:
@@ -239,6 +252,10 @@ def validate_storyboard(body: Any, paths: ServerPaths) -> dict:
         story_update["ip_adapter"] = str(paths.ip_adapter(story.ip_adapter))
     if story.characters:
         story_update["characters"] = [_serve_character(c, i, paths) for i, c in enumerate(story.characters)]
+    if any(scene.regions for scene in story.scenes):  # {character: area or mask image} per scene
+        story_update["scenes"] = [scene.model_copy(update={"regions": {
+            name: _region(f"story.scenes.{i}.regions.{name}", region, paths) for name, region in scene.regions.items()}})
+            for i, scene in enumerate(story.scenes)]
     problem = cast_problem(story.characters, story.scenes)
     if problem:
         raise Invalid(f"story.{problem}", "story." + problem.split(":")[0])

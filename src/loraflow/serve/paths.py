@@ -32,6 +32,9 @@ class NotFound(InputError):
 
 # A file name a client may choose (a train job's `name`): letters of any script, digits, space, . _ - + ( ),
 # not starting with a dot; never a folder.
+# an absolute POSIX path in a message: a slash not inside a word or a relative path, up to a space,
+# quote or punctuation that ends a path in our messages ("/srv/m/x.png: cannot open")
+_ABSOLUTE_PATH = re.compile(r"(?<![\w./~-])/[^\s'\":,;()\[\]]+")
 _FILE_NAME = re.compile(r"[^\W_][\w .+()\-]{0,127}")
 
 
@@ -113,6 +116,16 @@ class ServerPaths:
     @staticmethod
     def is_builtin_model(name: str) -> bool:
         return name in BUILTIN_MODELS
+
+    def public_text(self, text: str) -> str:
+        """`text` (a job's error) with the server's folders as the names clients use (models/, input/,
+        output/, data/) and any other absolute path cut to its last part, so no message tells a client
+        where the server keeps its files."""
+        names = {self.inputs: "input", self.outputs: "output", self.models: "models", self.data: "data"}
+        spelled = {str(p): n for folder, n in names.items() for p in (folder, folder.resolve())}
+        for root in sorted(spelled, key=len, reverse=True):  # input/ lies inside output/: longest first
+            text = text.replace(root + os.sep, spelled[root] + "/").replace(root, spelled[root])
+        return _ABSOLUTE_PATH.sub(lambda m: Path(m.group(0)).name or "/", text)
 
     def make(self) -> None:
         for folder in (self.models, self.outputs, self.data, self.inputs):

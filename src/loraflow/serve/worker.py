@@ -114,6 +114,8 @@ class Worker:
             return
         if status == st.INTERRUPTED:
             error = "the server stopped while this job was running; re-queue it to run it again"
+        elif error:  # library messages name files by their absolute paths on this machine
+            error = self.paths.public_text(error)
         self.store.finish(job.id, status, result, error)
         self.bus.publish({"type": "status", "job": job.id, "client_id": job.client_id,
                           "data": {"status": status, "error": error, "result": result}})

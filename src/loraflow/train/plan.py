@@ -115,9 +115,10 @@ def plan_train(config: TrainConfig, workload: Workload | None = None) -> Plan:
                 # streamed: the encoders' weights are in host memory for the whole pass (see _encode)
                 text_weights = [p for n in on_device for p in getattr(pipe, n).parameters()] if streamed else []
                 with acct.offloaded(text_weights):
+                    # captions one at a time, as precache() runs them (TextCache.one -> family.encode_prompts)
                     cache_pass[streamed] = measure("cache pass", lambda s=streamed: _encode(
                         family, pipe, on_device, batch, resolution, not workload.vae_in_loop,
-                        not workload.text_in_loop, acct if s else None), keep=False)
+                        not workload.text_in_loop, acct if s else None, captions=1), keep=False)
                 del text_weights  # references would keep the encoders' storages alive after their release
         # 3. release what the loop does not use
         if not workload.encoders_resident:
@@ -166,8 +167,10 @@ def _vae_config(arch, override: str | None, notes: list[str]) -> dict:
     return config
 
 
-def _encode(family, pipe, encoders, batch, resolution, images: bool, text: bool, streamed_in=None) -> None:
-    """VAE encode and prompt encoding. `streamed_in` (the accountant): the text encoders are streamed
+def _encode(family, pipe, encoders, batch, resolution, images: bool, text: bool, streamed_in=None,
+            captions: int | None = None) -> None:
+    """VAE encode of `batch` images and prompt encoding of `captions` (default `batch`) captions at once.
+    `streamed_in` (the accountant): the text encoders are streamed
     (`precache.stream_text_encoders`; the caller has taken their weights off the device), and while one
     runs its largest layer's weights are on the device (an upper bound: accelerate holds one layer's while
     that layer runs, and ChatGLM's largest, the 0.5 GiB token embedding, runs first, when the activations
@@ -177,7 +180,7 @@ def _encode(family, pipe, encoders, batch, resolution, images: bool, text: bool,
     present = [getattr(pipe, n) for n in encoders if getattr(pipe, n, None) is not None] if text else []
     for encoder in present:
         with _one_layer(streamed_in, encoder) if streamed_in is not None else nullcontext():
-            phases.encode_prompt(family, encoder, batch)
+            phases.encode_prompt(family, encoder, batch if captions is None else captions)
 
 
 @contextmanager
