@@ -68,12 +68,25 @@ def test_a_storyboard_region_mask_is_checked_at_submit(server, tmp_path):
     assert [x["region"] for x in done["result"]["story"]["scenes"][0]["regions"]][1] == "right"
 
 
+def test_scene_images_are_checked_at_submit(server, tmp_path):
+    """A scene's start image or control image that is not in the uploads or outputs: a 422 naming its
+    key when the job is submitted (not a failed job later), without the server's folders."""
+    bodies = {"story.scenes.0.init_image": _story({}, init_image="gone.png", strength=0.5),
+              "story.scenes.0.control.0.image": _story({}, control=[{"type": "canny", "image": "gone.png"}])}
+    for field, story in bodies.items():
+        r = server.post("/api/jobs/storyboard", json={"model": "tiny-sdxl", "story": story})
+        assert r.status_code == 422 and r.json()["field"] == field, r.text
+        assert "gone.png" in r.text and str(tmp_path) not in r.text
+
+
 def test_a_failed_job_names_files_without_the_servers_folders(server, tmp_path):
-    """A scene's start image missing when the panel runs: the job fails with the file's name, never the
-    server's absolute path to it."""
+    """A scene's start image that exists but does not decode fails when the panel runs: the job's error
+    names the file, never the server's absolute path to it."""
+    (tmp_path / "outputs" / "input").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "outputs" / "input" / "broken.png").write_bytes(b"not a png at all")
     r = server.post("/api/jobs/storyboard", json={"model": "tiny-sdxl",
-                                                  "story": _story({}, init_image="gone.png", strength=0.5)})
+                                                  "story": _story({}, init_image="broken.png", strength=0.5)})
     assert r.status_code == 202, r.text
     failed = wait_job(server, r.json()["id"])
-    assert failed["status"] == "failed" and "gone.png" in failed["error"], failed
+    assert failed["status"] == "failed" and "broken.png" in failed["error"], failed
     assert str(tmp_path) not in failed["error"] and str(tmp_path.resolve()) not in failed["error"]

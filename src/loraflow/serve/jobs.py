@@ -17,6 +17,7 @@ from loraflow.data.filter_run import filter_dataset
 from loraflow.data.recipe import Recipe, build_ops
 from loraflow.errors import ConfigError
 from loraflow.generate.cast import cast_problem
+from loraflow.generate.control.units import PREVIOUS
 from loraflow.generate.options import GenerateConfig
 from loraflow.generate.regions import AREAS
 from loraflow.generate.session import save_results
@@ -252,10 +253,7 @@ def validate_storyboard(body: Any, paths: ServerPaths) -> dict:
         story_update["ip_adapter"] = str(paths.ip_adapter(story.ip_adapter))
     if story.characters:
         story_update["characters"] = [_serve_character(c, i, paths) for i, c in enumerate(story.characters)]
-    if any(scene.regions for scene in story.scenes):  # {character: area or mask image} per scene
-        story_update["scenes"] = [scene.model_copy(update={"regions": {
-            name: _region(f"story.scenes.{i}.regions.{name}", region, paths) for name, region in scene.regions.items()}})
-            for i, scene in enumerate(story.scenes)]
+    story_update["scenes"] = [_serve_scene(scene, i, paths) for i, scene in enumerate(story.scenes)]
     problem = cast_problem(story.characters, story.scenes)
     if problem:
         raise Invalid(f"story.{problem}", "story." + problem.split(":")[0])
@@ -282,6 +280,21 @@ def _refuse_lora_tags(story: Story) -> None:
         if extract_lora_tags(text)[1]:
             raise Invalid(f"{key}: put LoRAs in the story's `loras` list or a character's `lora`, not in its words",
                           key)
+
+
+def _serve_scene(scene, i: int, paths: ServerPaths):
+    """A scene's init image, control images and region masks: uploads or outputs that exist (or the
+    previous panel), checked at submit so a missing one is a 422 naming its key, not a failed job."""
+    def image(key: str, name: str | None):
+        return name if name in (None, PREVIOUS) else str(_reference_image(None, f"story.scenes.{i}.{key}", name, paths))
+
+    return scene.model_copy(update={
+        "init_image": image("init_image", scene.init_image),
+        "control": [u.model_copy(update={"image": image(f"control.{j}.image", u.image)})
+                    for j, u in enumerate(scene.control)],
+        # {character: area or mask image}
+        "regions": {name: _region(f"story.scenes.{i}.regions.{name}", region, paths)
+                    for name, region in scene.regions.items()}})
 
 
 def _serve_character(character, i: int, paths: ServerPaths):
