@@ -178,6 +178,23 @@ OUTPUT_FOLDER_FIELDS = ("out", "output")  # every command's output folder is nam
 DEVICE_NAME = re.compile(r"auto|cpu|mps|(cuda|xpu|npu)(:\d+)?")
 
 
+def parsed_before(field: str, parser):
+    """A pydantic "before" validator of `field` that runs `parser` on the raw value: the one-line
+    ConfigError of a text parser (`TYPE:IMAGE[:SCALE]`, `REGION:PROMPT`, ...) becomes the field's
+    validation error, so files, flags and HTTP bodies report it alike.
+
+        _parse_units = parsed_before("control", parse_units)   # in an Options class body
+    """
+    def validate(cls, value):
+        try:
+            return parser(value)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
+
+    validate.__name__ = f"_parse_{field}"
+    return field_validator(field, mode="before")(classmethod(validate))
+
+
 def check_device_name(device: str) -> str:
     """`auto`, `cpu`, `mps`, `cuda`, `cuda:N` (also xpu/npu); anything else is a typo. Whether the
     device exists on this machine is checked when a command runs (`models.loading.resolve_device`)."""

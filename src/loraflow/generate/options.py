@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import field_validator, model_validator
 
-from loraflow.config import Options, opt
+from loraflow.config import Options, opt, parsed_before
 from loraflow.errors import ConfigError
 from loraflow.generate.control.units import ControlUnit, parse_units
 from loraflow.generate.ip_references import MAX_REFERENCES, Reference, parse_references
@@ -87,21 +87,9 @@ class ReferenceOptions(Options):
                                          "IP-Adapter, repeatable; in files also {image, scale, mask}",
                                    aliases=("references",), max_length=MAX_REFERENCES)
 
-    @field_validator("reference", mode="before")
-    @classmethod
-    def _parse_references(cls, v):
-        try:
-            return parse_references(v)
-        except ConfigError as e:
-            raise ValueError(str(e)) from None
+    _parse_references = parsed_before("reference", parse_references)
 
-    @field_validator("control", mode="before")
-    @classmethod
-    def _parse_units(cls, v):
-        try:
-            return parse_units(v)  # copies: `controlnet` paths are filled into them below
-        except ConfigError as e:
-            raise ValueError(str(e)) from None
+    _parse_units = parsed_before("control", parse_units)  # copies: `controlnet` paths are filled into them below
 
     @model_validator(mode="after")
     def _references_fit(self):
@@ -125,13 +113,7 @@ class GenerateConfig(ReferenceOptions, ModelOptions, SamplingOptions):  # flags:
             "(white = the region). Each prompt draws only in its region; --prompt where none covers",
         aliases=("region",), max_length=MAX_REGIONS)
 
-    @field_validator("regions", mode="before")
-    @classmethod
-    def _parse_regions(cls, v):
-        try:
-            return parse_regions(v)
-        except ConfigError as e:
-            raise ValueError(str(e)) from None
+    _parse_regions = parsed_before("regions", parse_regions)
 
     def require_prompt(self) -> "GenerateConfig":
         """The config itself, once it is known to have a prompt to draw."""

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from loraflow.config import Options, opt
+from loraflow.config import Options, opt, parsed_before
 from loraflow.errors import ConfigError
 from loraflow.generate.cast import Character, PanelCast, cast_problem, resolve_cast
 from loraflow.generate.control.units import PREVIOUS, ControlUnit, parse_units
@@ -53,13 +53,7 @@ class Scene(Options):
                                       "image}; its words act only there (and it joins the scene's cast)",
                                   max_length=MAX_REGIONS)
 
-    @field_validator("control", mode="before")
-    @classmethod
-    def _parse_units(cls, v):
-        try:
-            return parse_units(v)
-        except ConfigError as e:
-            raise ValueError(str(e)) from None
+    _parse_units = parsed_before("control", parse_units)
 
     def uses_previous(self) -> bool:
         return self.init_image == PREVIOUS or any(u.image == PREVIOUS for u in self.control)
