@@ -239,3 +239,23 @@ def test_planned_step_below_plain_without_checkpointing(tmp_path, monkeypatch, f
     assert moved.peak_bytes < plain.peak_bytes, (moved.peak_bytes, plain.peak_bytes)
     assert moved.by_category["activations"] < plain.by_category["activations"]
     assert any(n.startswith("offload_activations: ") and "GiB to the host" in n for n in notes), notes
+
+
+def test_training_run_with_offload_equals_one_without(tmp_path, shapes_dataset, monkeypatch):
+    """The whole training command (accelerate's wrapping of the UNet included), the offload forced onto
+    the CPU for every saved activation: the same LoRA, bit for bit."""
+    import functools
+
+    from safetensors.torch import load_file
+    from train_helpers import base_config
+
+    from loraflow.train.trainer import train
+
+    plain = train(base_config(tmp_path / "plain", shapes_dataset, max_steps=2, batch_size=2))
+    traffic = offload.Traffic()
+    forced = functools.partial(offload.offload_saved_activations, devices=("cpu",), min_bytes=0, traffic=traffic)
+    monkeypatch.setattr(offload, "offload_saved_activations", lambda model, traffic=None: forced(model))
+    moved = train(base_config(tmp_path / "moved", shapes_dataset, max_steps=2, batch_size=2, offload_activations=True))
+    assert traffic.copies > 0
+    a, b = load_file(plain.lora_path), load_file(moved.lora_path)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -26,9 +26,14 @@ stand-in for CUDA (loraflow.plan.cuda_rules): meta tensors cannot be copied, so 
 tensor of the same shape stands for the copy (its pages are never touched) and the copy back is a new
 meta tensor, which the planner's accountant counts as it would the real one.
 
-Planned (Kolors / SDXL, 1024 px, rank 16, bf16): with checkpointing the step's peak goes from 5.54 to
-5.35 GiB for 0.34 GiB each way per step (~30 ms at 25 GB/s, 2-3 % of a checkpointed step); without
-checkpointing see README ("Activation offload") for the numbers: far more bytes move.
+Planned (Kolors, 1024 px, rank 16, bf16, `loraflow plan train`): with checkpointing the step's peak goes
+from 5.54 to 5.35 GiB for 0.34 GiB out and 0.32 back per step (~28 ms at 25 GB/s, 2-3 % of SimpleTuner's
+checkpointed H100 step, 1.118 s). Without checkpointing it goes from 8.87 to 5.39 GiB with nothing
+recomputed, but 3.6 GiB go out and 4.9 GiB come back (a layer norm's input is brought back for each
+attention adapter that remakes the norm's output, and again for the norm): ~0.36 s a step at 25 GB/s,
+against 0.635 s for SimpleTuner's whole uncheckpointed H100 step. Checkpointing's recompute is cheaper
+on such a link (the planner's H100 compute estimate for the step is 0.038 s), so `--vram`
+(loraflow.plan.modes) never picks this form; it is opt-in, for a faster link or a slower GPU.
 """
 from __future__ import annotations
 
