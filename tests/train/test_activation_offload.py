@@ -208,18 +208,24 @@ def test_planner_counts_every_saved_activation_off_the_device(monkeypatch):
     monkeypatch.setattr("loraflow.train.activation_memory._MIN_ELEMENTS", 0)
     inputs = _inputs("meta")
 
+    traffic = offload.Traffic()
+
     def live_after_forward(offloaded: bool) -> int:
         unet = _unet().to("meta")
         _keep_less(unet)
         if offloaded:
-            offload.offload_saved_activations(unet, min_bytes=0)
+            offload.offload_saved_activations(unet, min_bytes=0, traffic=traffic)
         with MemoryAccountant("meta") as acct, cuda_rules(None):
             out = unet(**inputs).sample
-            return acct.current + 0 * out.numel()
+            live = acct.current
+            out.sum().backward()
+        return live
 
     plain, moved = live_after_forward(False), live_after_forward(True)
     expected = _saved_elsewhere_bytes(inputs)
     assert expected > 0 and plain - moved == expected, (plain, moved, expected)
+    # each host copy comes back once, however many saved views of it backward reads
+    assert traffic.to_device_bytes == traffic.to_host_bytes > 0
 
 
 @pytest.mark.parametrize("family", ["sdxl", "kolors"])

@@ -11,9 +11,10 @@ back when backward asks for it):
   stay on the device anyway, so host copies of them would save nothing.
 * Without checkpointing (torchtune's `OffloadActivations`): every tensor the UNet's forward saves for
   backward from `MIN_BYTES` on that is not a parameter or buffer (those stay on the device anyway).
-  A storage saved by several ops (a layer norm's input, read again by the attention's recomputed norm
-  output, loraflow.train.activation_memory) is copied once; what backward brings back lives until the
-  op that asked for it is done, and is shared while it lives.
+  A saved tensor's whole storage is copied, once however many ops save it or views of it (a layer
+  norm's input is also read by the attention's recomputed norm outputs, loraflow.train.activation_memory;
+  GEGLU saves both halves of its projection), and comes back once, held until the last save of it has
+  been read; the views are rebuilt with their own strides (a different layout can change the rounding).
 
 The copies are `non_blocking` on the compute stream: the host thread queues them and goes on, but on the
 GPU they run in stream order, between the kernels, not beside them (torchtune overlaps them on a second
@@ -23,17 +24,16 @@ notes the bytes each way and their time at 25 GB/s (PCIe 4.0 x16, pinned).
 Devices: on CUDA the host is separate memory. On the CPU (and MPS's unified memory) a "host copy" would
 be a second copy in the same memory, so tensors there are left alone. The meta device is the planner's
 stand-in for CUDA (loraflow.plan.cuda_rules): meta tensors cannot be copied, so an uninitialised host
-tensor of the same shape stands for the copy (its pages are never touched) and the copy back is a new
+tensor of the storage's size stands for the copy (its pages are never touched) and the copy back is a new
 meta tensor, which the planner's accountant counts as it would the real one.
 
 Planned (Kolors, 1024 px, rank 16, bf16, `loraflow plan train`): with checkpointing the step's peak goes
 from 5.54 to 5.35 GiB for 0.34 GiB out and 0.32 back per step (~28 ms at 25 GB/s, 2-3 % of SimpleTuner's
 checkpointed H100 step, 1.118 s). Without checkpointing it goes from 8.87 to 5.39 GiB with nothing
-recomputed, but 3.6 GiB go out and 4.9 GiB come back (a layer norm's input is brought back for each
-attention adapter that remakes the norm's output, and again for the norm): ~0.36 s a step at 25 GB/s,
-against 0.635 s for SimpleTuner's whole uncheckpointed H100 step. Checkpointing's recompute is cheaper
-on such a link (the planner's H100 compute estimate for the step is 0.038 s), so `--vram`
-(loraflow.plan.modes) never picks this form; it is opt-in, for a faster link or a slower GPU.
+recomputed, but 3.6 GiB go out and 3.6 GiB come back: ~0.31 s a step at 25 GB/s, half of SimpleTuner's
+whole uncheckpointed H100 step (0.635 s). Checkpointing's recompute is cheaper on such a link (the
+planner's H100 compute estimate for the step is 0.038 s), so `--vram` (loraflow.plan.modes) never picks
+this form; it is opt-in, for a faster link or a slower GPU.
 """
 from __future__ import annotations
 
@@ -65,6 +65,9 @@ class _Host:
 
     def __init__(self, device: torch.device, storage: torch.Tensor):
         self.device, self.storage, self.back = device, storage, None  # storage: (nbytes,) uint8
+        # saves not yet unpacked: the copy back is held until the last (a layer norm's input is read by
+        # the attention adapters' recomputed norm outputs, then by the norm, within one block's backward)
+        self.pending, self.held = 0, None
 
 
 class _Saved:
@@ -73,6 +76,7 @@ class _Saved:
 
     def __init__(self, host: _Host, tensor: torch.Tensor):
         self.host, self.dtype = host, tensor.dtype
+        host.pending += 1
         self.view = (tensor.storage_offset(), tuple(tensor.shape), tensor.stride())
 
 
@@ -126,6 +130,8 @@ class _Offloader:
                 if self.traffic is not None:
                     self.traffic.to_device_bytes += back.nbytes
             host.back = weakref.ref(back)
+        host.pending -= 1
+        host.held = back if host.pending > 0 else None
         offset, shape, stride = packed.view
         return torch.empty(0, dtype=packed.dtype, device=back.device).set_(back.untyped_storage(), offset, shape,
                                                                           stride)
@@ -169,9 +175,9 @@ def offload_saved_activations(model: torch.nn.Module, devices: tuple[str, ...] =
         # parameters move with the model (accelerator.prepare): their storages are read per call
         kept = {t.untyped_storage()._cdata for t in (*self.parameters(), *self.buffers())}
 
-        def moves(tensor):
-            return (tensor.device.type in devices and tensor.nbytes >= least
-                    and tensor.untyped_storage()._cdata not in kept)
+        def moves(tensor):  # the storage is what is copied and what leaves the device
+            storage = tensor.untyped_storage()
+            return tensor.device.type in devices and storage.nbytes() >= least and storage._cdata not in kept
 
         with _Offloader(moves, traffic).hooks():
             return type(self).forward(self, *args, **kwargs)
