@@ -95,6 +95,25 @@ def test_a_batch_equals_its_images_one_by_one(tiny_session, adapters, refs):
     assert np.abs(np.asarray(batch[1].image, float) - np.asarray(single.image, float)).max() <= 1
 
 
+@pytest.mark.parametrize("batch", [1, 3])
+def test_each_image_of_a_batch_gets_one_copy_of_the_reference_embeds(tiny_session, adapters, refs, batch):
+    """The UNet sees one row of image embeddings per image and guidance half: 2 * batch under CFG.
+    diffusers' pipelines repeat `ip_adapter_image_embeds` by their own batch, so embeddings already
+    made for the batch would come out batch² times (the same picture by luck: every row is a copy,
+    and attention over duplicated keys is unchanged, but each image attends over batch times the tokens)."""
+    session = tiny_session("sdxl")
+    rows = []
+    hook = session.pipe.unet.register_forward_pre_hook(
+        lambda module, args, kwargs: rows.append(kwargs["added_cond_kwargs"]["image_embeds"][0].shape[0]),
+        with_kwargs=True)
+    try:
+        session.generate(GenerateConfig(**{**BASE, "num_inference_steps": 1}, num_images=batch, batch_size=batch,
+                                        ip_adapter=str(adapters("sdxl")), reference=[f"{refs['a']}:0.7"]))
+    finally:
+        hook.remove()
+    assert rows == [2 * batch]
+
+
 def _first_attn2_output(session, **kw):
     """The first cross-attention's output (2B, h*w, C) in the first UNet call. Nothing before it
     depends on the adapter, so its change from the base run is the adapter's own term."""
@@ -211,3 +230,58 @@ def test_references_work_through_kolors_borrowed_task_pipelines(tiny_session, ad
     zero, _ = draw(session, ip_adapter=str(adapters("kolors", True)), reference=[f"{refs['a']}:0"], **extra)
     assert np.abs(steered - base).mean() > 1.0
     assert np.array_equal(zero, base)
+
+
+def test_a_replaced_adapter_is_freed_even_after_a_task_pipeline_was_built_while_attached(adapters, refs, tmp_path):
+    """Task pipelines (img2img, inpaint, ControlNet) are built over the loaded pipeline's modules and
+    kept; one built while an adapter is attached must not keep that adapter's image encoder alive once
+    another adapter replaces it (a server alternating adapters would otherwise hold every encoder)."""
+    import gc
+    import weakref
+
+    from loraflow.generate.session import GenerationSession
+    from loraflow.models.loading import load_pipeline
+
+    session = GenerationSession(load_pipeline("tiny:sdxl", device="cpu"))  # its own: the test counts references
+    first = str(adapters("sdxl"))
+    draw(session, ip_adapter=first, reference=[refs["a"]])
+    encoder = weakref.ref(session.ip_adapter.attached.image_encoder)
+    draw(session, init_image=refs["b"], strength=0.5)  # the img2img pipeline is built while `first` is attached
+    other = save_tiny_ip_adapter("sdxl", tmp_path / "other", seed=1)
+    draw(session, ip_adapter=str(other), reference=[refs["a"]])
+    gc.collect()
+    assert encoder() is None
+
+
+def test_a_reference_mask_file_is_stretched_to_the_picture_as_a_region_mask_is(refs, tmp_path):
+    """A story hands a regioned character's mask file to its prompt region and to its references, so
+    both must read it alike: stretched to the picture (regions.py), not cropped to its aspect. A 64x32
+    mask white in its left quarter on a 64x64 picture covers columns 0..15; cropping to the square
+    would have cut that quarter off entirely."""
+    from loraflow.generate.ip_references import prepare_ip_references
+
+    pixels = np.zeros((32, 64), np.uint8)
+    pixels[:, :16] = 255
+    Image.fromarray(pixels, "L").save(tmp_path / "wide.png")
+    config = GenerateConfig(ip_adapter="unused", reference=[{"image": refs["a"], "mask": str(tmp_path / "wide.png")}])
+    mask = np.asarray(prepare_ip_references(config, 64, 64).masks[0])
+    expected = np.zeros((64, 64), np.uint8)
+    expected[:, :16] = 255
+    assert np.array_equal(mask, expected)
+
+
+def test_references_under_sequential_offload_are_a_one_line_error(adapters, refs):
+    """Sequential offload (accelerate's cpu_offload, as `--offload sequential` applies it on CUDA) leaves
+    the UNet's weights on the meta device between layers: an adapter loaded "onto the UNet's device"
+    would land there without its weights. Simulated on the CPU with accelerate itself."""
+    import torch
+    from accelerate import cpu_offload
+
+    from loraflow.generate.session import GenerationSession
+    from loraflow.models.loading import load_pipeline
+
+    session = GenerationSession(load_pipeline("tiny:sdxl", device="cpu"))  # its own: offloading changes it
+    cpu_offload(session.pipe.unet, execution_device=torch.device("cpu"))
+    with pytest.raises(ConfigError, match="offload") as e:
+        draw(session, ip_adapter=str(adapters("sdxl")), reference=[refs["a"]])
+    assert "\n" not in str(e.value) and session.ip_adapter.attached is None

@@ -356,3 +356,23 @@ def test_a_region_confines_a_characters_reference(tmp_path, tiny_session):
     moved = lambda a, b: np.abs(a - b).mean(-1)  # noqa: E731  (H, W)
     assert moved(steered, plain)[:, 64:].mean() < 0.9 * moved(unmasked, unmasked_plain)[:, 64:].mean()
     assert moved(steered, plain)[:, :64].mean() > 0.9 * moved(unmasked, unmasked_plain)[:, :64].mean()
+
+
+def test_a_lora_tag_in_a_region_prompt_acts_on_the_whole_picture_and_is_not_drawn_as_words(tiny_session, tmp_path):
+    """As in A1111 (Regional Prompter included), `<lora:name:w>` acts on the whole picture wherever it
+    is written: in a region prompt it is the same as `--lora`, and the tag's text is not encoded. A story
+    repeats the scene prompt's tags in its region prompts: those apply once."""
+    from test_generate_lora import make_lora_files
+
+    s = tiny_session("sdxl")
+    lora = make_lora_files(s.pipe, "sdxl", tmp_path)["kohya"]
+    kw = dict(model="tiny:sdxl", prompt=BASE, steps=2, height=64, width=64, seed=7, lora_dir=[str(tmp_path)])
+    tag = f"<lora:{lora.stem}:0.8>"
+
+    def draw(**extra):
+        return np.asarray(s.generate(GenerateConfig(**{**kw, **extra}))[0].image)
+
+    expected = draw(lora=[f"{lora}:0.8"], regions=[f"left:{OTHER}"])
+    assert not np.array_equal(expected, draw(regions=[f"left:{OTHER}"]))  # the LoRA acts
+    assert np.array_equal(draw(regions=[f"left:{tag} {OTHER}"]), expected)
+    assert np.array_equal(draw(prompt=f"{tag} {BASE}", regions=[f"left:{tag} {OTHER}"]), expected)

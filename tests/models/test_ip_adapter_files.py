@@ -65,3 +65,32 @@ def test_pickled_adapter_needs_allow_pickle_and_then_reads(sdxl_plain, tmp_path)
     assert set(read) == {"image_proj", "ip_adapter"}
     assert {f"{h}.{k}" for h in read for k in read[h]} == set(flat)
     assert all(torch.equal(read[h][k], flat[f"{h}.{k}"]) for h in read for k in read[h])
+
+
+def test_broken_encoder_files_and_unknown_adapter_kinds_are_one_line_naming_the_file(sdxl_plain, tmp_path):
+    """A cut-short download or a foreign file is a ModelLoadError naming it, not a parser's traceback."""
+    from safetensors.torch import load_file, save_file
+
+    from loraflow.models.ip_adapter import load_ip_adapter_files
+
+    family = get_family("sdxl")
+    folder = tmp_path / "IP-Adapter"
+    shutil.copytree(sdxl_plain, folder)
+    files = locate_ip_adapter(folder, family)
+    encoder = folder / "models" / "image_encoder"
+
+    def error() -> str:
+        with pytest.raises(ModelLoadError) as e:
+            load_ip_adapter_files(files, family, dtype=None, device="cpu")
+        assert "\n" not in str(e.value), str(e.value)
+        return str(e.value)
+
+    weights = (encoder / "model.safetensors").read_bytes()
+    (encoder / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    assert str(encoder) in error()
+    (encoder / "model.safetensors").write_bytes(weights)
+    (encoder / "config.json").write_text("{not json")
+    assert str(encoder / "config.json") in error()
+    faceid = {k: v for k, v in load_file(str(files.weights)).items() if not k.startswith("image_proj.proj")}
+    save_file({**faceid, "image_proj.other.weight": next(iter(faceid.values())).clone()}, str(files.weights))
+    assert files.weights.name in error() and "not supported" in error()

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import pytest
+import yaml
 
 from loraflow.errors import ConfigError
 from loraflow.train.fit import fit_train_config
@@ -74,6 +75,45 @@ def test_a_mode_that_saves_nothing_is_left_off():
     assert changes == {"base_fp8": True, "gradient_checkpointing": True}
     assert not chosen.text_encoders_on_cpu and chosen.optimizer == "adamw"
     assert plan.peak_bytes == int(6.5 * GiB)
+
+
+def test_a_mode_that_saves_nothing_yet_is_still_tried_once_others_move_the_peak():
+    # two phases, as with stream_text_encoders: false: the cache pass (whole text encoders, 4.5 GiB; 3 on the
+    # CPU) and the training step (10 GiB). Moving the encoders lowers nothing while the step is the peak;
+    # once 8-bit AdamW, fp8 and checkpointing have brought the step to 3.5 GiB the cache pass is the peak,
+    # and only all four modes fit 4 GiB (measured so on SDXL, 1024 px, batch 4)
+    def planner(c):
+        cache_pass = 3.0 + 1.5 * (not c.text_encoders_on_cpu)
+        step = 10.0 - 0.5 * (c.optimizer == "adamw8bit") - 2.0 * c.base_fp8 - 4.0 * c.gradient_checkpointing
+        return FakePlan(int(max(cache_pass, step) * GiB))
+
+    chosen, plan, changes = choose(config(), int(4.0 * GiB), planner, TRAIN_STEPS)
+    assert changes == {"text_encoders_on_cpu": True, "optimizer": "adamw8bit", "base_fp8": True,
+                       "gradient_checkpointing": True}
+    assert plan.peak_bytes == int(3.5 * GiB)
+
+
+def test_chosen_modes_with_streaming_set_give_a_config_that_loads_again():
+    # stream_text_encoders: true excludes text_encoders_on_cpu (TrainConfig says so): --vram must not add
+    # it, or the run's saved config.yaml would not load
+    def planner(c):
+        return FakePlan(int((10.0 - 1.0 * c.text_encoders_on_cpu - 2.0 * c.base_fp8) * GiB))
+
+    chosen = fit_train_config(config(vram=9.0, stream_text_encoders=True), "cuda", planner=planner, free_bytes=None)
+    assert chosen.stream_text_encoders and not chosen.text_encoders_on_cpu and chosen.base_fp8
+    assert TrainConfig.from_dict(yaml.safe_load(chosen.to_yaml())) == chosen
+
+
+def test_spill_advice_may_name_encoders_on_the_cpu_when_the_plan_chose_streaming():
+    # streaming left unset, the plan streams; the spill check still weighs text_encoders_on_cpu (which
+    # excludes only a streaming the user asked for)
+    def planner(c):
+        streamed = c.stream_text_encoders is not False and not c.text_encoders_on_cpu
+        return FakePlan(int((8.0 - 2.0 * c.text_encoders_on_cpu) * GiB), {"stream_text_encoders": streamed})
+
+    with pytest.raises(ConfigError) as e:
+        fit_train_config(config(), "cuda", planner=planner, free_bytes=7 * GiB)
+    assert str(e.value).endswith("these flags would fit: --text-encoders-on-cpu")
 
 
 def test_checkpointing_makes_recompute_moot_and_it_is_not_printed():

@@ -58,3 +58,15 @@ def test_python_api_plan_equals_the_command(capsys):
             assert key in str(e) and "\n" not in str(e)
         else:
             raise AssertionError(f"{bad} was accepted")
+
+
+def test_plan_generate_says_what_it_leaves_out():
+    from loraflow.generate.options import GenerateConfig
+    from loraflow.generate.plan import plan_generate
+
+    def notes(**kw):
+        return " ".join(plan_generate(GenerateConfig(model="tiny:sdxl", height=64, width=64, **kw)).notes)
+
+    assert "IP-Adapter" not in notes() and "LoRA" not in notes()
+    assert "IP-Adapter" in notes(ip_adapter="adapter", reference=["ref.png:0.6"])
+    assert "IP-Adapter" not in notes(ip_adapter="adapter", reference=["ref.png:0"])  # not attached at 0

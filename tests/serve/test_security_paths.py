@@ -83,6 +83,7 @@ CASES = [
     ("generate", "vae", {"prompt": "a", "vae": "{v}"}),
     ("generate", "lora", {"prompt": "a", "lora": ["{v}:0.5"]}),
     ("generate", "lora", {"prompt": "a <lora:{v}:0.5>"}),
+    ("generate", "lora", {"prompt": "a", "regions": [{"region": "left", "prompt": "b <lora:{v}:0.5>"}]}),
     ("generate", "controlnet", {"prompt": "a", "control": [{"type": "canny", "image": "in.png"}], "controlnet": ["{v}"]}),
     ("generate", "control.0.image", {"prompt": "a", "control": [{"type": "canny", "image": "{v}"}]}),
     ("generate", "regions.0.region", {"prompt": "a", "regions": [{"region": "{v}", "prompt": "b"}]}),
@@ -240,3 +241,17 @@ def test_upload_into_a_symlinked_subfolder_is_refused(attack):
     r = attack.post("/upload/image", files={"image": ("x.png", buf.getvalue())}, data={"subfolder": "link"})
     assert r.status_code == 403
     assert sorted(p.name for p in attack.outside.iterdir()) == ["secret.jsonl", "secret.png"]
+
+
+@pytest.mark.parametrize("story, field", [
+    ({"style": "ink <lora:{v}:1>", **STORY}, "story.style"),
+    ({"characters": [{"name": "k", "description": "a cat", "trigger": "<lora:{v}:1> ohwx"}],
+      "scenes": [{"prompt": "{k} sleeps"}]}, "story.characters.0.trigger"),
+    ({"characters": [{"name": "k", "description": {"en": "a cat <lora:{v}:1>"}}], "scenes": [{"prompt": "{k}"}]},
+     "story.characters.0.description.en"),
+])
+def test_a_lora_tag_in_any_text_of_a_story_is_refused(attack, story, field):
+    """Style and character words end up in panel prompts, whose `<lora:>` tags the session loads: over
+    HTTP a tag there would name a file outside the path policy, so it is refused as in a scene prompt."""
+    r = attack.post("/api/jobs/storyboard", json={"story": _fill(story, str(attack.outside / "secret.safetensors"))})
+    assert r.status_code == 422 and r.json()["field"] == field, r.text

@@ -49,7 +49,7 @@ def test_a_run_with_streamed_encoders_caches_the_same_embeddings(tmp_path, shape
         assert all(torch.equal(entry[k], runs[True][name][k]) for k in entry)
 
 
-def test_validation_prompts_are_encoded_once_and_the_text_encoders_leave(tmp_path, shapes_dataset):
+def test_validation_prompts_are_encoded_once_and_the_text_encoders_leave(tmp_path, shapes_dataset, monkeypatch):
     """The samples equal those drawn with the prompts encoded at sampling time by the same text encoders."""
     import numpy as np
     from PIL import Image
@@ -57,17 +57,26 @@ def test_validation_prompts_are_encoded_once_and_the_text_encoders_leave(tmp_pat
     from loraflow.train.feedback import validation_images
 
     prompt = "a (red:1.2) circle"
-    result = train(base_config(tmp_path, shapes_dataset, model="tiny:sd15", max_steps=1, batch_size=2,
-                               validation_prompt=[prompt], validation_steps=2))
+    family, encoded = get_family("sd15"), []
+    original = family.encode_prompts
+    monkeypatch.setattr(family, "encode_prompts", classmethod(
+        lambda cls, pipe, prompts: encoded.extend(prompts) or original(pipe, prompts)))
+    # samples at steps 1 and 2: the prompt went through the text encoder once, before the loop
+    result = train(base_config(tmp_path, shapes_dataset, model="tiny:sd15", max_steps=2, batch_size=2,
+                               validation_prompt=[prompt], validation_steps=2, validation_every=1))
+    monkeypatch.undo()
+    assert encoded.count(prompt) == 1
+    assert sorted(p.name for p in (result.output / "samples").glob("step-*.png")) == [
+        "step-000001.png", "step-000002.png"]
     model = result.model
     assert model.pipe.text_encoder is None and model.pipe.vae is not None  # gone before the loop; the VAE stays
-    saved = np.asarray(Image.open(result.output / "samples" / "step-000001.png"))
+    saved = np.asarray(Image.open(result.output / "samples" / "step-000002.png"))
     # the same tiny text encoder (fixed seed) back in the pipeline, the prompt encoded now
     model.pipe.text_encoder, model.pipe.tokenizer = (getattr(build_tiny_pipeline("sd15"), n)
                                                     for n in ("text_encoder", "tokenizer"))
     live = model.family.encode_prompts(model.pipe, [prompt, ""])
     model.validation_embeds = {prompt: tuple(live)}
-    _, images = validation_images(model, [prompt], step=1, seed=0, steps=2, resolution=64, out_dir=tmp_path / "again")
+    _, images = validation_images(model, [prompt], step=2, seed=0, steps=2, resolution=64, out_dir=tmp_path / "again")
     assert np.array_equal(np.asarray(images[0]), saved)
 
 

@@ -156,8 +156,7 @@ def sample_latents(session, req: LatentSampling):
     inputs.update(_control_kwargs(req.controls))
     # the IP-Adapter is attached for this request's references, detached when it has none
     pipe_for_task = session.derived.pipeline("text2img", tuple(c.controlnet for c in req.controls))
-    inputs.update(session.ip_adapter_inputs(req.references, pipe_for_task, batch, req.guidance_scale,
-                                            h * scale, w * scale))
+    inputs.update(session.ip_adapter_inputs(req.references, pipe_for_task, req.guidance_scale, h * scale, w * scale))
     # 2. the noisy start, from the seed's CPU noise (as ComfyUI makes it: one tensor for the batch)
     generator = torch.Generator("cpu").manual_seed(req.seed % 2**63)
     noise = torch.randn(samples.shape, generator=generator)

@@ -17,7 +17,7 @@ from typing import Any
 
 from loraflow.config import Options, opt, split_weighted
 from loraflow.errors import ConfigError
-from loraflow.generate.regions import AREAS, region_image
+from loraflow.generate.regions import region_image
 
 MAX_REFERENCE_SCALE = 10.0  # far past any useful strength (1 is the adapter's trained scale)
 # references per image: each is one more encoder pass and one more (H, W) mask in every cross-attention
@@ -76,7 +76,7 @@ class PreparedReferences:
 
 def prepare_ip_references(config, width: int, height: int) -> PreparedReferences | None:
     """Load a GenerateConfig's reference images and masks (None when it has no references)."""
-    from loraflow.generate.control.preprocess import fit_to_size, load_image
+    from loraflow.generate.control.preprocess import load_image
 
     if not config.reference:
         return None
@@ -85,20 +85,21 @@ def prepare_ip_references(config, width: int, height: int) -> PreparedReferences
     images, masks = [], []
     for k, ref in enumerate(config.reference):
         images.append(load_image(ref.image, f"reference {k}"))
-        if ref.mask in AREAS:
-            masks.append(region_image(ref.mask, width, height))
-            continue
-        masks.append(fit_to_size(load_image(ref.mask, f"reference {k} mask", mode="L"), width, height,
-                                 f"reference {k} mask ({ref.mask})") if ref.mask else None)
+        # read as a prompt region reads it (stretched, alpha on white): a story gives a regioned
+        # character's mask file to both, and they must cover the same pixels
+        try:
+            masks.append(region_image(ref.mask, width, height) if ref.mask else None)
+        except ConfigError as e:
+            raise ConfigError(f"reference {k} mask: {e}") from None
     return PreparedReferences(config.ip_adapter, tuple(config.reference), tuple(images), tuple(masks),
                               config.allow_pickle)
 
 
-def ip_adapter_kwargs(slot, refs: PreparedReferences, n: int, cfg: bool, height: int, width: int) -> dict[str, Any]:
-    """Pipeline arguments for `n` images per call with the adapter attached to `slot`."""
+def ip_adapter_kwargs(slot, refs: PreparedReferences, cfg: bool, height: int, width: int) -> dict[str, Any]:
+    """Pipeline arguments with the adapter attached to `slot`, for any number of images per call."""
     import torch
 
-    embeds = slot.image_embeds(list(refs.images), n, cfg)
+    embeds = slot.image_embeds(list(refs.images), cfg)
     scales = [r.scale for r in refs.references]
     if len(refs.images) == 1 and refs.masks[0] is None:
         slot.pipe.set_ip_adapter_scale(scales[0])  # diffusers' plain path: no mask

@@ -84,8 +84,11 @@ def plan_generate(config) -> Plan:
     steps = settings["num_inference_steps"]
     per_image = sum(v for k, v in flops.items() if k != "denoising step") + steps * flops["denoising step"]
     # flops holds the last encoder's text FLOPs only; they are a rounding error next to the UNet's
-    notes = [] if not (config.lora or config.control) else [
-        "LoRA and ControlNet weights are not in this plan (LoRAs are fused into the weights when loaded)"]
+    notes = []
+    if config.lora or config.control:
+        notes.append("LoRA and ControlNet weights are not in this plan (LoRAs are fused into the weights when loaded)")
+    if any(r.scale for r in config.reference):  # scale 0 everywhere: the adapter is not attached
+        notes.append("the IP-Adapter and its image encoder are not in this plan (add their file sizes)")
     return Plan("generate", arch.source, settings, result, flops["denoising step"], notes=notes,
                 flops_per_image=per_image)
 

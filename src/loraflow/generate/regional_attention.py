@@ -67,7 +67,8 @@ class RegionalAttnProcessor(torch.nn.Module):
         super().__init__()
         self.inner = inner
         self.conditioning = conditioning
-        self._weights: dict[tuple, Any] = {}  # (queries, device, dtype) -> (1 + R, queries)
+        # (queries, device, dtype) -> ((1 + R, queries) weights, the prompts with any weight at that layer)
+        self._weights: dict[tuple, tuple[Any, list[int]]] = {}
 
     # diffusers' Attention passes only the cross_attention_kwargs named in this signature
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
@@ -80,15 +81,14 @@ class RegionalAttnProcessor(torch.nn.Module):
         if isinstance(text, tuple):  # IP-Adapter: (text tokens, [image tokens per adapter])
             text, images = text
         n = self.conditioning.tokens
-        weights = self.weights(hidden_states.shape[1], hidden_states.device, hidden_states.dtype)
+        weights, active = self.weights(hidden_states.shape[1], hidden_states.device, hidden_states.dtype)
         if text.shape[1] < n * weights.shape[0]:
             raise ConfigError(f"regional prompts: {text.shape[1]} conditioning tokens, expected at least "
                               f"{weights.shape[0]} prompts of {n}")
         trailing = text[:, n * weights.shape[0]:]  # image tokens appended to the text (older IP-Adapter form)
         out = None
-        for k, w in enumerate(weights):
-            if not torch.any(w):
-                continue
+        for k in active:
+            w = weights[k]
             part = text[:, k * n:(k + 1) * n]
             part = torch.cat([part, trailing], dim=1) if trailing.shape[1] else part.contiguous()
             mask = _slice_mask(attention_mask, text.shape[1], k, n, weights.shape[0])
@@ -97,10 +97,14 @@ class RegionalAttnProcessor(torch.nn.Module):
             out = y if out is None else out + y
         return out
 
-    def weights(self, queries: int, device, dtype):
+    def weights(self, queries: int, device, dtype) -> tuple[Any, list[int]]:
+        """The mixing weights at a layer and which prompts have any: decided once here, because asking a
+        CUDA tensor in every call would wait for the device at every layer of every step."""
         key = (queries, device, dtype)
         if key not in self._weights:
-            self._weights[key] = self.conditioning.weights(queries).to(device, dtype)
+            weights = self.conditioning.weights(queries)
+            active = [k for k in range(weights.shape[0]) if bool(weights[k].any())]
+            self._weights[key] = (weights.to(device, dtype), active)
         return self._weights[key]
 
 

@@ -199,6 +199,10 @@ class GenerationSession:
 
     def resolve_loras(self, config: GenerateConfig) -> tuple[str, list[LoraSpec]]:
         prompt, tags = extract_lora_tags(config.prompt)
+        # a tag in a region prompt acts on the whole picture, as in A1111; a story's region prompts
+        # repeat the scene prompt's tags, and those apply once
+        for region in config.regions:
+            tags += [t for t in extract_lora_tags(region.prompt)[1] if t not in tags]
         specs = [parse_lora_arg(arg, config.lora_dir) for arg in config.lora]
         specs += [LoraSpec(find_lora_file(name, config.lora_dir), weight) for name, weight in tags]
         return prompt, specs
@@ -254,7 +258,7 @@ class GenerationSession:
         pipe = self.derived.pipeline(refs.task, controlnets)
         kwargs.update(refs.call_kwargs(pipe, n, first.height, first.width))
         ip_refs = prepare_ip_references(first.config, first.width, first.height)
-        kwargs.update(self.ip_adapter_inputs(ip_refs, pipe, n, first.guidance, first.height, first.width))
+        kwargs.update(self.ip_adapter_inputs(ip_refs, pipe, first.guidance, first.height, first.width))
         # 4. denoise
         images = self._denoise(pipe, kwargs, group, refs, controlnets, progress, done, total, regions)
         if refs.mask is not None:
@@ -272,7 +276,7 @@ class GenerationSession:
         prompts (the items of a batch share their regions' areas: `RenderItem.batch_key`)."""
         n, dtype = len(group), self.pipe.unet.dtype
         regions = group[0].config.regions
-        region_prompts = [r.prompt for j in group for r in j.config.regions]
+        region_prompts = [extract_lora_tags(r.prompt)[0] for j in group for r in j.config.regions]  # tags: resolve_loras
         embeds = self.encode([j.prompt for j in group] + [j.config.negative_prompt for j in group] + region_prompts)
         positive, negative = embeds[:n], embeds[n:2 * n]
         if not regions:
@@ -330,10 +334,10 @@ class GenerationSession:
             self._controlnet_labels[path] = f"{controlnet_name(path)} [{controlnet_hash(path)}]"
         return self._controlnet_labels[path]
 
-    def ip_adapter_inputs(self, refs: PreparedReferences | None, pipe, n: int, guidance: float,
-                          height: int, width: int) -> dict:
+    def ip_adapter_inputs(self, refs: PreparedReferences | None, pipe, guidance: float, height: int,
+                          width: int) -> dict:
         """Attach the references' IP-Adapter (detach it when no reference has a scale above 0: such a
-        run is the base model's) and return the pipeline arguments for `n` images per call."""
+        run is the base model's) and return the pipeline arguments (the same for any batch size)."""
         if refs is None or not refs.active:
             self.ip_adapter.use(None)
             return {}
@@ -342,7 +346,7 @@ class GenerationSession:
         self.ip_adapter.use(locate_ip_adapter(refs.adapter, self.family, refs.image_encoder), refs.allow_pickle)
         # the pipelines' own rule for classifier-free guidance (which halves the embeds carry)
         cfg = guidance > 1 and self.pipe.unet.config.time_cond_proj_dim is None
-        return ip_adapter_kwargs(self.ip_adapter, refs, n, cfg, height, width)
+        return ip_adapter_kwargs(self.ip_adapter, refs, cfg, height, width)
 
     def ip_adapter_label(self, path: str) -> str:
         """`name [hash]` of an IP-Adapter file, as A1111's ControlNet extension shows a model."""

@@ -4,7 +4,7 @@ attn2 block (Ye et al. 2023, "IP-Adapter", arXiv:2308.06721, section 3.2: decoup
     files = locate_ip_adapter("~/models/IP-Adapter", family)  # adapter file + CLIP image encoder, or one-line error
     slot = IPAdapterSlot(pipe)                                 # one per loaded pipeline (the session's)
     slot.use(files, allow_pickle=False)                        # attach (no-op when already attached)
-    embeds = slot.image_embeds(images, n=2, cfg=True)          # diffusers' `ip_adapter_image_embeds`
+    embeds = slot.image_embeds(images, cfg=True)               # diffusers' `ip_adapter_image_embeds`
     slot.use(None)                                             # detach: the UNet is the base model's again
 
 Loading is diffusers' `IPAdapterMixin.load_ip_adapter`, handed a state dict and an image encoder read
@@ -21,7 +21,7 @@ from typing import Any
 
 from loraflow.errors import ConfigError, ModelLoadError
 from loraflow.models.hashing import file_stamp
-from loraflow.models.pickle_files import PICKLE_SUFFIXES
+from loraflow.models.pickle_files import PICKLE_SUFFIXES, load_pickle_dict
 
 ENCODER_WEIGHTS = ("model.safetensors", "pytorch_model.bin")  # transformers' names, safetensors first
 
@@ -83,7 +83,7 @@ def read_adapter_state_dict(path: Path, allow_pickle: bool = False) -> dict:
         if not allow_pickle:
             raise ModelLoadError(f"{path}: pickled IP-Adapter weights; pass --allow-pickle to read them "
                                  "(weights_only), or use the .safetensors copy")
-        raw = _load_weights_only(path)
+        raw = load_pickle_dict(path, "IP-Adapter weights")
         # the original repositories' .bin: {"image_proj": {...}, "ip_adapter": {...}} (torch.save of two state dicts)
         if all(isinstance(raw.get(k), dict) for k in ("image_proj", "ip_adapter")):
             return {"image_proj": dict(raw["image_proj"]), "ip_adapter": dict(raw["ip_adapter"])}
@@ -105,37 +105,23 @@ def read_adapter_state_dict(path: Path, allow_pickle: bool = False) -> dict:
     return state
 
 
-def _load_weights_only(path: Path) -> dict:
-    """A pickled dict read by torch's restricted unpickler (tensors and plain containers only)."""
-    import torch
-
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # weights_only refuses code; a cut-short zip fails too
-        first = (str(e).strip().splitlines() or [""])[0][:160]
-        raise ModelLoadError(f"{path}: cannot read as a weights-only torch file ({e.__class__.__name__}: {first})") \
-            from None
-    if not isinstance(raw, dict):
-        raise ModelLoadError(f"{path}: holds a {type(raw).__name__}, not IP-Adapter weights")
-    return raw
-
-
-def image_embed_width(state: dict) -> tuple[str, int]:
+def image_embed_width(state: dict, name: str = "IP-Adapter") -> tuple[str, int]:
     """What the adapter reads from the image encoder and how wide it is: the projected image embedding
     (plain IP-Adapter: `proj.weight` (4 * cross_dim, width)) or the penultimate hidden states
-    (Plus: the Resampler's `proj_in.weight` (dim, width))."""
+    (Plus: the Resampler's `proj_in.weight` (dim, width)). `name`: the file, for the error."""
     proj = state["image_proj"]
     if "proj.weight" in proj:
         return "image_embeds", int(proj["proj.weight"].shape[-1])
     if "proj_in.weight" in proj:
         return "hidden_states", int(proj["proj_in.weight"].shape[-1])
-    raise ModelLoadError("IP-Adapter kind not supported here (FaceID and Full-face adapters are not)")
+    raise ModelLoadError(f"{name}: IP-Adapter kind not supported here (only the plain and Plus adapters; "
+                         "FaceID and Full-face ones are not)")
 
 
 def find_image_encoder(files: IPAdapterFiles, family, state: dict) -> Path:
     """The first image encoder folder of the family's layout whose output width fits the adapter."""
     layout = _family_layout(family)
-    kind, width = image_embed_width(state)
+    kind, width = image_embed_width(state, files.weights.name)
     tried, misfits = [], []
     nested = [[files.image_encoder]] if files.image_encoder else [
         _candidates(root, relative) for root in files.roots for relative in layout.image_encoders]
@@ -144,7 +130,10 @@ def find_image_encoder(files: IPAdapterFiles, family, state: dict) -> Path:
         config = folder / "config.json"
         if not config.is_file() or not any((folder / w).is_file() for w in ENCODER_WEIGHTS):
             continue
-        cfg = json.loads(config.read_text())
+        try:
+            cfg = json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:  # a cut-short download or another file under that name
+            raise ModelLoadError(f"{config}: not a readable config.json ({e.__class__.__name__})") from None
         got = cfg.get("projection_dim") if kind == "image_embeds" else cfg.get("hidden_size")
         if got == width:
             return folder
@@ -168,8 +157,13 @@ def load_ip_adapter_files(files: IPAdapterFiles, family, *, dtype, device, allow
     if not safetensors and not allow_pickle:
         raise ModelLoadError(f"{encoder_dir}: the image encoder is pickled ({ENCODER_WEIGHTS[1]}); pass "
                              "--allow-pickle to read it (weights_only), or convert it to model.safetensors")
-    encoder = CLIPVisionModelWithProjection.from_pretrained(
-        encoder_dir, local_files_only=True, use_safetensors=safetensors, dtype=dtype).to(device).eval()
+    try:
+        encoder = CLIPVisionModelWithProjection.from_pretrained(
+            encoder_dir, local_files_only=True, use_safetensors=safetensors, dtype=dtype).to(device).eval()
+    except Exception as e:  # a truncated or foreign file: transformers' and safetensors' errors have no common base
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        raise ModelLoadError(f"{encoder_dir}: cannot load the IP-Adapter's image encoder "
+                             f"({e.__class__.__name__}: {first})") from None
     size = encoder.config.image_size  # 224 for ViT-H/bigG, 336 for Kolors' ViT-L/14-336
     if (encoder_dir / "preprocessor_config.json").is_file():
         processor = CLIPImageProcessor.from_pretrained(encoder_dir, local_files_only=True)
@@ -196,6 +190,11 @@ class IPAdapterSlot:
         if files is None:
             self._detach()
             return None
+        if self.pipe.unet.device.type == "meta":
+            # sequential offload keeps the UNet's weights on "meta" between layers; an adapter and encoder
+            # moved to its device would lose theirs, and diffusers' loader does not hook new layers
+            raise ConfigError("reference: IP-Adapter references do not work with --offload sequential; "
+                              "use --offload model (or encoders, or none)")
         kept = self._kept
         if kept is None or kept.files != files or kept.stamp[1:] != self._stamp(kept):
             self._detach()
@@ -242,12 +241,13 @@ class IPAdapterSlot:
         self.attached.image_encoder.to("cpu")  # kept for a later run, off the accelerator
         self.attached = None
 
-    def image_embeds(self, images: list, n: int, cfg: bool) -> list:
-        """`ip_adapter_image_embeds` for `n` images per call: [(2n or n, len(images), ...)], the
-        unconditional half first under classifier-free guidance (diffusers' layout)."""
+    def image_embeds(self, images: list, cfg: bool) -> list:
+        """`ip_adapter_image_embeds` of one prompt: [(2 or 1, len(images), ...)], the unconditional
+        row first under classifier-free guidance. One prompt's, whatever the batch: the pipelines
+        repeat them by their own batch size (`prepare_ip_adapter_image_embeds`)."""
         import torch
 
         if self.attached is None:
             raise ConfigError("no IP-Adapter attached")
         with torch.no_grad():
-            return self.pipe.prepare_ip_adapter_image_embeds([images], None, self.pipe.unet.device, n, cfg)
+            return self.pipe.prepare_ip_adapter_image_embeds([images], None, self.pipe.unet.device, 1, cfg)

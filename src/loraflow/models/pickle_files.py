@@ -19,6 +19,20 @@ def load_pickle_state_dict(path: str | os.PathLike) -> dict[str, Any]:
     import torch
 
     path = Path(path)
+    state = load_pickle_dict(path, "a weights-only torch checkpoint")
+    while isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]  # Lightning checkpoints: {"state_dict": {...}, "global_step": ...}
+    if not isinstance(state, dict):
+        raise ModelLoadError(f"{path}: holds a {type(state).__name__}, not a state dict")
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def load_pickle_dict(path: Path, what: str) -> dict:
+    """A pickled dict as saved, nested dicts included, read by torch's restricted unpickler (tensors and
+    plain containers only); anything else, or a file that will not read, is a one-line ModelLoadError
+    saying it is not `what`."""
+    import torch
+
     try:
         try:  # mmap: tensors are paged in when converted, not all at once
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -28,11 +42,7 @@ def load_pickle_state_dict(path: str | os.PathLike) -> dict[str, Any]:
             state = torch.load(path, map_location="cpu", weights_only=True)  # pre-zip (torch < 1.6) format
     except Exception as e:  # weights_only refuses anything but tensors/containers; zip errors if cut short
         reason = _ANSI.sub("", (str(e).strip().splitlines() or [""])[0])[:200]  # torch bolds its advice
-        raise ModelLoadError(
-            f"{path}: cannot read as a weights-only torch checkpoint ({e.__class__.__name__}: {reason})"
-        ) from None
-    while isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]  # Lightning checkpoints: {"state_dict": {...}, "global_step": ...}
+        raise ModelLoadError(f"{path}: cannot read as {what} ({e.__class__.__name__}: {reason})") from None
     if not isinstance(state, dict):
-        raise ModelLoadError(f"{path}: holds a {type(state).__name__}, not a state dict")
-    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+        raise ModelLoadError(f"{path}: holds a {type(state).__name__}, not {what}")
+    return state

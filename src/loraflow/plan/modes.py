@@ -58,8 +58,8 @@ OFFLOAD_ORDER = ("none", "encoders", "model", "sequential")
 def _possible(config, key: str, value) -> bool:
     if key == "offload":
         return OFFLOAD_ORDER.index(value) > OFFLOAD_ORDER.index(config.offload)
-    if key == "text_encoders_on_cpu":
-        return not config.train_text_encoder
+    if key == "text_encoders_on_cpu":  # TrainConfig rejects it beside either (a saved config must load)
+        return not config.train_text_encoder and not config.stream_text_encoders
     if key == "base_fp8":
         return config.mixed_precision != "no"
     if key == "optimizer":  # bitsandbytes' 8-bit AdamW runs on CUDA only
@@ -70,27 +70,43 @@ def _possible(config, key: str, value) -> bool:
 
 
 def choose(config, budget_bytes: int, planner, steps):
-    """(config with the fastest fitting modes, its plan, the changes). Modes are added in `steps`' order,
-    skipping those already on or not possible for this config, and leaving off any that does not lower
-    the planned peak (e.g. text encoders on the CPU when the cache pass streams them anyway): it would
-    cost time for nothing. One-line ConfigError when no set fits, naming the smallest peak found."""
-    plan, kept = planner(config), {}
+    """(config with the fastest fitting modes, its plan, the changes). Modes are added cumulatively in
+    `steps`' order, skipping those already on or not possible for this config, until the plan fits. A mode
+    that did not lower the planned peak when it was added is kept on trial, not skipped: it may be what
+    fits once later modes have moved the peak to another phase (whole text encoders in the cache pass,
+    after checkpointing has lowered the training step). At the end each mode on trial whose removal does
+    not raise the peak is left off (e.g. text encoders on the CPU when the cache pass streams them
+    anyway): it would cost time for nothing. One-line ConfigError when no set fits, naming the smallest
+    peak found."""
+    def plan_of(changes: dict):
+        return planner(config.model_copy(update=changes))
+
+    plan, changes, on_trial = plan_of({}), {}, []
+    best = (plan, changes)
     for step in steps:
         if plan.peak_bytes <= budget_bytes:
-            return config.model_copy(update=kept), plan, kept
+            break
         (key, value), *undone = step.items()  # a step's mode, then modes it makes moot (None: as configured)
         if getattr(config, key) == value or not _possible(config, key, value):
             continue
-        changes = {**kept, key: value}
+        changes, before = {**changes, key: value}, plan.peak_bytes
         for moot, _ in undone:
             changes.pop(moot, None)
-        trial = planner(config.model_copy(update=changes))
-        if trial.peak_bytes < plan.peak_bytes:
-            plan, kept = trial, changes
+        plan = plan_of(changes)
+        if plan.peak_bytes >= before:
+            on_trial.append(key)
+        if plan.peak_bytes < best[0].peak_bytes:
+            best = (plan, changes)
+    plan, changes = best
+    for key in reversed([k for k in dict.fromkeys(on_trial) if k in changes]):  # dearest first: saves the most time
+        fewer = {k: v for k, v in changes.items() if k != key}
+        trial = plan_of(fewer)
+        if trial.peak_bytes <= plan.peak_bytes:
+            plan, changes = trial, fewer
     if plan.peak_bytes <= budget_bytes:
-        return config.model_copy(update=kept), plan, kept
+        return config.model_copy(update=changes), plan, changes
     raise ConfigError(f"plan: no low-VRAM mode set fits {budget_bytes / GiB:.2f} GiB; the smallest peak is "
-                      f"{plan.peak_bytes / GiB:.2f} GiB ({flags(kept) or 'no extra flags'}); lower the "
+                      f"{plan.peak_bytes / GiB:.2f} GiB ({flags(changes) or 'no extra flags'}); lower the "
                       f"resolution or batch size")
 
 

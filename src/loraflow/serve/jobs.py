@@ -168,6 +168,13 @@ def validate_generate(body: Any, paths: ServerPaths) -> dict:
     update.setdefault("model", _resolve_model(None, paths))
     prompt, tag_loras = _prompt_loras(cfg.prompt, paths)
     update["prompt"], update["lora"] = prompt, update["lora"] + tag_loras
+    if cfg.regions:  # a region prompt's tags act on the whole picture (the session's rule): resolved alike
+        regions = []
+        for region in update["regions"]:
+            text, region_loras = _prompt_loras(region.prompt, paths)
+            update["lora"] += [spec for spec in region_loras if spec not in update["lora"]]
+            regions.append(region.model_copy(update={"prompt": text}))
+        update["regions"] = regions
     return json.loads(cfg.model_copy(update=update).model_dump_json())
 
 
@@ -235,15 +242,29 @@ def validate_storyboard(body: Any, paths: ServerPaths) -> dict:
     problem = cast_problem(story.characters, story.scenes)
     if problem:
         raise Invalid(f"story.{problem}", "story." + problem.split(":")[0])
-    scenes = []
     for i, scene in enumerate(story.scenes):
         prompt, tags = _prompt_loras(scene.prompt, paths)
         if tags:
             raise Invalid(f"story.scenes.{i}.prompt: put LoRAs in the story's `loras` list, not in a scene prompt",
                           f"story.scenes.{i}.prompt")
-        scenes.append(scene)
+    _refuse_lora_tags(story)
     return {"config": json.loads(cfg.model_copy(update=update).model_dump_json()),
             "story": json.loads(story.model_copy(update=story_update).model_dump_json())}
+
+
+def _refuse_lora_tags(story: Story) -> None:
+    """The story's style and its characters' words become part of panel prompts, whose `<lora:>` tags
+    the session loads by path: a 422 for any tag there, which would name a file past the path policy."""
+    texts = {"story.style": story.style}
+    for i, c in enumerate(story.characters):
+        texts[f"story.characters.{i}.trigger"] = c.trigger
+        d = c.description
+        texts.update({f"story.characters.{i}.description": d} if isinstance(d, str) else
+                     {f"story.characters.{i}.description.{lang}": text for lang, text in d.items()})
+    for key, text in texts.items():
+        if extract_lora_tags(text)[1]:
+            raise Invalid(f"{key}: put LoRAs in the story's `loras` list or a character's `lora`, not in its words",
+                          key)
 
 
 def _serve_character(character, i: int, paths: ServerPaths):

@@ -27,11 +27,13 @@ def fit_train_config(config, device: str, say: Callable[[str], None] = print, pl
             f"planned peak {plan.peak_bytes / GiB:.2f} GiB")
     else:
         plan = planner(config)
+    # the spill check weighs the modes with streaming still the plan's to choose: a streaming set here
+    # would rule out text_encoders_on_cpu, which only a streaming the user asked for excludes
+    stop_if_spilling(config, plan, free_bytes, planner, TRAIN_STEPS)
     if config.stream_text_encoders is None:  # the plan measured the cache pass both ways and chose
         config = config.model_copy(update={"stream_text_encoders": plan.settings["stream_text_encoders"]})
         if config.stream_text_encoders:
             say(f"plan: text encoders streamed to the device one layer at a time in the cache pass (whole, they "
                 f"would make it the run's peak); planned peak {plan.peak_bytes / GiB:.2f} GiB "
                 f"({plan.peak_phase.name})")
-    stop_if_spilling(config, plan, free_bytes, planner, TRAIN_STEPS)
     return config

@@ -288,6 +288,29 @@ def setup_accelerator(config: TrainConfig):
     return Accelerator(mixed_precision=config.mixed_precision, cpu=cpu)
 
 
+def _model_and_caches(config: TrainConfig, data, roots, accelerator):
+    """Steps 3 and 4 of `train`: (model, latent store, text store, warm). A warm cache (every entry the run
+    reads on disk) means the VAE and text encoders are never loaded; otherwise every latent, caption and
+    validation prompt is encoded once and the encoders the loop does not run are released."""
+    identity = identity_from_files(config)  # None: only known once the model is built (tiny, single file)
+    stores = make_stores(identity, *roots) if identity is not None else None
+    warm = (stores is not None and not encoders_needed_in_loop(config, *stores)
+            and all_cached(config, data, *stores))
+    model = load_for_training(config, str(accelerator.device), encoders=not warm)
+    latents, texts = stores or make_stores(identity_of(model), *roots)
+    if warm:  # a warm run has read every entry already
+        say(accelerator, "every latent and caption embedding is cached: VAE and text encoders not loaded")
+        accelerator.wait_for_everyone()  # the barrier precache has, for processes that did not find it warm
+        return model, latents, texts, warm
+    latents.vae, texts.pipe = model.vae, model.pipe
+    if config.stream_text_encoders:  # after identity_of: fingerprints read the weights the hooks move off
+        stream_text_encoders(model.pipe, model.family, accelerator.device)
+    precache(config, data, latents, texts, accelerator)
+    encode_validation_prompts(config, model)  # so validation images need no text encoder on the device
+    release_encoders(config, model, latents, texts)
+    return model, latents, texts, warm
+
+
 def train(config: TrainConfig | dict, progress: Callable[[int, int], None] | None = None,
           on_step: Callable[[int, float, float], None] | None = None) -> TrainResult:
     """Run a training. `progress(step, total)` is called after every optimizer step; an exception
@@ -321,24 +344,8 @@ def train(config: TrainConfig | dict, progress: Callable[[int, int], None] | Non
     steps = total_steps(config, data, world)
     say(accelerator, f"{len(data.train_items)} images ({data.summary()}), {data.plan.batches_per_epoch} batches/epoch in "
                       f"{len(set(data.plan.item_buckets))} bucket(s); {steps} steps x {accum} accumulation x {world} process(es)")
-    # 3. caches and model: a warm cache means the VAE and text encoders are never loaded
-    identity = identity_from_files(config)  # None: only known once the model is built (tiny, single file)
-    stores = make_stores(identity, *roots) if identity is not None else None
-    warm = (stores is not None and not encoders_needed_in_loop(config, *stores)
-            and all_cached(config, data, *stores))
-    model = load_for_training(config, str(accelerator.device), encoders=not warm)
-    latents, texts = stores or make_stores(identity_of(model), *roots)
-    # 4. fill the caches (a warm run has read every entry already)
-    if warm:
-        say(accelerator, "every latent and caption embedding is cached: VAE and text encoders not loaded")
-        accelerator.wait_for_everyone()  # the barrier precache has, for processes that did not find it warm
-    else:
-        latents.vae, texts.pipe = model.vae, model.pipe
-        if config.stream_text_encoders:  # after identity_of: fingerprints read the weights the hooks move off
-            stream_text_encoders(model.pipe, model.family, accelerator.device)
-        precache(config, data, latents, texts, accelerator)
-        encode_validation_prompts(config, model)  # so validation images need no text encoder on the device
-        release_encoders(config, model, latents, texts)
+    # 3-4. caches and model; the caches filled and the encoders the loop does not run released
+    model, latents, texts, warm = _model_and_caches(config, data, roots, accelerator)
     # 5. optimizer, schedule, prepare, resume
     optimizer = make_optimizer(model.trainable_parameters(), config, str(accelerator.device))
     lr_scheduler = make_lr_scheduler(optimizer, config, steps)

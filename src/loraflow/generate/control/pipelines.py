@@ -33,7 +33,9 @@ def task_pipeline(pipe, family, task: str, controlnets: list | None = None):
     if name == type(pipe).__name__:
         return pipe
     cls = getattr(diffusers, name)
-    components = dict(pipe.components)
+    # image_encoder is an attached IP-Adapter's (models/ip_adapter.py) when there is one: task pipelines
+    # are handed its embeddings ready-made, and holding the encoder would keep it alive after it is replaced
+    components = {**pipe.components, "image_encoder": None}
     if name in family.borrowed_class_names:
         components.update(dict.fromkeys(TEXT_MODULES))
     if controlnets:

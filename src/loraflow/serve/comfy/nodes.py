@@ -23,7 +23,6 @@ from loraflow.serve.comfy.values import (
 )
 
 __all__ = ["Input", "NODES", "Node", "NodeError", "SAMPLER_NAMES", "SCHEDULER_NAMES", "object_info"]
-LINK_TYPES = ("MODEL", "CLIP", "VAE", "CONDITIONING", "LATENT", "IMAGE", "MASK", "CONTROL_NET", "IPADAPTER")
 
 
 # ---- loaders --------------------------------------------------------------------------------------
