@@ -9,9 +9,9 @@ Training modes, cheapest first (a later one costs more time per step):
   gradient_checkpointing recompute activations in backward (about a third more UNet FLOPs)
   offload_activations    after checkpointing: its kept block inputs wait in host memory (CUDA only; a
                          device -> host -> device copy of them per step, ~0.3 GB each way for Kolors).
-                         Without checkpointing it moves every large activation instead (~4 GiB each way
-                         for Kolors at 1024 px): slower than checkpointing's recompute on a PCIe link,
-                         so the ladder does not offer it alone; it is for runs that must not recompute.
+                         Without checkpointing it moves every large activation instead (3.6 GiB each
+                         way for Kolors at 1024 px, ~0.3 s at 25 GB/s): slower than checkpointing's
+                         recompute on a PCIe link, so the ladder does not offer it alone (opt-in).
 Generation modes, cheapest first: encoders on the CPU; + VAE tiling; model offload + tiling;
 sequential offload + tiling.
 
