@@ -40,10 +40,11 @@ def train_rows(family: str) -> list[tuple[str, object]]:
     rows = [
         ("loraflow", plan_train(cfg())),
         ("loraflow, checkpointing", plan_train(cfg(gradient_checkpointing=True))),
-        ("loraflow, ckpt + offload", plan_train(cfg(checkpoint_offload=True))),
+        ("loraflow, ckpt + offload", plan_train(cfg(gradient_checkpointing=True, offload_activations=True))),
         ("loraflow, text encoders on CPU", plan_train(cfg(text_encoders_on_cpu=True))),
         ("loraflow, + recompute ff", plan_train(cfg(text_encoders_on_cpu=True, recompute="ff"))),
         ("loraflow, + recompute ff+cross", plan_train(cfg(text_encoders_on_cpu=True, recompute="ff+cross"))),
+        ("loraflow, + offload activations", plan_train(cfg(text_encoders_on_cpu=True, offload_activations=True))),
         ("loraflow, + checkpointing", plan_train(cfg(text_encoders_on_cpu=True, gradient_checkpointing=True))),
         ("loraflow, + fp8 base + ckpt", plan_train(cfg(text_encoders_on_cpu=True, gradient_checkpointing=True,
                                                        base_fp8=True))),
@@ -59,7 +60,7 @@ def train_rows(family: str) -> list[tuple[str, object]]:
         chosen, plan, changes = choose(cfg(), budget_from_vram(vram), plan_train, TRAIN_STEPS)
         rows.append((f"--vram {vram}: {flags(changes) or 'as is'}".replace("--text-encoders-on-cpu", "--te-cpu")
                      .replace("--optimizer ", "").replace("--gradient-checkpointing", "--ckpt")
-                     .replace("--checkpoint-offload", "--ckpt-offload"), plan))
+                     .replace("--offload-activations", "--offload"), plan))
     return rows
 
 

@@ -158,17 +158,14 @@ def test_unset_streaming_is_the_plans_choice_said_and_saved_with_the_config():
     assert on_cpu.stream_text_encoders is False
 
 
-def test_checkpoint_offload_comes_after_checkpointing_and_not_on_the_cpu():
-    assert config(checkpoint_offload=True).gradient_checkpointing  # it moves what checkpointing keeps
-
+def test_offload_activations_comes_after_checkpointing_and_not_on_the_cpu():
     def planner(c):  # checkpointing saves 3 GiB, moving its kept inputs to the host 0.25 more
-        checkpointing = c.gradient_checkpointing or c.checkpoint_offload
-        return FakePlan(int((10.0 - 3.0 * checkpointing - 0.25 * c.checkpoint_offload) * GiB))
+        return FakePlan(int((10.0 - 3.0 * c.gradient_checkpointing - 0.25 * c.offload_activations) * GiB))
 
     _, plan, changes = choose(config(device="cuda"), int(7.5 * GiB), planner, TRAIN_STEPS)
     assert changes == {"gradient_checkpointing": True}  # plain checkpointing fits: no host copies
     _, plan, changes = choose(config(device="cuda"), int(6.8 * GiB), planner, TRAIN_STEPS)
-    assert changes == {"gradient_checkpointing": True, "checkpoint_offload": True}
+    assert changes == {"gradient_checkpointing": True, "offload_activations": True}
     assert plan.peak_bytes == int(6.75 * GiB)
     with pytest.raises(ConfigError, match="smallest peak is 7.00 GiB"):  # on the CPU the host is the device
         choose(config(device="cpu"), int(6.8 * GiB), planner, TRAIN_STEPS)

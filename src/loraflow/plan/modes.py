@@ -7,8 +7,11 @@ Training modes, cheapest first (a later one costs more time per step):
   recompute=ff+cross     feed-forward projections and cross-attentions redone in backward (about a
                          sixth more UNet FLOPs)
   gradient_checkpointing recompute activations in backward (about a third more UNet FLOPs)
-  checkpoint_offload     checkpointing whose kept block inputs wait in host memory (CUDA only; a
-                         device -> host -> device copy of them per step, ~0.2 GB each way for Kolors)
+  offload_activations    after checkpointing: its kept block inputs wait in host memory (CUDA only; a
+                         device -> host -> device copy of them per step, ~0.3 GB each way for Kolors).
+                         Without checkpointing it moves every large activation instead (3.6 GiB each
+                         way for Kolors at 1024 px, ~0.3 s at 25 GB/s): slower than checkpointing's
+                         recompute on a PCIe link, so the ladder does not offer it alone (opt-in).
 Generation modes, cheapest first: encoders on the CPU; + VAE tiling; model offload + tiling;
 sequential offload + tiling.
 
@@ -29,7 +32,7 @@ TRAIN_STEPS = (
     # checkpointing recomputes whole blocks, which makes `recompute` moot (model_setup.prepare_unet): it
     # goes back to the config's own value rather than being printed as a flag that does nothing
     {"gradient_checkpointing": True, "recompute": None},
-    {"checkpoint_offload": True, "recompute": None},  # it sets gradient_checkpointing (TrainConfig)
+    {"offload_activations": True, "recompute": None},  # with the checkpointing kept by the step before
 )
 GENERATE_STEPS = (
     {"offload": "encoders"},
@@ -61,7 +64,7 @@ def _possible(config, key: str, value) -> bool:
         return config.mixed_precision != "no"
     if key == "optimizer":  # bitsandbytes' 8-bit AdamW runs on CUDA only
         return getattr(config, "device", "auto") != "cpu"
-    if key == "checkpoint_offload":  # on the CPU the host memory is the device's: nothing to save
+    if key == "offload_activations":  # on the CPU the host memory is the device's: nothing to save
         return getattr(config, "device", "auto") != "cpu"
     return True
 

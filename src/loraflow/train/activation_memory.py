@@ -217,13 +217,18 @@ _RECIPE = "_loraflow_norm_recipe"  # attribute of a layer norm's training output
 
 class _NormOutput:
     """What is kept instead of a saved view of a layer norm's output: its recipe (the norm keeps the
-    input and weights anyway) and the view's geometry."""
+    input and weights anyway) and the view's geometry. The norm's input goes through the hooks set
+    around the attention (`pack`, `unpack`) as the norm's own saved copy of it does: where those move
+    saved tensors to the host (loraflow.train.activation_offload), a reference held here would keep it
+    on the device."""
 
-    def __init__(self, recipe, tensor):
-        self.recipe, self.view = recipe, (tensor.shape, tensor.stride(), tensor.storage_offset())
+    def __init__(self, recipe, tensor, pack, unpack):
+        x, *rest = recipe
+        self.x, self.rest, self.unpack = pack(x), rest, unpack
+        self.view = (tensor.shape, tensor.stride(), tensor.storage_offset())
 
     def tensor(self):
-        x, weight, bias, shape, eps = self.recipe
+        x, (weight, bias, shape, eps) = self.unpack(self.x), self.rest
         with torch.no_grad():  # the same kernel on the same input as `_Norm.forward`: the same values
             y = _norm32(x.float(), weight, bias, 0, shape, eps)[0].to(x.dtype)
         return y.as_strided(*self.view)
@@ -242,17 +247,23 @@ def _attention_forward(self, hidden_states, *args, **kwargs):
         return _from_norm_input(lambda h: type(self).forward(self, h, *args, **kwargs), hidden_states)
     outer = outer or (lambda t: t, lambda t: t)
     source = hidden_states.untyped_storage()._cdata
+    # autograd keeps `pack` with every tensor it saved here: the recipe (the norm's input) is let go of
+    # after the forward, or it would stay on the device when the outer hooks move it to the host
+    recipes = [recipe]
 
     def pack(tensor):
         if tensor.untyped_storage()._cdata == source:
-            return _NormOutput(recipe, tensor)
+            return _NormOutput(recipes[0], tensor, *outer)
         return outer[0](tensor)
 
     def unpack(packed):
         return packed.tensor() if isinstance(packed, _NormOutput) else outer[1](packed)
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
-        return type(self).forward(self, hidden_states, *args, **kwargs)
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+            return type(self).forward(self, hidden_states, *args, **kwargs)
+    finally:
+        recipes.clear()
 
 
 def _resnet_forward(self, input_tensor, temb, *args, **kwargs):

@@ -116,9 +116,10 @@ class TrainConfig(Options):
                                aliases=("precision",))
     gradient_checkpointing: bool = opt(False, "recompute activations in backward to save memory",
                                        aliases=("use_gradient_checkpointing",))
-    checkpoint_offload: bool = opt(False, "gradient checkpointing whose kept block inputs wait in pinned host memory "
-                                          "until backward recomputes the block (sets gradient_checkpointing; CUDA "
-                                          "only: elsewhere the host is the device, and it is plain checkpointing)")
+    offload_activations: bool = opt(False, "keep what backward needs in pinned host memory until backward asks for "
+                                           "it: with gradient_checkpointing the checkpointed blocks' inputs, without "
+                                           "it every large activation (a copy out and back per step: slower, see "
+                                           "`loraflow plan train`; CUDA only: elsewhere the host is the device)")
     seed: int = opt(0, "random seed: data order, crops, flips, noise, timesteps")
     # ---- device memory (`loraflow plan train` shows what each setting costs) ----------------
     base_fp8: bool = opt(False, "store the frozen UNet Linear/Conv weights in fp8 (e4m3) and compute each layer in "
@@ -133,7 +134,7 @@ class TrainConfig(Options):
                                                    "whole, they would make the cache pass the run's peak (planned; "
                                                    "off on the CPU)")
     vram: float | None = opt(None, "device memory in GiB to plan for: picks the fastest set of gradient_checkpointing, "
-                                   "checkpoint_offload, recompute, base_fp8, adamw8bit, text_encoders_on_cpu that "
+                                   "offload_activations, recompute, base_fp8, adamw8bit, text_encoders_on_cpu that "
                                    "fits (auto on CUDA: free memory)", gt=0)
     # ---- objective ----------------------------------------------------------------------
     prediction_type: Literal["epsilon", "v_prediction"] | None = opt(None, "override the scheduler's prediction type")
@@ -181,8 +182,6 @@ class TrainConfig(Options):
         if self.random_crop and self.center_crop:
             # --random-crop wins over the default center crop
             object.__setattr__(self, "center_crop", False)
-        if self.checkpoint_offload:  # it moves what checkpointing keeps: the saved config says both
-            object.__setattr__(self, "gradient_checkpointing", True)
         if self.base_fp8 and self.mixed_precision == "no":
             raise ValueError("base_fp8: the fp8-stored weights are computed in fp16 or bf16; set mixed_precision")
         if self.text_encoders_on_cpu and self.train_text_encoder:

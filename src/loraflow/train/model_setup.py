@@ -34,6 +34,7 @@ class TrainModel:
     text_encoders: list = field(default_factory=list)  # those carrying LoRA (train_text_encoder)
     scorer: Any = None  # loraflow.score.Scorer for validation scores, loaded on first use
     validation_embeds: dict = field(default_factory=dict)  # prompt -> (positive, negative) PromptEmbeds, host memory
+    offload_traffic: Any = None  # activation_offload.Traffic when offload_activations is on
 
     @property
     def unet(self):
@@ -98,11 +99,17 @@ def prepare_unet(model: TrainModel, config: TrainConfig) -> None:
         store_base_in_fp8(model.unet, model.weight_dtype)
     torch.manual_seed(config.seed)  # LoRA A matrices are drawn from the global RNG
     add_lora(model, config)
-    checkpointing = config.gradient_checkpointing or config.checkpoint_offload
-    if checkpointing:
-        from loraflow.train.offloaded_checkpointing import offloaded_checkpointing
+    checkpointing = config.gradient_checkpointing
+    if config.offload_activations:  # the host copies' traffic is read by `loraflow plan train`
+        from loraflow.train.activation_offload import Traffic, offload_saved_activations, offloaded_checkpointing
 
-        model.unet.enable_gradient_checkpointing(offloaded_checkpointing() if config.checkpoint_offload else None)
+        model.offload_traffic = Traffic()
+        if checkpointing:  # the checkpointed blocks' inputs
+            model.unet.enable_gradient_checkpointing(offloaded_checkpointing(traffic=model.offload_traffic))
+        else:  # every large activation the UNet's forward keeps
+            offload_saved_activations(model.unet, traffic=model.offload_traffic)
+    elif checkpointing:
+        model.unet.enable_gradient_checkpointing()
     from loraflow.train.activation_memory import keep_less_for_backward, recompute_feed_forward_gates
 
     # a third less feed-forward activation memory; recompute="ff" redoes the projection (a matmul) as well,

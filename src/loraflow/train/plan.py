@@ -22,6 +22,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from types import SimpleNamespace
 
+from loraflow.plan.gpus import GiB
 from loraflow.plan.report import Phase, Plan
 from loraflow.train.config import TrainConfig
 import loraflow.train.objective as objective
@@ -54,7 +55,7 @@ class Workload:
 
 def memory_settings(config: TrainConfig) -> dict:
     keys = ("mixed_precision", "resolution", "batch_size", "lora_rank", "lora_targets", "train_text_encoder",
-            "gradient_checkpointing", "checkpoint_offload", "recompute", "base_fp8", "optimizer",
+            "gradient_checkpointing", "offload_activations", "recompute", "base_fp8", "optimizer",
             "text_encoders_on_cpu", "stream_text_encoders")
     return {k: getattr(config, k) for k in keys}
 
@@ -145,10 +146,24 @@ def plan_train(config: TrainConfig, workload: Workload | None = None) -> Plan:
         if stream is None:
             stream = cache_pass[False].peak_bytes > max((p.peak_bytes for p in phases), default=0)
         phases.insert(0, cache_pass[bool(stream)])
+    if model.offload_traffic is not None:
+        notes.append(offload_note(model.offload_traffic))
     if config.optimizer != "adamw":
         notes.append(f"{config.optimizer}: optimizer state planned from its layout; the optimizer itself was not run")
     settings = {**memory_settings(config), "resolution": resolution, "stream_text_encoders": bool(stream)}
     return Plan("train", arch.source, settings, phases, acct.flops, notes=notes)
+
+
+HOST_LINK_BYTES_PER_S = 25e9  # PCIe 4.0 x16, pinned host memory, one direction
+
+
+def offload_note(traffic) -> str:
+    """What offload_activations moves per step and its time on the link, which the plan's step time
+    (FLOPs only) does not include: the copies run in stream order, between the kernels."""
+    seconds = (traffic.to_host_bytes + traffic.to_device_bytes) / HOST_LINK_BYTES_PER_S
+    return (f"offload_activations: {traffic.to_host_bytes / GiB:.2f} GiB to the host and "
+            f"{traffic.to_device_bytes / GiB:.2f} GiB back per step ({traffic.copies} copies): ~{seconds * 1e3:.0f} ms "
+            f"a step at {HOST_LINK_BYTES_PER_S / 1e9:.0f} GB/s, not overlapped with compute (not in the step time)")
 
 
 def _vae_config(arch, override: str | None, notes: list[str]) -> dict:
