@@ -57,3 +57,25 @@ def test_training_with_fp8_base_and_checkpointing(tmp_path, shapes_dataset, fres
     assert result.model.unet.conv_in.weight.dtype == STORAGE_DTYPE
     saved = yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())
     assert saved["base_fp8"] is True and saved["gradient_checkpointing"] is True and saved["text_encoders_on_cpu"]
+
+
+def test_plan_files_the_fp8_base_under_weights():
+    """Storing the base in fp8 makes new storages during setup; the plan still files them as weights:
+    the LoRA's own bytes are those of the same run without fp8, and the UNet's weights are the fp8
+    bytes of its linear/conv weights plus everything else in bf16."""
+    from loraflow.plan.architecture import resolve_architecture
+    from loraflow.train.config import TrainConfig
+    from loraflow.train.plan import plan_train
+
+    def by_category(**kw):
+        cfg = TrainConfig(model="tiny:sdxl", dataset="unused", resolution=64, mixed_precision="bf16",
+                          text_encoders_on_cpu=True, **kw)
+        plan = plan_train(cfg)
+        return next(p for p in plan.phases if p.name == "training step").by_category
+
+    plain, fp8 = by_category(), by_category(base_fp8=True)
+    assert fp8["lora"] == plain["lora"]
+    unet = resolve_architecture("tiny:sdxl", None).build("unet", torch.bfloat16)
+    frozen = {id(m.weight) for m in unet.modules() if type(m) in (torch.nn.Linear, torch.nn.Conv2d)}
+    expected = sum(p.numel() * (1 if id(p) in frozen else 2) for p in unet.parameters())
+    assert fp8["weights"] - plain["weights"] == expected - sum(p.numel() * 2 for p in unet.parameters())

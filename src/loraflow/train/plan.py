@@ -101,6 +101,8 @@ def plan_train(config: TrainConfig, workload: Workload | None = None) -> Plan:
                 pipe.unet = arch.build("unet", weight_dtype)
             with acct.category("lora"):
                 prepare_unet(model, config)
+            # the frozen base is weights even where setup made new storages for it (fp8 storage)
+            acct.tag([p for p in pipe.unet.parameters() if not p.requires_grad], "weights")
             params = model.trainable_parameters()
             acct.tag(params, "lora")
             for p in params:
