@@ -94,6 +94,20 @@ class Options(BaseModel):
             raise ConfigError(format_validation_error(e, source, cls)) from None
 
     @classmethod
+    def from_value(cls, value: Any, source: str, text_form: str, parse_text):
+        """An item of a repeatable option as flags, files and HTTP bodies give it: an instance, a mapping,
+        or its text form (`parse_text(text)`, None when the text is not of that form); a one-line
+        ConfigError naming `text_form` otherwise."""
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, dict):
+            return cls.from_dict(value, source=source)
+        parsed = parse_text(value) if isinstance(value, str) else None
+        if parsed is None:
+            raise ConfigError(f"{source}: expected {text_form} or a mapping, got {value!r}")
+        return parsed
+
+    @classmethod
     def from_file(cls, path: str | Path):
         return cls.from_dict(read_mapping_file(path), source=str(path))
 

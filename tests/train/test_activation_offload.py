@@ -36,6 +36,17 @@ def _inputs(device="cpu"):
     return move(inputs)
 
 
+def _assert_same_lora_grads(plain, moving):
+    """One backward of the same loss through both UNets: their LoRA gradients are bit-equal."""
+    grads = []
+    for unet in (plain, moving):
+        unet(**_inputs()).sample.pow(2).mean().backward()
+        grads.append({n: p.grad for n, p in unet.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 0
+    for name in grads[0]:
+        assert torch.equal(grads[0][name], grads[1][name]), name
+
+
 def test_gradients_bit_equal_to_plain_checkpointing(monkeypatch):
     moved = []
     to_host = offload._to_host
@@ -55,13 +66,7 @@ def test_gradients_bit_equal_to_plain_checkpointing(monkeypatch):
 
     plain.enable_gradient_checkpointing(counting)
     moving.enable_gradient_checkpointing(offload.offloaded_checkpointing(devices=("cpu",)))  # the mechanics on CPU
-    grads = []
-    for unet in (plain, moving):
-        unet(**_inputs()).sample.pow(2).mean().backward()
-        grads.append({n: p.grad for n, p in unet.named_parameters() if p.requires_grad})
-    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 0
-    for name in grads[0]:
-        assert torch.equal(grads[0][name], grads[1][name]), name
+    _assert_same_lora_grads(plain, moving)
     # one host copy per checkpointed block, each a distinct storage holding the same values
     assert len(moved) == len(calls) > 0
     assert all(source != host and same for source, host, same in moved)
@@ -164,13 +169,7 @@ def test_gradients_bit_equal_without_checkpointing(monkeypatch, patched):
         assert _keep_less(plain)["attention"] > 0 and _keep_less(moving)["attention"] > 0
     traffic = offload.Traffic()
     offload.offload_saved_activations(moving, devices=("cpu",), min_bytes=0, traffic=traffic)  # the mechanics on CPU
-    grads = []
-    for unet in (plain, moving):
-        unet(**_inputs()).sample.pow(2).mean().backward()
-        grads.append({n: p.grad for n, p in unet.named_parameters() if p.requires_grad})
-    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 0
-    for name in grads[0]:
-        assert torch.equal(grads[0][name], grads[1][name]), name
+    _assert_same_lora_grads(plain, moving)
     assert traffic.copies > 0 and traffic.to_host_bytes > 0
     if patched:  # in the offloaded run each recomputed norm output's input was a host copy
         offloaded = norm_outputs[len(norm_outputs) // 2:]

@@ -34,13 +34,7 @@ class Reference(Options):
     @classmethod
     def parse(cls, value) -> "Reference":
         """A `Reference`, a mapping, or the `IMAGE[:SCALE]` text."""
-        if isinstance(value, Reference):
-            return value
-        if isinstance(value, dict):
-            return cls.from_dict(value, source="reference")
-        if isinstance(value, str):
-            return parse_reference_arg(value)
-        raise ConfigError(f"reference: expected IMAGE[:SCALE] or a mapping, got {value!r}")
+        return cls.from_value(value, "reference", "IMAGE[:SCALE]", parse_reference_arg)
 
 
 def parse_reference_arg(text: str) -> "Reference":

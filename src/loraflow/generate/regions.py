@@ -41,14 +41,11 @@ class RegionPrompt(Options):
     def parse(cls, value) -> "RegionPrompt":
         """A `RegionPrompt`, a mapping, or the `REGION:PROMPT` text (split at the first colon, so a
         prompt may hold A1111 weights such as `(red:1.2)`)."""
-        if isinstance(value, RegionPrompt):
-            return value
-        if isinstance(value, dict):
-            return cls.from_dict(value, source="region")
-        if isinstance(value, str) and ":" in value:
-            region, _, prompt = value.partition(":")
-            return cls.from_dict({"region": region.strip(), "prompt": prompt.strip()}, source="region")
-        raise ConfigError(f"region: expected REGION:PROMPT (REGION: {', '.join(AREAS)} or a mask image), got {value!r}")
+        def text(value: str):
+            region, colon, prompt = value.partition(":")
+            return cls.from_dict({"region": region.strip(), "prompt": prompt.strip()}, source="region") if colon else None
+
+        return cls.from_value(value, "region", f"REGION:PROMPT (REGION: {', '.join(AREAS)} or a mask image)", text)
 
 
 def parse_regions(value) -> list[RegionPrompt]:

@@ -40,13 +40,7 @@ class ControlUnit(Options):
     @classmethod
     def parse(cls, value) -> "ControlUnit":
         """A `ControlUnit`, a mapping, or the `TYPE:IMAGE[:SCALE[:START:END]]` text."""
-        if isinstance(value, ControlUnit):
-            return value
-        if isinstance(value, dict):
-            return cls.from_dict(value, source="control")
-        if isinstance(value, str):
-            return parse_control_arg(value)
-        raise ConfigError(f"control: expected TYPE:IMAGE[:SCALE[:START:END]] or a mapping, got {value!r}")
+        return cls.from_value(value, "control", "TYPE:IMAGE[:SCALE[:START:END]]", parse_control_arg)
 
 
 def parse_units(value) -> list[ControlUnit]:
