@@ -94,12 +94,13 @@ def main(argv=None) -> int:
         rows = train_rows(family)
         reference = next(plan for label, plan in rows if label.startswith("diffusers script")).peak_bytes
         diffsynth = next((plan for label, plan in rows if label.startswith("DiffSynth")), None)
-        diffsynth = diffsynth.peak_bytes if diffsynth else float("nan")
+        diffsynth = diffsynth.peak_bytes if diffsynth else None  # DiffSynth's trainer of this kind is Kolors' only
         print(f"\n{family}: training, 1024^2, batch 1, rank 16, bf16 (planned on meta; no GPU)")
         print(f"  {'run':<52}{'peak GiB':>9}{'step GiB':>9}{'x script':>9}{'x DiffSynth':>12}{'TFLOP':>8}")
         for label, plan in rows:
             print(f"  {label:<52}{plan.peak_bytes / GiB:9.2f}{step_phase(plan, 'training step') / GiB:9.2f}"
-                  f"{plan.peak_bytes / reference:9.2f}{plan.peak_bytes / diffsynth:12.2f}"
+                  f"{plan.peak_bytes / reference:9.2f}"
+                  f"{f'{plan.peak_bytes / diffsynth:12.2f}' if diffsynth else '-':>12}"
                   f"{plan.flops_per_step / 1e12:8.1f}")
             out.append({"family": family, "run": label, **plan.to_dict()})
         gen = generate_rows(family)
