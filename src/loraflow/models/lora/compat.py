@@ -132,13 +132,22 @@ def _sgm(module: str, layout) -> str | None:
         return None
 
 
+_CLIP_LAYER = re.compile(r"text_model\.encoder\.layers\.(\d+)\.(.+)")  # (layer index, part) of a CLIP module
+
+
+def _targets(modules, layout):
+    """(target, component, module name in it, its SGM name for a UNet module or None) per target module:
+    what every tool's key map starts from."""
+    for target in modules:
+        component, _, name = target.partition(".")
+        yield target, component, name, _sgm(name, layout) if component == "unet" else None
+
+
 def comfyui_keys(modules, layout) -> dict[str, str]:
     """File module name -> target, as ComfyUI maps them."""
     out: dict[str, str] = {}
-    for target in modules:
-        component, _, name = target.partition(".")
+    for target, component, name, sgm in _targets(modules, layout):
         if component == "unet":
-            sgm = _sgm(name, layout)
             if sgm is not None:
                 out["lora_unet_" + sgm.replace(".", "_")] = target
                 out["lora_unet_" + name.replace(".", "_")] = target  # `utils.unet_to_diffusers` names
@@ -147,7 +156,7 @@ def comfyui_keys(modules, layout) -> dict[str, str]:
                     diffusers_name = diffusers_name[:-2]
                 out[diffusers_name] = out["unet." + diffusers_name] = target
             continue
-        match = re.fullmatch(r"text_model\.encoder\.layers\.(\d+)\.(.+)", name)
+        match = _CLIP_LAYER.fullmatch(name)
         if match is None or match.group(2) not in _CLIP_PARTS:
             continue
         kohya = f"text_model_encoder_layers_{match.group(1)}_{match.group(2).replace('.', '_')}"
@@ -163,16 +172,14 @@ def a1111_modules(modules, layout) -> dict[str, str]:
     """A1111's `network_layer_mapping` (LDM module path with '_') -> target."""
     sdxl = any(m.startswith("text_encoder_2.") for m in modules)
     out: dict[str, str] = {}
-    for target in modules:
-        component, _, name = target.partition(".")
+    for target, component, name, sgm in _targets(modules, layout):
         if component == "unet":
-            sgm = _sgm(name, layout)
             if sgm is not None:
                 out["diffusion_model_" + sgm.replace(".", "_")] = target
         elif component == "text_encoder":
             out[("0_" if sdxl else "") + "transformer_" + name.replace(".", "_")] = target
         elif component == "text_encoder_2":
-            match = re.fullmatch(r"text_model\.encoder\.layers\.(\d+)\.(.+)", name)
+            match = _CLIP_LAYER.fullmatch(name)
             if match:
                 part = _OPENCLIP_UNDERSCORED.get(match.group(2).replace(".", "_"))
                 if part:
