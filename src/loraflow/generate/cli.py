@@ -53,6 +53,8 @@ def run_storyboard_cmd(args: argparse.Namespace) -> int:
         return run_character_sheet_cmd(config, sheet, identity)
     with StepBar("storyboard") as update:
         if sheet.use_sheet:
+            from loraflow.train.character_lora import use_sheet
+
             index = use_sheet(config, sheet, progress=update, identity=identity)
         else:
             index = run_storyboard(config, progress=update, identity=identity)
@@ -74,7 +76,6 @@ def run_storyboard_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-
 def run_character_sheet_cmd(config: StoryboardConfig, sheet: SheetCommand, identity) -> int:
     from loraflow.generate.character_sheet import render_sheet, sheet_folder
 
@@ -88,33 +89,3 @@ def run_character_sheet_cmd(config: StoryboardConfig, sheet: SheetCommand, ident
         print(f"  {c['index']}: {c['file']} (seed {c['seed']}){combined}")
     print(f"next: loraflow storyboard {config.story} --out {config.out} --use-sheet {made['character']}:PICKS")
     return 0
-
-
-def use_sheet(config: StoryboardConfig, sheet: SheetCommand, session=None, progress=None, identity=None) -> dict:
-    """--use-sheet NAME[:PICKS]: train the character's LoRA on the picked candidates of its sheet, then render
-    the story with it; story.json's `character_sheet` says which LoRA (file, SHA-256) from which picks."""
-    from loraflow.generate import character_sheet as sheets
-    from loraflow.generate.storyboard import load_story, run_storyboard
-    from loraflow.models.hashing import sha256_file
-    from loraflow.train.character_lora import train_character_lora
-
-    story = load_story(config.story)
-    name, picks = sheets.parse_use_sheet(sheet.use_sheet)
-    character = sheets.find_character(story, name, "--use-sheet")
-    made = sheets.read_sheet(config.out, name)
-    chosen = sheets.chosen_candidates(made, picks, story.sheet.top)
-    folder = sheets.sheet_folder(config.out, name)
-    numbers = [c["index"] for c in chosen]
-    lora = train_character_lora(
-        [folder / c["file"] for c in chosen], sheets.training_caption(story, character, made.get("language", "en")),
-        folder / ("train-" + "-".join(map(str, numbers))), name=name, model=config.model or story.model,
-        device=config.device, seed=story.defaults.seed, story_options=story.sheet_training,
-        overrides=sheet.training_overrides())
-    record = {"character": name, "lora": str(lora.lora_path), "sha256": sha256_file(lora.lora_path),
-              "picks": numbers, "files": [c["file"] for c in chosen], "seeds": [c["seed"] for c in chosen],
-              "picked_by": "picks" if picks is not None else ("score" if sheets.is_scored(made) else "all"),
-              "dataset": str(lora.dataset / "metadata.csv"),
-              "train": {"steps": lora.steps, "seconds": round(lora.seconds, 2), "final_loss": lora.final_loss}}
-    return run_storyboard(config, session=session, progress=progress, identity=identity,
-                          story=sheets.with_character_lora(story, name, lora.lora_path),
-                          notes={"character_sheet": record})

@@ -1,5 +1,7 @@
 """A quick character LoRA from a few picked portraits (`storyboard --use-sheet NAME[:PICKS]`).
 
+    use_sheet(config, sheet)   # picks -> training set -> LoRA -> the story rendered with it (story.json says so)
+
 The picked files are exported as a training set with the data step's own exporter (DiffSynth layout:
 dataset/train/0.jpg ... + metadata.csv; the caption, given by the caller, is the character's trigger
 word and description plus the sheet's framing), then trained with `loraflow.train` under small
@@ -25,7 +27,11 @@ from loraflow.data.export_run import export
 from loraflow.data.jsonl import write_jsonl
 from loraflow.data.options import ExportOptions
 from loraflow.errors import ConfigError, InputError
+from loraflow.generate import character_sheet as sheets
+from loraflow.generate.story import SheetCommand, StoryboardConfig
+from loraflow.generate.storyboard import load_story, run_storyboard
 from loraflow.images import read_info
+from loraflow.models.hashing import sha256_file
 from loraflow.train.config import TrainConfig
 from loraflow.train.trainer import train
 
@@ -81,3 +87,28 @@ def train_character_lora(images: list[Path], caption: str, folder: Path, *, name
     result = train(config, progress=progress)
     return CharacterLora(result.lora_path, exported.folder, exported.written, result.steps,
                          time.perf_counter() - started, result.losses[-1][1] if result.losses else None)
+
+
+def use_sheet(config: StoryboardConfig, sheet: SheetCommand, session=None, progress=None, identity=None) -> dict:
+    """--use-sheet NAME[:PICKS]: train the character's LoRA on the picked candidates of its sheet, then render
+    the story with it; story.json's `character_sheet` says which LoRA (file, SHA-256) from which picks."""
+    story = load_story(config.story)
+    name, picks = sheets.parse_use_sheet(sheet.use_sheet)
+    character = sheets.find_character(story, name, "--use-sheet")
+    made = sheets.read_sheet(config.out, name)
+    chosen = sheets.chosen_candidates(made, picks, story.sheet.top)
+    folder = sheets.sheet_folder(config.out, name)
+    numbers = [c["index"] for c in chosen]
+    lora = train_character_lora(
+        [folder / c["file"] for c in chosen], sheets.training_caption(story, character, made.get("language", "en")),
+        folder / ("train-" + "-".join(map(str, numbers))), name=name, model=config.model or story.model,
+        device=config.device, seed=story.defaults.seed, story_options=story.sheet_training,
+        overrides=sheet.training_overrides())
+    record = {"character": name, "lora": str(lora.lora_path), "sha256": sha256_file(lora.lora_path),
+              "picks": numbers, "files": [c["file"] for c in chosen], "seeds": [c["seed"] for c in chosen],
+              "picked_by": "picks" if picks is not None else ("score" if sheets.is_scored(made) else "all"),
+              "dataset": str(lora.dataset / "metadata.csv"),
+              "train": {"steps": lora.steps, "seconds": round(lora.seconds, 2), "final_loss": lora.final_loss}}
+    return run_storyboard(config, session=session, progress=progress, identity=identity,
+                          story=sheets.with_character_lora(story, name, lora.lora_path),
+                          notes={"character_sheet": record})
